@@ -1,0 +1,160 @@
+"""Loading FinQA files, bad-input errors through the CLI, and `finprog evaluate`."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from finprog import data, dsl
+from finprog.cli import main
+from finprog.evaluation import evaluate_programs, gold_value, load_predictions, score_program
+from shared_data import REPO, finqa_file
+
+
+def run_cli(*args, capsys):
+    code = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_loads_both_releases_and_json_lines(tmp_path):
+    current = data.load_finqa(finqa_file("dev_200.json"))
+    assert len(current) == 200 and all(e.exe_ans is not None and e.program for e in current)
+    older = data.load_finqa(finqa_file("train3.json"))
+    assert len(older) == 22 and all(e.exe_ans is None for e in older)
+    lines = tmp_path / "dev.jsonl"
+    lines.write_text("\n".join(json.dumps(r) for r in json.loads(finqa_file("dev_200.json").read_text())[:5]))
+    assert data.load_finqa(lines) == current[:5]
+
+
+def test_older_release_gold_value_comes_from_the_program():
+    first = data.load_finqa(finqa_file("train3.json"))[0]
+    assert first.answer == "380" and first.program == "divide(100, 100), divide(3.8, #0)"
+    assert gold_value(first) == 3.8
+
+
+BAD_RECORD = {"id": "X/1", "pre_text": [], "post_text": [], "table": [["a", "1"]], "qa": {"question": "q?"}}
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (None, "no such file"),
+        ('[{"id": "X/1",\n "qa": }]', "invalid JSON at line 2, column 8"),
+        (json.dumps([{**BAD_RECORD, "qa": None}]), "record 0 (id 'X/1'): field 'qa' should be an object"),
+        (json.dumps([BAD_RECORD, {k: v for k, v in BAD_RECORD.items() if k != "qa"} | {"id": "X/2"}]),
+         "record 1 (id 'X/2'): missing field 'qa'"),
+        (json.dumps([{**BAD_RECORD, "qa": {}}]), "record 0 (id 'X/1'): missing field 'qa.question'"),
+        (json.dumps([{**BAD_RECORD, "table": "a | 1"}]), "field 'table' should be a list"),
+        (json.dumps([{**BAD_RECORD, "table": [["a", 1]]}]), "field 'table' row 0 should be a list of strings"),
+        (json.dumps([BAD_RECORD, BAD_RECORD]), "repeats the id of record 0"),
+        ('{"id": "X/1"}\n{"id": ', "invalid JSON at line 2"),
+    ],
+)
+def test_bad_files_get_one_clear_line_and_exit_2(tmp_path, capsys, content, message):
+    path = tmp_path / "bad.json"
+    if content is not None:
+        path.write_text(content)
+    code, out, err = run_cli("data", "info", path, capsys=capsys)
+    assert code == 2
+    assert err.startswith("finprog: error: ") and str(path) in err and message in err
+    assert "Traceback" not in err
+
+
+def test_data_info_counts(capsys):
+    code, out, _ = run_cli("data", "info", finqa_file("train3.json"), finqa_file("dev_200.json"), "--json", capsys=capsys)
+    rows = json.loads(out)
+    assert code == 0
+    assert [(r["split"], r["records"], r["with_program"], r["with_exe_ans"]) for r in rows] == [
+        ("train", 22, 22, 0),
+        ("dev", 200, 200, 200),
+    ]
+
+
+def test_offline_download_fails_fast_with_a_hint(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(data, "OFFICIAL_URL", "http://127.0.0.1:9/{split}.json")
+    code, _, err = run_cli("data", "download", "--split", "dev", "--dir", tmp_path, capsys=capsys)
+    assert code == 2 and "put the official dev.json" in err and str(tmp_path) in err
+
+
+def test_demo_sample_covers_every_operation():
+    demo = data.load_finqa(REPO / "data" / "demo.json")
+    ops = {step.op for e in demo for step in dsl.parse(e.program).steps}
+    assert ops == set(dsl.ARITHMETIC_OPS + dsl.TABLE_OPS)
+    assert all(gold_value(e) == dsl.execute(dsl.parse(e.program), e.table) for e in demo)
+
+
+def official_predictions(records, transform):
+    return [{"id": r["id"], "predicted": transform(r)} for r in records]
+
+
+def test_evaluate_gold_programs_in_official_format_score_100(tmp_path, capsys):
+    records = json.loads(finqa_file("test_100.json").read_text())
+    predictions = official_predictions(records, lambda r: dsl.tokens(dsl.parse(r["qa"]["program"])))
+    path = tmp_path / "predictions.json"
+    path.write_text(json.dumps(predictions))
+    code, out, _ = run_cli("evaluate", path, finqa_file("test_100.json"), "--json", capsys=capsys)
+    result = json.loads(out)
+    assert code == 0
+    assert result["n"] == 100 and result["execution_accuracy"] == 1.0 and result["program_accuracy"] == 1.0
+    assert result["missing"] == {"no_gold": [], "no_prediction": []}
+
+
+def test_program_accuracy_needs_equivalence_execution_accuracy_only_the_value():
+    example = data.load_finqa(finqa_file("dev_200.json"))[0]
+    gold = dsl.parse(example.program)
+    assert score_program(example.program, example).program_correct is True
+    rewritten = example.program.replace("const_100", "100")
+    if rewritten != example.program:
+        outcome = score_program(rewritten, example)
+        assert outcome.outcome == "correct" and outcome.program_correct is False
+    assert score_program("add(1, 2", example).outcome == "parse_error"
+    assert score_program(None, example).outcome == "no_program"
+    assert score_program("divide(1, 0)", example).error_kind == "division_by_zero"
+    assert score_program(dsl.format(gold) + ", add(#0, 1)", example).outcome in ("wrong_value", "execution_error")
+
+
+def test_demo_predictions(capsys):
+    code, out, _ = run_cli("evaluate", REPO / "data" / "demo_predictions.jsonl", "demo", "--json", capsys=capsys)
+    result = json.loads(out)
+    assert code == 0 and result["n"] == 13
+    assert result["outcomes"] == {"correct": 7, "wrong_value": 2, "execution_error": 2, "parse_error": 1, "no_program": 1}
+    assert result["execution_accuracy"] == pytest.approx(7 / 13) and result["program_accuracy"] == pytest.approx(6 / 13)
+
+
+def test_missing_ids_are_reported_not_scored(tmp_path):
+    gold = data.load_finqa(REPO / "data" / "demo.json")
+    predictions = {gold[0].id: gold[0].program, "nope": "add(1, 2)"}
+    result = evaluate_programs(predictions, gold)
+    assert result.n == 1 and result.execution_accuracy == 1.0
+    assert result.missing["no_gold"] == ["nope"] and len(result.missing["no_prediction"]) == 12
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ('{"program": "add(1, 2)"}', "line 1: missing field 'id'"),
+        ('{"id": "a", "program": 5}', "line 1: field 'program' should be text or null"),
+        ('[{"id": "a"}]', "entry 0: missing field 'predicted'"),
+        ('{"id": "a", "program": "x"}\n{', "invalid JSON at line 2"),
+    ],
+)
+def test_bad_prediction_files(tmp_path, capsys, content, message):
+    path = tmp_path / "p.jsonl"
+    path.write_text(content)
+    code, _, err = run_cli("evaluate", path, "demo", capsys=capsys)
+    assert code == 2 and message in err and str(path) in err
+
+
+def test_broken_official_tokens_score_as_parse_errors(tmp_path):
+    path = tmp_path / "p.json"
+    path.write_text(json.dumps([{"id": "a", "predicted": ["add(", "1", "EOF"]}]))
+    assert isinstance(load_predictions(path)["a"], dsl.ProgramParseError)
+
+
+def test_light_commands_do_not_import_torch():
+    code = "import sys, finprog.cli as c; c.main(['evaluate', 'data/demo_predictions.jsonl', 'demo', '--json']); " \
+           "assert 'torch' not in sys.modules and 'transformers' not in sys.modules, 'heavy import'"
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
