@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from finprog import __version__
+from finprog.report import DEFAULT_METRIC, DEFAULT_QUESTIONS, METRICS
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -30,8 +31,9 @@ def _is_user_error(error: Exception) -> bool:
     from finprog.data import DataValidationError
     from finprog.dsl import ProgramError
     from finprog.evaluation import PredictionFileError
+    from finprog.report import ReportError
 
-    return isinstance(error, (DataValidationError, ProgramError, PredictionFileError))
+    return isinstance(error, (DataValidationError, ProgramError, PredictionFileError, ReportError))
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -57,6 +59,16 @@ def _build_parser() -> argparse.ArgumentParser:
     download.add_argument("--split", choices=["train", "dev", "test", "all"], default="all")
     download.add_argument("--dir", type=Path, help="target folder (default: the cache's finqa/ folder)")
     download.set_defaults(run=_data_download)
+
+    report = commands.add_parser("report", help="cost against accuracy across runs: table, FLOPs-to-target, Pareto plot")
+    report.add_argument("runs", nargs="+", type=Path, help="run folders, run.json files, or folders holding runs")
+    report.add_argument("--target", required=True, help="EmAcc to reach: a fraction (0.3) or percent (30, 30%%)")
+    report.add_argument("--questions", type=int, default=DEFAULT_QUESTIONS,
+                        help="Q: questions answered after training (default: %(default)s, the FinQA test split)")
+    report.add_argument("--metric", choices=METRICS, default=DEFAULT_METRIC)
+    report.add_argument("--out", type=Path, default=Path("report"), help="folder for report.md and report.png (default: report)")
+    report.add_argument("--json", action="store_true")
+    report.set_defaults(run=_report)
     return parser
 
 
@@ -79,6 +91,18 @@ def _evaluate(args) -> int:
         if ids:
             shown = ", ".join(ids[:5]) + (f" ... ({len(ids)} in all)" if len(ids) > 5 else "")
             print(f"{side:<20}{shown}")
+    return 0
+
+
+def _report(args) -> int:
+    from finprog.report import format_table, report
+
+    result, files = report(args.runs, target=args.target, questions=args.questions, metric=args.metric, out=args.out)
+    if args.json:
+        print(json.dumps(result.to_dict()))
+        return 0
+    print(format_table(result))
+    print("wrote " + ", ".join(str(f) for f in files))
     return 0
 
 

@@ -1,0 +1,718 @@
+"""Comparing runs: the table, FLOPs-to-target, the Pareto frontier, and the plot and Markdown report.
+
+Every run becomes one point: its final accuracy against the total FLOPs it needs to
+answer Q questions (training FLOPs + Q x inference FLOPs per question). A training
+run also keeps its learning curve, which tells how much training reaches the target.
+Runs evaluated on different question sets (a different `eval_set.ids_sha256`) are
+reported in separate groups, never compared with each other.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+METRICS = ("exact", "tolerant")
+DEFAULT_METRIC = "exact"
+DEFAULT_QUESTIONS = 1147  # the size of the FinQA test split
+REPORT_MD = "report.md"
+REPORT_PNG = "report.png"
+# Accuracies are ratios such as 36/300; two that differ by less than this are equal.
+ACCURACY_TOLERANCE = 1e-9
+
+_TECHNIQUE_NAMES = {
+    "zero-shot": "zero-shot", "few-shot": "few-shot", "lora": "LoRA", "qlora": "QLoRA", "full": "full FT",
+}
+_TRAINED = {"lora", "qlora", "full"}
+
+
+class ReportError(ValueError):
+    """A run cannot be reported or the report was asked for wrongly; the message says which file and field."""
+
+
+@dataclass(frozen=True)
+class EvalSet:
+    """The questions a run was scored on; runs are comparable only when `ids_sha256` agrees."""
+
+    name: str
+    n: int
+    ids_sha256: str
+
+    def describe(self) -> str:
+        return f"{self.name} (n={self.n}, ids sha256 {self.ids_sha256[:12]})"
+
+
+@dataclass(frozen=True)
+class CurvePoint:
+    """One evaluation during training: cumulative training FLOPs so far and the accuracies then."""
+
+    train_flops: float
+    exact: float
+    tolerant: float
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """What the report needs from one run.json."""
+
+    path: Path
+    kind: str
+    model: str
+    params: int
+    technique: str
+    mode: str
+    shots: int
+    constrained: bool
+    samples: int
+    quant: str
+    eval_set: EvalSet
+    exact: float
+    tolerant: float
+    training_flops: float
+    inference_flops_per_question: float
+    seconds_per_question: float
+    curve: tuple[CurvePoint, ...] = ()
+
+    @property
+    def name(self) -> str:
+        """The run's folder name, which tells runs of the same configuration apart."""
+        return self.path.resolve().parent.name
+
+    @property
+    def technique_label(self) -> str:
+        """`4-shot`, `QLoRA`, `LoRA + 2-shot constrained, 8 samples`, ..."""
+        if self.technique == "few-shot":
+            label = f"{self.shots}-shot"
+        else:
+            label = _TECHNIQUE_NAMES.get(self.technique, self.technique)
+            if self.technique in _TRAINED and self.shots:
+                label += f" + {self.shots}-shot"
+        if self.quant != "none" and self.technique != "qlora":
+            label += f" {self.quant}"
+        if self.constrained:
+            label += " constrained"
+        if self.samples > 1:
+            label += f", {self.samples} samples"
+        return label
+
+    @property
+    def label(self) -> str:
+        return f"{self.model} {self.technique_label} {self.mode}"
+
+    def accuracy(self, metric: str) -> float:
+        return self.exact if metric == "exact" else self.tolerant
+
+
+@dataclass(frozen=True)
+class Row:
+    """One run scored for the report: its cost for Q questions and what reaching the target costs."""
+
+    run: RunSummary
+    accuracy: float
+    total_flops: float
+    target_training_flops: float | None  # training FLOPs at the first crossing; None: never reached
+    interpolated: bool  # the crossing lies between two evaluations of the learning curve
+    flops_to_target: float | None  # target_training_flops + Q x inference FLOPs per question
+    on_frontier: bool
+
+
+@dataclass(frozen=True)
+class Group:
+    """The runs scored on one eval set, cheapest first."""
+
+    eval_set: EvalSet
+    rows: tuple[Row, ...]
+
+    @property
+    def cheapest(self) -> Row | None:
+        """The run with the least FLOPs-to-target; ties go to the more accurate run."""
+        reached = [row for row in self.rows if row.flops_to_target is not None]
+        return min(reached, key=lambda row: (row.flops_to_target, -row.accuracy), default=None)
+
+    @property
+    def frontier(self) -> tuple[Row, ...]:
+        return tuple(row for row in self.rows if row.on_frontier)
+
+
+@dataclass(frozen=True)
+class Report:
+    """All runs, grouped by eval set, measured against one target accuracy."""
+
+    target: float
+    questions: int
+    metric: str
+    groups: tuple[Group, ...]
+
+    def to_dict(self) -> dict:
+        """The report as plain JSON-ready data (for `--json`)."""
+        return {
+            "target": self.target,
+            "questions": self.questions,
+            "metric": self.metric,
+            "groups": [
+                {
+                    "eval_set": vars(group.eval_set),
+                    "cheapest": str(group.cheapest.run.path) if group.cheapest else None,
+                    "frontier": [str(row.run.path) for row in group.frontier],
+                    "rows": [_row_dict(row) for row in group.rows],
+                }
+                for group in self.groups
+            ],
+        }
+
+
+def _row_dict(row: Row) -> dict:
+    run = row.run
+    return {
+        "path": str(run.path),
+        "name": run.name,
+        "kind": run.kind,
+        "model": run.model,
+        "params": run.params,
+        "technique": run.technique,
+        "technique_label": run.technique_label,
+        "mode": run.mode,
+        "exact": run.exact,
+        "tolerant": run.tolerant,
+        "training_flops": run.training_flops,
+        "inference_flops_per_question": run.inference_flops_per_question,
+        "total_flops": row.total_flops,
+        "seconds_per_question": run.seconds_per_question,
+        "target_training_flops": row.target_training_flops,
+        "flops_to_target": row.flops_to_target,
+        "interpolated": row.interpolated,
+        "on_frontier": row.on_frontier,
+    }
+
+
+# ---------------------------------------------------------------- reading runs
+
+
+def find_run_files(paths: list[str | Path]) -> list[Path]:
+    """The run.json files named by `paths`: a run.json itself, a run folder, or any folder holding runs below it."""
+    found: list[Path] = []
+    for path in map(Path, paths):
+        if path.is_file():
+            found.append(path)
+        elif (path / "run.json").is_file():
+            found.append(path / "run.json")
+        elif path.is_dir():
+            below = sorted(path.rglob("run.json"))
+            if not below:
+                raise ReportError(f"{path}: no run.json in this folder or below it")
+            found.extend(below)
+        else:
+            raise ReportError(f"{path}: no such file or folder")
+    return list({file.resolve(): file for file in found}.values())
+
+
+def load_runs(paths: list[str | Path]) -> list[RunSummary]:
+    """Every run found under `paths` (see `find_run_files`), read and checked."""
+    return [load_run(file) for file in find_run_files(paths)]
+
+
+def load_run(path: str | Path) -> RunSummary:
+    """Read one run.json; a missing or ill-typed field raises ReportError naming the file and the field."""
+    path = Path(path)
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as error:
+        raise ReportError(f"{path}: cannot read: {error.strerror}") from None
+    except json.JSONDecodeError as error:
+        raise ReportError(
+            f"{path}: invalid JSON at line {error.lineno}, column {error.colno}: {error.msg}"
+        ) from None
+    if not isinstance(record, dict):
+        raise ReportError(f"{path}: expected a JSON object, got {type(record).__name__}")
+    fields = _Fields(path, record)
+    kind = fields.text("kind")
+    if kind not in ("solve", "train"):
+        raise ReportError(f"{path}: field 'kind' must be 'solve' or 'train', got {kind!r}")
+    return RunSummary(
+        path=path,
+        kind=kind,
+        model=fields.text("model.name"),
+        params=int(fields.number("model.params", low=1)),
+        technique=fields.text("config.technique"),
+        mode=fields.text("config.mode"),
+        shots=int(fields.number("config.shots", default=0)),
+        constrained=fields.flag("config.constrained", default=False),
+        samples=int(fields.number("config.samples", low=1, default=1)),
+        quant=fields.text("config.quant", default="none"),
+        eval_set=EvalSet(
+            name=fields.text("eval_set.name"),
+            n=int(fields.number("eval_set.n", low=1)),
+            ids_sha256=fields.text("eval_set.ids_sha256"),
+        ),
+        exact=fields.number("metrics.exact", high=1),
+        tolerant=fields.number("metrics.tolerant", high=1),
+        training_flops=fields.number("flops.training_total"),
+        inference_flops_per_question=fields.number("flops.inference_per_example", low=1),
+        seconds_per_question=fields.number("timing.seconds_per_example"),
+        curve=_read_curve(path, fields.value("curve")) if kind == "train" else (),
+    )
+
+
+def _read_curve(path: Path, curve: object) -> tuple[CurvePoint, ...]:
+    if not isinstance(curve, list) or not curve:
+        raise ReportError(f"{path}: field 'curve' must be a non-empty list of evaluations for a training run")
+    points = []
+    for index, point in enumerate(curve):
+        fields = _Fields(path, point, prefix=f"curve[{index}]")
+        points.append(
+            CurvePoint(
+                train_flops=fields.number("train_flops"),
+                exact=fields.number("exact", high=1),
+                tolerant=fields.number("tolerant", high=1),
+            )
+        )
+        if index and points[-1].train_flops < points[-2].train_flops:
+            raise ReportError(f"{path}: field 'curve[{index}].train_flops' is smaller than the one before it")
+    return tuple(points)
+
+
+_REQUIRED = object()
+
+
+class _Fields:
+    """Typed reads of dotted fields (`metrics.exact`) from one JSON object; errors name the file and field."""
+
+    def __init__(self, path: Path, record: object, prefix: str = ""):
+        self.path = path
+        self.record = record
+        self.prefix = prefix
+
+    def _fail(self, name: str, problem: str) -> ReportError:
+        full = ".".join(part for part in (self.prefix, name) if part)
+        return ReportError(f"{self.path}: field {full!r} {problem}")
+
+    def value(self, name: str, default: object = _REQUIRED) -> object:
+        value = self.record
+        keys = name.split(".")
+        for depth, key in enumerate(keys):
+            if not isinstance(value, dict):
+                raise self._fail(".".join(keys[:depth]), f"must be an object, got {type(value).__name__}")
+            if key not in value:
+                if default is _REQUIRED:
+                    raise self._fail(name, "is missing")
+                return default
+            value = value[key]
+        return value
+
+    def number(self, name: str, low: float = 0.0, high: float = math.inf, default: object = _REQUIRED) -> float:
+        value = self.value(name, default)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
+            raise self._fail(name, f"must be a number from {low:g} to {high:g}, got {value!r}")
+        return float(value)
+
+    def text(self, name: str, default: object = _REQUIRED) -> str:
+        value = self.value(name, default)
+        if not isinstance(value, str) or not value:
+            raise self._fail(name, f"must be a non-empty string, got {value!r}")
+        return value
+
+    def flag(self, name: str, default: object = _REQUIRED) -> bool:
+        value = self.value(name, default)
+        if not isinstance(value, bool):
+            raise self._fail(name, f"must be true or false, got {value!r}")
+        return value
+
+
+# ---------------------------------------------------------------- the maths
+
+
+def parse_target(value: float | str) -> float:
+    """The target accuracy as a fraction: up to 1 is a fraction (0.3), above 1 a percentage (30 or '30%')."""
+    text = str(value).strip()
+    try:
+        number = float(text.removesuffix("%"))
+    except ValueError:
+        raise ReportError(
+            f"target {value!r} is not a number; give a fraction such as 0.3 or a percentage such as 30"
+        ) from None
+    fraction = number / 100 if text.endswith("%") or number > 1 else number
+    if not 0 < fraction <= 1:
+        raise ReportError(f"target {value!r} is out of range; give a fraction in (0, 1] or a percentage in (0, 100]")
+    return fraction
+
+
+def training_flops_to_target(
+    curve: tuple[CurvePoint, ...], metric: str, target: float
+) -> tuple[float | None, bool]:
+    """Cumulative training FLOPs where the curve first reaches `target`, and whether that was interpolated.
+
+    Between the last evaluation below the target and the first at or above it, the
+    FLOPs are interpolated linearly. A curve whose first point already meets the
+    target needs that point's FLOPs, and one that never meets it gives None.
+    """
+    previous = None
+    for point in curve:
+        accuracy = getattr(point, metric)
+        if accuracy >= target - ACCURACY_TOLERANCE:
+            if previous is None or accuracy <= target + ACCURACY_TOLERANCE:
+                return point.train_flops, False
+            before = getattr(previous, metric)
+            share = (target - before) / (accuracy - before)
+            return previous.train_flops + share * (point.train_flops - previous.train_flops), True
+        previous = point
+    return None, False
+
+
+def _dominates(a: tuple[float, float], b: tuple[float, float]) -> bool:
+    """Whether (cost, accuracy) `a` is at most as costly and at least as accurate as `b`, and better in one."""
+    no_worse = a[0] <= b[0] and a[1] >= b[1] - ACCURACY_TOLERANCE
+    better = a[0] < b[0] or a[1] > b[1] + ACCURACY_TOLERANCE
+    return no_worse and better
+
+
+def build_report(
+    runs: list[RunSummary], target: float | str, questions: int = DEFAULT_QUESTIONS, metric: str = DEFAULT_METRIC
+) -> Report:
+    """Score every run against `target` for `questions` questions, grouped by eval set."""
+    target = parse_target(target)
+    if metric not in METRICS:
+        raise ReportError(f"metric {metric!r} is unknown; use one of {', '.join(METRICS)}")
+    if isinstance(questions, bool) or not isinstance(questions, int) or questions < 1:
+        raise ReportError(f"questions must be a positive whole number, got {questions!r}")
+    if not runs:
+        raise ReportError("no runs to report")
+    by_set: dict[str, list[RunSummary]] = {}
+    for run in runs:
+        by_set.setdefault(run.eval_set.ids_sha256, []).append(run)
+    groups = [_score_group(members, target, questions, metric) for members in by_set.values()]
+    groups.sort(key=lambda group: (group.eval_set.name, group.eval_set.ids_sha256))
+    return Report(target, questions, metric, tuple(groups))
+
+
+def _score_group(runs: list[RunSummary], target: float, questions: int, metric: str) -> Group:
+    points = [(run.training_flops + questions * run.inference_flops_per_question, run.accuracy(metric)) for run in runs]
+    rows = []
+    for run, (total, accuracy) in zip(runs, points):
+        # A run without a learning curve is a single evaluation after all its training.
+        curve = run.curve or (CurvePoint(run.training_flops, run.exact, run.tolerant),)
+        training, interpolated = training_flops_to_target(curve, metric, target)
+        inference = questions * run.inference_flops_per_question
+        rows.append(
+            Row(
+                run=run,
+                accuracy=accuracy,
+                total_flops=total,
+                target_training_flops=training,
+                interpolated=interpolated,
+                flops_to_target=None if training is None else training + inference,
+                on_frontier=not any(_dominates(other, (total, accuracy)) for other in points),
+            )
+        )
+    rows.sort(key=lambda row: (row.total_flops, -row.accuracy, row.run.name))
+    # The same questions may carry different names (test_100 from two files); show them all.
+    names = " / ".join(sorted({run.eval_set.name for run in runs}))
+    return Group(replace(runs[0].eval_set, name=names), tuple(rows))
+
+
+# ---------------------------------------------------------------- text
+
+
+def format_flops(flops: float) -> str:
+    """`1.23e17`: three significant digits, no exponent sign or padding."""
+    if flops == 0:
+        return "0"
+    mantissa, exponent = f"{flops:.2e}".split("e")
+    return f"{mantissa}e{int(exponent)}"
+
+
+def format_params(params: int) -> str:
+    """`494M`, `1.5B`."""
+    return f"{params / 1e9:.3g}B" if params >= 1e9 else f"{params / 1e6:.3g}M"
+
+
+def _percent(fraction: float) -> str:
+    return f"{100 * fraction:.1f}%"
+
+
+def _table(report: Report, group: Group) -> tuple[list[str], list[list[str]]]:
+    headers = [
+        "run", "model", "params", "technique", "mode", "EmAcc exact", "EmAcc tolerant", "training FLOPs",
+        "inference FLOPs/q", f"total FLOPs (Q={report.questions})", "s/q", f"FLOPs to {_percent(report.target)}",
+        "frontier",
+    ]
+    cells = []
+    for row in group.rows:
+        run = row.run
+        if row.flops_to_target is None:
+            to_target = "not reached"
+        else:
+            to_target = ("~" if row.interpolated else "") + format_flops(row.flops_to_target)
+        cells.append([
+            run.name, run.model, format_params(run.params), run.technique_label, run.mode, _percent(run.exact),
+            _percent(run.tolerant), format_flops(run.training_flops), format_flops(run.inference_flops_per_question),
+            format_flops(row.total_flops), f"{run.seconds_per_question:.2f}", to_target,
+            "*" if row.on_frontier else "",
+        ])
+    return headers, cells
+
+
+def _summary(report: Report, group: Group) -> list[str]:
+    goal = f"{_percent(report.target)} {report.metric} EmAcc"
+    cheapest = group.cheapest
+    if cheapest is None:
+        best = max(group.rows, key=lambda row: row.accuracy)
+        first = (
+            f"No run reaches {goal}; the most accurate is {best.run.name} ({best.run.label}) "
+            f"at {_percent(best.accuracy)}."
+        )
+    else:
+        how = "interpolated on its learning curve" if cheapest.interpolated else "measured"
+        first = (
+            f"Cheapest to reach {goal}: {cheapest.run.name} ({cheapest.run.label}), "
+            f"{format_flops(cheapest.flops_to_target)} FLOPs ({how})."
+        )
+    frontier = " -> ".join(
+        f"{row.run.name} ({_percent(row.accuracy)}, {format_flops(row.total_flops)})" for row in group.frontier
+    )
+    return [first, f"Pareto frontier, cheapest first: {frontier}."]
+
+
+def _mixing_warning(report: Report) -> str | None:
+    if len(report.groups) == 1:
+        return None
+    return (
+        f"These runs were scored on {len(report.groups)} different eval sets (different question ids); "
+        "each set is reported on its own, because accuracies on different questions are not comparable."
+    )
+
+
+def _notes(report: Report) -> list[str]:
+    return [
+        f"Total FLOPs = training FLOPs + {report.questions} questions x inference FLOPs per question. "
+        "Inference FLOPs count the tokens each question needed (run.json `flops.inference_per_example`), "
+        "not batch padding, so they do not depend on the batch size.",
+        "FLOPs to target = training FLOPs until the learning curve first reaches the target "
+        f"+ {report.questions} x the final model's inference FLOPs per question; "
+        "'~' marks a crossing interpolated between two evaluations.",
+        f"The frontier (*) holds the runs that no other run beats on both {report.metric} EmAcc and total FLOPs.",
+    ]
+
+
+def _aligned(headers: list[str], cells: list[list[str]]) -> str:
+    lines = [headers, *cells]
+    widths = [max(len(line[i]) for line in lines) for i in range(len(headers))]
+    return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip() for line in lines)
+
+
+def _markdown_table(headers: list[str], cells: list[list[str]]) -> str:
+    lines = [headers, ["---"] * len(headers), *cells]
+    return "\n".join("| " + " | ".join(cell.replace("|", "\\|") for cell in line) + " |" for line in lines)
+
+
+def format_table(report: Report) -> str:
+    """The report for the terminal: per eval set, the table, the cheapest run and the frontier."""
+    warning = _mixing_warning(report)
+    parts = [warning, ""] if warning else []
+    for group in report.groups:
+        parts += [f"Eval set {group.eval_set.describe()}", _aligned(*_table(report, group))]
+        parts += [*_summary(report, group), ""]
+    return "\n".join(parts + _notes(report))
+
+
+def format_markdown(report: Report, plot_name: str = REPORT_PNG) -> str:
+    """The report as Markdown: summary, the plot, one table per eval set, and how to read them."""
+    runs = sum(len(group.rows) for group in report.groups)
+    parts = [
+        "# finprog report",
+        "",
+        f"Target {_percent(report.target)} {report.metric} EmAcc, Q = {report.questions} questions, "
+        f"{runs} runs on {len(report.groups)} eval set{'s' if len(report.groups) > 1 else ''}.",
+    ]
+    warning = _mixing_warning(report)
+    if warning:
+        parts += ["", f"**{warning}**"]
+    parts += ["", f"![{report.metric} EmAcc against total FLOPs]({plot_name})"]
+    for group in report.groups:
+        parts += ["", f"## Eval set {group.eval_set.describe()}", ""]
+        parts += [f"- {line}" for line in _summary(report, group)]
+        parts += ["", _markdown_table(*_table(report, group))]
+    parts += ["", "## How to read this", "", *[f"- {note}" for note in _notes(report)]]
+    return "\n".join(parts) + "\n"
+
+
+# ---------------------------------------------------------------- plot
+
+_COLOURS = {
+    "zero-shot": "tab:gray", "few-shot": "tab:blue", "lora": "tab:orange", "qlora": "tab:green", "full": "tab:red",
+}
+_OTHER_COLOUR = "tab:purple"
+_MARKERS = {"program": "o", "direct": "s"}
+_OTHER_MARKER = "D"
+# Label positions tried around a point, nearest first, as offsets in typographic points.
+_DIRECTIONS = ((1, 1), (1, -1), (-1, 1), (-1, -1), (1, 0), (-1, 0), (0, 1.4), (0, -1.4))
+_OFFSETS = [(dx * radius, dy * radius) for radius in (7, 16, 28, 42) for dx, dy in _DIRECTIONS]
+
+
+def plot_report(report: Report, path: str | Path) -> Path:
+    """Write the PNG: per eval set, accuracy against total FLOPs (log), the target line and the frontier."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(12, 6.5 * len(report.groups)), dpi=130)
+    FigureCanvasAgg(figure)
+    axes = figure.subplots(len(report.groups), 1, squeeze=False)[:, 0]
+    for axis, group in zip(axes, report.groups):
+        _plot_group(axis, report, group)
+    figure.tight_layout()
+    for axis, group in zip(axes, report.groups):
+        _place_labels(axis, group)
+    path = Path(path)
+    figure.savefig(path)
+    return path
+
+
+def _plot_group(axis, report: Report, group: Group) -> None:
+    from matplotlib.lines import Line2D
+    from matplotlib.ticker import MaxNLocator, PercentFormatter
+
+    inference = {row.run.path: report.questions * row.run.inference_flops_per_question for row in group.rows}
+    for row in group.rows:
+        colour = _COLOURS.get(row.run.technique, _OTHER_COLOUR)
+        if row.run.curve:
+            xs = [point.train_flops + inference[row.run.path] for point in row.run.curve]
+            ys = [getattr(point, report.metric) for point in row.run.curve]
+            axis.plot(xs, ys, color=colour, alpha=0.35, linewidth=1, marker=".", markersize=4)
+        axis.scatter(
+            row.total_flops, row.accuracy, s=90 if row.on_frontier else 55, color=colour, zorder=3,
+            marker=_MARKERS.get(row.run.mode, _OTHER_MARKER), edgecolors="black" if row.on_frontier else "none",
+        )
+    frontier = group.frontier
+    axis.plot([row.total_flops for row in frontier], [row.accuracy for row in frontier],
+              color="black", linewidth=1.2, drawstyle="steps-post", zorder=2)
+    axis.axhline(report.target, color="crimson", linestyle="--", linewidth=1)
+    cheapest = group.cheapest
+    if cheapest is not None:
+        axis.scatter(cheapest.flops_to_target, report.target, marker="*", s=220, color="gold", edgecolors="black",
+                     zorder=2.5)  # under the run markers, so a run sitting on the target stays visible
+
+    costs = [row.total_flops for row in group.rows] + list(inference.values())
+    axis.set_xscale("log")
+    axis.set_xlim(min(costs) / 4, max(costs) * 4)
+    top = max([row.accuracy for row in group.rows] + [report.target])
+    axis.set_ylim(0, min(1.0, top + 0.1))
+    axis.yaxis.set_major_locator(MaxNLocator(steps=[1, 2, 5, 10]))  # whole percentages: ticks every 1, 2, 5, 10 ...
+    axis.yaxis.set_major_formatter(PercentFormatter(xmax=1, decimals=0))
+    axis.grid(True, which="major", alpha=0.3)
+    axis.set_xlabel(f"total FLOPs to answer {report.questions} questions (training + inference), log scale")
+    axis.set_ylabel(f"{report.metric} EmAcc")
+    axis.set_title(f"Eval set {group.eval_set.describe()}", loc="left")
+
+    present = {row.run.technique for row in group.rows}
+    techniques = [t for t in _COLOURS if t in present] + sorted(present - _COLOURS.keys())
+    modes = sorted({row.run.mode for row in group.rows})
+    handles = [
+        Line2D([], [], color=_COLOURS.get(technique, _OTHER_COLOUR), marker="o", linestyle="",
+               label=_TECHNIQUE_NAMES.get(technique, technique))
+        for technique in techniques
+    ]
+    handles += [
+        Line2D([], [], color="dimgray", marker=_MARKERS.get(mode, _OTHER_MARKER), linestyle="", label=f"{mode} mode")
+        for mode in modes
+    ]
+    handles += [
+        Line2D([], [], color="black", linewidth=1.2, label="Pareto frontier (outlined)"),
+        Line2D([], [], color="crimson", linestyle="--",
+               label=f"target {_percent(report.target)}" + ("" if cheapest else " (no run reaches it)")),
+    ]
+    if any(row.run.curve for row in group.rows):
+        handles.append(Line2D([], [], color="gray", alpha=0.5, marker=".", label="learning curve"))
+    if cheapest is not None:
+        handles.append(Line2D([], [], color="gold", marker="*", markersize=12, markeredgecolor="black", linestyle="",
+                              label=f"cheapest to target: {format_flops(cheapest.flops_to_target)}"))
+    axis.legend(handles=handles, loc="best", fontsize=8, framealpha=0.9)
+
+
+def _place_labels(axis, group: Group) -> None:
+    """Label each point with its run at the nearby spot that covers the least of the other marks."""
+    import numpy as np
+
+    renderer = axis.figure.canvas.get_renderer()
+    heavy = []  # markers (with a margin), the legend and the labels placed so far, as pixel boxes
+    for collection in axis.collections:
+        radius = math.sqrt(collection.get_sizes()[0]) / 2 * axis.figure.dpi / 72 + 4
+        for centre in axis.transData.transform(collection.get_offsets()):
+            heavy.append(np.concatenate([centre - radius, centre + radius]))
+    heavy.append(axis.get_legend().get_window_extent(renderer).extents)
+    light = np.vstack([  # the lines, as small boxes along them
+        _line_boxes(line.get_transform().transform(line.get_path().vertices)) for line in axis.get_lines()
+    ])
+    frame = axis.get_window_extent(renderer).extents
+    for row in group.rows:
+        best = None
+        for dx, dy in _OFFSETS:
+            far = max(abs(dx), abs(dy)) > 10
+            text = axis.annotate(
+                f"{row.run.model}\n{row.run.technique_label} {row.run.mode}", (row.total_flops, row.accuracy),
+                xytext=(dx, dy), textcoords="offset points", fontsize=7.5,
+                ha="left" if dx > 0 else "right" if dx < 0 else "center",
+                va="bottom" if dy > 0 else "top" if dy < 0 else "center",
+                arrowprops={"arrowstyle": "-", "color": "gray", "linewidth": 0.6} if far else None,
+            )
+            box = text.get_window_extent(renderer).extents
+            outside = (box[2] - box[0]) * (box[3] - box[1]) - _overlap(box, frame[None])
+            cost = 10 * (_overlap(box, np.array(heavy)) + outside) + _overlap(box, light)
+            if best is None or cost < best[0]:
+                if best is not None:
+                    best[1].remove()
+                best = (cost, text, box)
+            else:
+                text.remove()
+            if cost == 0:
+                break
+        heavy.append(best[2])
+
+
+def _line_boxes(vertices, spacing: float = 5.0, half: float = 1.5):
+    """Small boxes every `spacing` pixels along a polyline given in pixels."""
+    import numpy as np
+
+    samples = [vertices[:1]]
+    for start, end in zip(vertices[:-1], vertices[1:]):
+        steps = max(1, int(np.hypot(*(end - start)) / spacing))
+        samples.append(start + (end - start) * np.linspace(0, 1, steps + 1)[1:, None])
+    points = np.vstack(samples)
+    return np.hstack([points - half, points + half])
+
+
+def _overlap(box, others) -> float:
+    """Total area that `box` shares with the rows of `others` (all boxes as x0, y0, x1, y1)."""
+    import numpy as np
+
+    width = np.clip(np.minimum(box[2], others[:, 2]) - np.maximum(box[0], others[:, 0]), 0, None)
+    height = np.clip(np.minimum(box[3], others[:, 3]) - np.maximum(box[1], others[:, 1]), 0, None)
+    return float((width * height).sum())
+
+
+# ---------------------------------------------------------------- files
+
+
+def write_report(report: Report, out_dir: str | Path) -> list[Path]:
+    """Write report.md and report.png into `out_dir` (created if needed); returns their paths."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    png = plot_report(report, out_dir / REPORT_PNG)
+    markdown = out_dir / REPORT_MD
+    markdown.write_text(format_markdown(report, png.name), encoding="utf-8")
+    return [markdown, png]
+
+
+def report(
+    paths: list[str | Path],
+    target: float | str,
+    questions: int = DEFAULT_QUESTIONS,
+    metric: str = DEFAULT_METRIC,
+    out: str | Path | None = None,
+) -> tuple[Report, list[Path]]:
+    """`finprog report`: read the runs under `paths`, score them, and write report.md and report.png to `out`.
+
+    Returns the report and the files written (none when `out` is None).
+    """
+    result = build_report(load_runs(paths), target, questions, metric)
+    return result, write_report(result, out) if out is not None else []

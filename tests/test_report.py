@@ -1,0 +1,337 @@
+"""Tests for finprog.report: FLOPs-to-target, the frontier, eval-set groups, bad run.json files, the files written."""
+
+from __future__ import annotations
+
+import json
+import struct
+import subprocess
+import sys
+
+import pytest
+
+from finprog.report import (
+    ReportError,
+    build_report,
+    format_flops,
+    format_markdown,
+    format_table,
+    load_run,
+    load_runs,
+    parse_target,
+    report,
+    write_report,
+)
+
+SET_A = "a" * 64
+SET_B = "b" * 64
+
+
+def write_run(folder, exact, inference=1e12, training=0.0, curve=None, technique=None, ids=SET_A, **config):
+    """Write a run.json in `folder`; `curve` is a list of (cumulative training FLOPs, exact accuracy)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    record = {
+        "kind": "train" if curve else "solve",
+        "config": {"model": "tiny", "mode": "program", "technique": technique or ("lora" if curve else "few-shot"),
+                   "shots": 4, **config},
+        "eval_set": {"name": "test_100", "n": 100, "ids_sha256": ids},
+        "model": {"name": "tiny", "params": 500_000_000},
+        "metrics": {"n": 100, "exact": exact, "tolerant": exact, "program_accuracy": None},
+        "flops": {"inference_per_example": inference, "training_total": training},
+        "timing": {"seconds_per_example": 0.5},
+    }
+    if curve:
+        record["curve"] = [
+            {"step": step, "train_flops": flops, "exact": accuracy, "tolerant": min(1.0, accuracy + 0.1)}
+            for step, (flops, accuracy) in enumerate(curve)
+        ]
+    (folder / "run.json").write_text(json.dumps(record))
+    return folder
+
+
+def only_group(result):
+    (group,) = result.groups
+    return {row.run.name: row for row in group.rows}, group
+
+
+# ---------------------------------------------------------------- FLOPs to target
+
+
+def test_training_run_interpolates_between_evaluations(tmp_path):
+    write_run(tmp_path / "lora", exact=0.4, training=3e16, curve=[(0, 0.1), (1e16, 0.2), (3e16, 0.4)])
+    rows, _ = only_group(build_report(load_runs([tmp_path]), target=0.3, questions=100))
+    row = rows["lora"]
+    # halfway from 20% to 40% is halfway from 1e16 to 3e16 training FLOPs; plus 100 questions x 1e12
+    assert row.target_training_flops == pytest.approx(2e16)
+    assert row.flops_to_target == pytest.approx(2e16 + 1e14)
+    assert row.interpolated
+    assert row.total_flops == pytest.approx(3e16 + 1e14)
+
+
+def test_crossing_exactly_at_an_evaluation_is_not_interpolated(tmp_path):
+    write_run(tmp_path / "lora", exact=0.4, training=3e16, curve=[(0, 0.1), (1e16, 0.2), (3e16, 0.4)])
+    rows, _ = only_group(build_report(load_runs([tmp_path]), target=0.2, questions=100))
+    assert rows["lora"].target_training_flops == pytest.approx(1e16)
+    assert not rows["lora"].interpolated
+
+
+def test_first_evaluation_already_meeting_the_target_needs_no_training(tmp_path):
+    write_run(tmp_path / "lora", exact=0.5, training=2e16, curve=[(0, 0.35), (2e16, 0.5)])
+    rows, _ = only_group(build_report(load_runs([tmp_path]), target=0.3, questions=10))
+    assert rows["lora"].target_training_flops == 0
+    assert rows["lora"].flops_to_target == pytest.approx(10 * 1e12)
+    assert not rows["lora"].interpolated
+
+
+def test_tolerant_metric_reads_the_tolerant_curve(tmp_path):
+    # the tolerant curve is exact + 0.1: 0.2, 0.3, 0.5 -> reaches 40% halfway between 1e16 and 3e16
+    write_run(tmp_path / "lora", exact=0.4, training=3e16, curve=[(0, 0.1), (1e16, 0.2), (3e16, 0.4)])
+    exact_rows, _ = only_group(build_report(load_runs([tmp_path]), target=0.4, questions=1, metric="exact"))
+    tolerant_rows, _ = only_group(build_report(load_runs([tmp_path]), target=0.4, questions=1, metric="tolerant"))
+    assert exact_rows["lora"].target_training_flops == pytest.approx(3e16)
+    assert tolerant_rows["lora"].target_training_flops == pytest.approx(2e16)
+
+
+def test_run_without_training_costs_its_inference_when_it_reaches_the_target(tmp_path):
+    write_run(tmp_path / "few", exact=0.31, inference=2e12)
+    write_run(tmp_path / "zero", exact=0.29, inference=1e12, technique="zero-shot")
+    rows, group = only_group(build_report(load_runs([tmp_path]), target=30, questions=1000))
+    assert rows["few"].flops_to_target == pytest.approx(2e15)
+    assert not rows["few"].interpolated
+    assert rows["zero"].flops_to_target is None
+    assert group.cheapest is rows["few"]
+
+
+def test_nothing_reaching_the_target_says_not_reached(tmp_path):
+    write_run(tmp_path / "lora", exact=0.25, training=1e16, curve=[(0, 0.1), (1e16, 0.25)])
+    write_run(tmp_path / "few", exact=0.2)
+    result = build_report(load_runs([tmp_path]), target=0.3, questions=100)
+    rows, group = only_group(result)
+    assert rows["lora"].flops_to_target is None and rows["few"].flops_to_target is None
+    assert group.cheapest is None
+    text = format_table(result)
+    assert text.count("not reached") == 2
+    assert "No run reaches 30.0% exact EmAcc; the most accurate is lora" in text
+
+
+def test_accuracy_equal_to_the_target_up_to_rounding_reaches_it(tmp_path):
+    write_run(tmp_path / "few", exact=1 - 0.93)  # 0.06999999999999995
+    rows, _ = only_group(build_report(load_runs([tmp_path]), target="7%", questions=1))
+    assert rows["few"].flops_to_target is not None
+
+
+@pytest.mark.parametrize("given, fraction", [(0.3, 0.3), ("0.3", 0.3), (30, 0.3), ("30", 0.3), ("30%", 0.3),
+                                             ("0.5%", 0.005), (1, 1.0), (100, 1.0)])
+def test_target_is_a_fraction_up_to_one_and_a_percentage_above(given, fraction):
+    assert parse_target(given) == pytest.approx(fraction)
+
+
+@pytest.mark.parametrize("given", [0, -0.2, 101, "150%", "abc", "nan"])
+def test_target_out_of_range_is_refused(given):
+    with pytest.raises(ReportError, match="target"):
+        parse_target(given)
+
+
+def test_bad_metric_and_question_count_are_refused(tmp_path):
+    runs = load_runs([write_run(tmp_path / "few", exact=0.2)])
+    with pytest.raises(ReportError, match="metric 'program'"):
+        build_report(runs, target=0.3, metric="program")
+    with pytest.raises(ReportError, match="questions"):
+        build_report(runs, target=0.3, questions=0)
+
+
+# ---------------------------------------------------------------- frontier and cheapest
+
+
+def test_frontier_drops_dominated_runs_and_keeps_ties(tmp_path):
+    # total FLOPs for 1 question = inference per question
+    write_run(tmp_path / "cheap", exact=0.1, inference=1e15)
+    write_run(tmp_path / "best", exact=0.3, inference=2e15)
+    write_run(tmp_path / "twin", exact=0.3, inference=2e15)  # identical to best: neither dominates
+    write_run(tmp_path / "worse_same_cost", exact=0.25, inference=2e15)
+    write_run(tmp_path / "dearer_same_accuracy", exact=0.3, inference=5e15)
+    write_run(tmp_path / "dearer_less_accurate", exact=0.2, inference=3e15)
+    write_run(tmp_path / "most_accurate", exact=0.5, inference=9e15)
+    result = build_report(load_runs([tmp_path]), target=0.3, questions=1)
+    _, group = only_group(result)
+    assert [row.run.name for row in group.frontier][:1] == ["cheap"]
+    assert {row.run.name for row in group.frontier} == {"cheap", "best", "twin", "most_accurate"}
+    assert [row.total_flops for row in group.rows] == sorted(row.total_flops for row in group.rows)
+
+
+def test_cheapest_tie_goes_to_the_more_accurate_run(tmp_path):
+    # both reach 30% for 2e15 FLOPs: "just" by inference alone, "trained" after 1e15 training + 1e15 inference
+    write_run(tmp_path / "just", exact=0.3, inference=2e15)
+    write_run(tmp_path / "trained", exact=0.6, inference=1e15, training=2e15, curve=[(0, 0.0), (2e15, 0.6)])
+    rows, group = only_group(build_report(load_runs([tmp_path]), target=0.3, questions=1))
+    assert rows["just"].flops_to_target == rows["trained"].flops_to_target == 2e15
+    assert rows["just"].total_flops < rows["trained"].total_flops
+    assert group.cheapest.run.name == "trained"
+
+
+def test_trained_run_can_be_cheapest_to_target_without_being_cheapest_overall(tmp_path):
+    # the LoRA run reaches 30% after 1e16 training FLOPs, before its 5e16 total; the 7B few-shot run costs 3e16
+    write_run(tmp_path / "lora", exact=0.5, inference=1e12, training=5e16, curve=[(0, 0.0), (2e16, 0.6)])
+    write_run(tmp_path / "big_few_shot", exact=0.35, inference=3e13)
+    _, group = only_group(build_report(load_runs([tmp_path]), target=0.3, questions=1000))
+    assert group.cheapest.run.name == "lora"
+    assert group.cheapest.flops_to_target == pytest.approx(1e16 + 1e15)
+
+
+# ---------------------------------------------------------------- eval sets
+
+
+def test_runs_on_different_eval_sets_are_grouped_not_mixed(tmp_path):
+    write_run(tmp_path / "a_strong", exact=0.6, inference=1e12, ids=SET_A)
+    write_run(tmp_path / "a_weak", exact=0.1, inference=5e12, ids=SET_A)
+    write_run(tmp_path / "b_weak", exact=0.1, inference=5e12, ids=SET_B)
+    result = build_report(load_runs([tmp_path]), target=0.5, questions=1)
+    assert [{row.run.name for row in group.rows} for group in result.groups] == [{"a_strong", "a_weak"}, {"b_weak"}]
+    by_name = {row.run.name: row for group in result.groups for row in group.rows}
+    assert not by_name["a_weak"].on_frontier
+    assert by_name["b_weak"].on_frontier  # a_strong would dominate it, but was scored on other questions
+    assert result.groups[1].cheapest is None
+    for text in (format_table(result), format_markdown(result)):
+        assert "2 different eval sets" in text
+        assert "ids sha256 aaaaaaaaaaaa" in text and "ids sha256 bbbbbbbbbbbb" in text
+    assert len(json.loads(json.dumps(result.to_dict()))["groups"]) == 2
+
+
+def test_single_eval_set_has_no_mixing_warning(tmp_path):
+    write_run(tmp_path / "few", exact=0.2)
+    assert "different eval sets" not in format_table(build_report(load_runs([tmp_path]), target=0.3))
+
+
+# ---------------------------------------------------------------- finding and reading runs
+
+
+def test_runs_are_found_in_run_folders_files_and_parents_once_each(tmp_path):
+    write_run(tmp_path / "compare" / "x", exact=0.1)
+    write_run(tmp_path / "compare" / "deeper" / "y", exact=0.2)
+    single = write_run(tmp_path / "z", exact=0.3)
+    runs = load_runs([tmp_path / "compare", single, single / "run.json", tmp_path / "compare" / "x"])
+    assert sorted(run.name for run in runs) == ["x", "y", "z"]
+
+
+def test_folder_without_runs_is_an_error(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ReportError, match="empty: no run.json"):
+        load_runs([tmp_path / "empty"])
+    with pytest.raises(ReportError, match="missing: no such file"):
+        load_runs([tmp_path / "missing"])
+
+
+def test_invalid_json_names_the_file_and_line(tmp_path):
+    (tmp_path / "run.json").write_text('{"kind": "solve",\n  oops}')
+    with pytest.raises(ReportError, match=r"run.json: invalid JSON at line 2"):
+        load_run(tmp_path / "run.json")
+
+
+def break_field(folder, dotted, value):
+    """Rewrite one field of folder/run.json; value None deletes it."""
+    record = json.loads((folder / "run.json").read_text())
+    *parents, last = dotted.split(".")
+    target = record
+    for key in parents:
+        target = target[key]
+    if value is None:
+        del target[last]
+    else:
+        target[last] = value
+    (folder / "run.json").write_text(json.dumps(record))
+    return folder / "run.json"
+
+
+@pytest.mark.parametrize(
+    "dotted, value, message",
+    [
+        ("metrics.exact", None, "field 'metrics.exact' is missing"),
+        ("metrics.exact", "12%", "field 'metrics.exact' must be a number from 0 to 1, got '12%'"),
+        ("metrics.exact", 12, "field 'metrics.exact' must be a number from 0 to 1, got 12"),
+        ("flops.inference_per_example", 0, "field 'flops.inference_per_example' must be a number from 1"),
+        ("eval_set", None, "field 'eval_set.name' is missing"),
+        ("eval_set", [], "field 'eval_set' must be an object, got list"),
+        ("kind", "evaluate", "field 'kind' must be 'solve' or 'train'"),
+        ("config.constrained", "yes", "field 'config.constrained' must be true or false"),
+    ],
+)
+def test_malformed_run_json_names_the_file_and_field(tmp_path, dotted, value, message):
+    path = break_field(write_run(tmp_path / "run1", exact=0.2), dotted, value)
+    with pytest.raises(ReportError) as caught:
+        load_run(path)
+    assert str(caught.value).startswith(str(path))
+    assert message in str(caught.value)
+
+
+def test_training_run_needs_a_curve_with_rising_flops(tmp_path):
+    folder = write_run(tmp_path / "lora", exact=0.3, training=2e16, curve=[(0, 0.1), (2e16, 0.3)])
+    record = json.loads((folder / "run.json").read_text())
+    record["curve"][1]["train_flops"] = -1.0
+    (folder / "run.json").write_text(json.dumps(record))
+    with pytest.raises(ReportError, match=r"'curve\[1\].train_flops' must be a number from 0"):
+        load_run(folder / "run.json")
+    record["curve"] = [record["curve"][0] | {"train_flops": 5e16}, record["curve"][0] | {"train_flops": 1e16}]
+    (folder / "run.json").write_text(json.dumps(record))
+    with pytest.raises(ReportError, match=r"'curve\[1\].train_flops' is smaller than the one before it"):
+        load_run(folder / "run.json")
+    break_field(folder, "curve", [])
+    with pytest.raises(ReportError, match="'curve' must be a non-empty list"):
+        load_run(folder / "run.json")
+    break_field(folder, "curve", None)
+    with pytest.raises(ReportError, match="'curve' is missing"):
+        load_run(folder / "run.json")
+
+
+def test_technique_label_spells_out_the_configuration(tmp_path):
+    few = load_run(write_run(tmp_path / "a", exact=0.1, shots=4, constrained=True, samples=8) / "run.json")
+    qlora = load_run(write_run(tmp_path / "b", exact=0.1, technique="qlora", shots=0, quant="nf4",
+                               curve=[(0, 0.1)]) / "run.json")
+    direct = load_run(write_run(tmp_path / "c", exact=0.1, technique="zero-shot", shots=0, quant="int8") / "run.json")
+    assert few.technique_label == "4-shot constrained, 8 samples"
+    assert qlora.technique_label == "QLoRA"
+    assert direct.technique_label == "zero-shot int8"
+
+
+# ---------------------------------------------------------------- output
+
+
+def png_size(path):
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    return struct.unpack(">II", data[16:24])
+
+
+def test_report_writes_markdown_and_a_png(tmp_path):
+    runs = tmp_path / "runs"
+    write_run(runs / "zero", exact=0.05, inference=1e12, technique="zero-shot")
+    write_run(runs / "few", exact=0.2, inference=6e12)
+    write_run(runs / "lora", exact=0.4, inference=1e12, training=5e16, curve=[(0, 0.05), (2.5e16, 0.3), (5e16, 0.4)])
+    write_run(runs / "other_set", exact=0.2, ids=SET_B)
+    result, files = report([runs], target=0.35, questions=1000, out=tmp_path / "out")
+    markdown, png = files
+    assert markdown.name == "report.md" and png.name == "report.png"
+    text = markdown.read_text()
+    assert "](report.png)" in text
+    assert "| lora | tiny | 500M | LoRA + 4-shot | program | 40.0% |" in text
+    assert "~3.85e16" in text  # 2.5e16 + 0.5 * 2.5e16 training + 1000 x 1e12 inference
+    width, height = png_size(png)
+    assert width > 800 and height > 1000  # two eval sets, two panels
+    assert png.stat().st_size > 20_000
+    assert result.to_dict()["groups"][0]["cheapest"].endswith("run.json")
+
+
+def test_single_panel_png_for_one_eval_set(tmp_path):
+    write_run(tmp_path / "runs" / "few", exact=0.2)
+    result = build_report(load_runs([tmp_path / "runs"]), target=0.3)
+    _, png = write_report(result, tmp_path / "out")
+    width, height = png_size(png)
+    assert 800 < width and 400 < height < width
+
+
+def test_format_flops():
+    assert [format_flops(x) for x in (0, 1.234e17, 9.999e11, 5e9)] == ["0", "1.23e17", "1.00e12", "5.00e9"]
+
+
+def test_import_does_not_load_matplotlib():
+    code = "import sys, finprog.report; print('matplotlib' in sys.modules, 'torch' in sys.modules)"
+    output = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert output.split() == ["False", "False"]
