@@ -13,6 +13,7 @@ arithmetic over a bounded number of steps.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from functools import cache
 
@@ -128,6 +129,33 @@ def _value(node) -> Literal | Reference:
     if node.data == "reference":
         return Reference(int(token[1:]))
     return Literal(str(token), literal_value(str(token)))
+
+
+_PROGRAM_START = re.compile(r"\b(" + "|".join(TABLE_OPS + ARITHMETIC_OPS) + r")\s*\(")
+
+
+def extract_program(completion: str) -> str | None:
+    """The first program in a model's free text (code fences, prose and later programs ignored).
+
+    From the first operation name, the longest stretch of that line that parses is
+    taken, unless a comma and another step follow it (an unfinished step: the
+    program was cut short). When nothing there parses, that line is returned as it is, so scoring
+    reports the parse error; None when the text names no operation at all.
+    """
+    match = _PROGRAM_START.search(completion)
+    if match is None:
+        return None
+    line = completion[match.start() :].split("\n", 1)[0].strip()
+    closings = [i for i, char in enumerate(line) if char == ")"]
+    for end in reversed(closings):
+        rest = line[end + 1 :].strip()
+        if rest.startswith(",") and (rest == "," or _PROGRAM_START.match(rest[1:].lstrip())):
+            continue
+        try:
+            return format(parse(line[: end + 1]))
+        except ProgramParseError:
+            continue
+    return line
 
 
 def literal_value(text: str) -> float:

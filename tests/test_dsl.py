@@ -226,3 +226,24 @@ def test_equivalence_raises_only_program_errors(gold, predicted):
         dsl.equivalent(dsl.parse(gold), dsl.parse(predicted))
     except dsl.ProgramError:
         pass
+
+
+@pytest.mark.parametrize(
+    "completion, program",
+    [
+        ("```\nsubtract(5829, 5735), divide(#0, 5735)\n```", "subtract(5829, 5735), divide(#0, 5735)"),
+        ("```python\nProgram: add(1,2)\n```", "add(1, 2)"),
+        ("Program: add(1, 2). So the answer is 3.", "add(1, 2)"),
+        ("add(1, 2), divide(#0, 3), and that is all", "add(1, 2), divide(#0, 3)"),
+        ("add(1, 2)\nmultiply(3, 4)", "add(1, 2)"),  # a second program is ignored
+        ("multiply(2, 3); divide(#0, 2)", "multiply(2, 3)"),
+        ("First table_max(net sales, none) then more", "table_max(net sales, none)"),
+        ("add(1, 2), divide(#0", "add(1, 2), divide(#0"),  # cut short: kept whole, so it is a parse error
+        ("add(1, 2),", "add(1, 2),"),
+        ("add(one, two)", "add(one, two)"),
+        ("The answer is 42.", None),
+        ("", None),
+    ],
+)
+def test_extract_program_from_messy_completions(completion, program):
+    assert dsl.extract_program(completion) == program
