@@ -13,17 +13,16 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime
 import importlib.util
 import io
 import json
-import platform
 import random
 from pathlib import Path
 
-from finprog import __version__, dsl
+from finprog import dsl
 from finprog.data import load_finqa
 from finprog.evaluation import evaluate_programs
+from finprog.provenance import header
 
 
 def variants(tokens: list[str], table: list[list[str]], rng: random.Random) -> dict[str, list[str]]:
@@ -97,8 +96,8 @@ def main() -> None:
     official = load_official(args.official)
     rng = random.Random(0)
 
-    print(f"# finprog {__version__} vs FinQA official evaluate.py, {datetime.date.today()}, "
-          f"{platform.machine()} Python {platform.python_version()}")
+    print(header())
+    print(f"# finprog vs FinQA's official evaluate.py ({args.official.name}) on {', '.join(p.name for p in args.files)}")
     rows: dict[str, dict] = {}
     disagreements = []
     for path in args.files:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from finprog import __version__
 from finprog.report import DEFAULT_METRIC, DEFAULT_QUESTIONS, METRICS
+from finprog.solve import DEFAULT_MODEL, EXEMPLAR_CHOICES, MODES
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -26,14 +27,28 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
-def _is_user_error(error: Exception) -> bool:
-    """Errors that describe bad input (printed as one line), as opposed to bugs (shown as tracebacks)."""
-    from finprog.data import DataValidationError
-    from finprog.dsl import ProgramError
-    from finprog.evaluation import PredictionFileError
-    from finprog.report import ReportError
+# Errors that describe bad input or an impossible request: printed as one line, exit status 2.
+# Anything else is a bug and keeps its traceback.
+USER_ERRORS = {
+    "finprog.data": ("DataValidationError",),
+    "finprog.dsl": ("ProgramError",),
+    "finprog.evaluation": ("PredictionFileError",),
+    "finprog.report": ("ReportError",),
+    "finprog.runs": ("RunError",),
+    "finprog.solve": ("SolveError",),
+    "finprog.flops": ("UnsupportedModelError",),
+    "finprog.models": ("ModelError",),
+    "finprog.generation": ("GenerationError",),
+}
 
-    return isinstance(error, (DataValidationError, ProgramError, PredictionFileError, ReportError))
+
+def _is_user_error(error: Exception) -> bool:
+    """Whether `error` is one of finprog's typed input errors (only modules already imported are asked)."""
+    for module_name, class_names in USER_ERRORS.items():
+        module = sys.modules.get(module_name)
+        if module and isinstance(error, tuple(getattr(module, name) for name in class_names)):
+            return True
+    return False
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -59,6 +74,41 @@ def _build_parser() -> argparse.ArgumentParser:
     download.add_argument("--split", choices=["train", "dev", "test", "all"], default="all")
     download.add_argument("--dir", type=Path, help="target folder (default: the cache's finqa/ folder)")
     download.set_defaults(run=_data_download)
+
+    solve = commands.add_parser("solve", help="run a model over FinQA examples (program or direct mode)")
+    _add_solve_options(solve)
+    solve.add_argument("--mode", choices=MODES, default="program")
+    solve.add_argument("--out", type=Path, help="run folder (default: runs/MODEL_MODE_DATA)")
+    solve.set_defaults(run=_solve)
+
+    compare = commands.add_parser(
+        "compare", help="run several modes on the same examples, or compare finished runs, side by side"
+    )
+    compare.add_argument("run_dirs", nargs="*", type=Path, help="finished run folders to compare (nothing is rerun)")
+    _add_solve_options(compare)
+    compare.add_argument("--mode", action="append", choices=MODES, dest="modes", help="a mode to run (repeat)")
+    compare.add_argument("--out", type=Path, help="folder for one run per mode and comparison.json")
+    compare.set_defaults(run=_compare)
+
+    models = commands.add_parser("models", help="the offline model zoo: list or fetch")
+    model_commands = models.add_subparsers(dest="models_command", required=True, metavar="ACTION")
+    listing = model_commands.add_parser("list", help="zoo models: parameters, size, licence, cached or not")
+    listing.add_argument("--json", action="store_true")
+    listing.set_defaults(run=_models_list)
+    fetch = model_commands.add_parser("fetch", help="download, check and convert zoo models into the cache")
+    fetch.add_argument("names", nargs="+")
+    fetch.set_defaults(run=_models_fetch)
+
+    count = commands.add_parser("flops", help="parameter counts and FLOPs of a model; --check measures them")
+    count.add_argument("model", help="zoo name, checkpoint folder or hub id")
+    count.add_argument("--prompt-tokens", type=int, default=512)
+    count.add_argument("--new-tokens", type=int, default=16)
+    count.add_argument("--method", choices=["full", "lora", "qlora"], default="lora")
+    count.add_argument("--lora-rank", type=int, default=8)
+    count.add_argument("--gradient-checkpointing", action="store_true")
+    count.add_argument("--check", action="store_true", help="also measure with torch's FlopCounterMode and compare")
+    count.add_argument("--json", action="store_true")
+    count.set_defaults(run=_flops)
 
     report = commands.add_parser("report", help="cost against accuracy across runs: table, FLOPs-to-target, Pareto plot")
     report.add_argument("runs", nargs="+", type=Path, help="run folders, run.json files, or folders holding runs")
@@ -91,6 +141,110 @@ def _evaluate(args) -> int:
         if ids:
             shown = ", ".join(ids[:5]) + (f" ... ({len(ids)} in all)" if len(ids) > 5 else "")
             print(f"{side:<20}{shown}")
+    return 0
+
+
+def _add_solve_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default=DEFAULT_MODEL,
+                        help=f"zoo name, hub id or checkpoint folder (default: {DEFAULT_MODEL})")
+    parser.add_argument("--data", help="FinQA file, split or sample name, or demo (default: official dev, else demo)")
+    parser.add_argument("--limit", type=int, help="only the first N examples")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--max-new-tokens", type=int, help="default: 24 direct, 96 program")
+    parser.add_argument("--shots", type=int, default=4, help="few-shot exemplars in program mode (default: 4)")
+    parser.add_argument("--exemplars", help="FinQA file the exemplars come from (default: official train, else demo)")
+    parser.add_argument("--exemplar-choice", choices=EXEMPLAR_CHOICES, default="similar",
+                        help="most similar question (TF-IDF) or the first k")
+    parser.add_argument("--constrained", action="store_true", help="grammar-constrained decoding (program mode)")
+    parser.add_argument("--samples", type=int, default=1, help="self-consistency: N sampled programs, majority vote")
+    parser.add_argument("--temperature", type=float, default=0.7, help="with --samples > 1")
+    parser.add_argument("--top-p", type=float, default=0.95, help="with --samples > 1")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--dtype", choices=["auto", "bf16", "fp16", "fp32"], default="auto")
+    parser.add_argument("--quant", choices=["none", "4bit", "8bit"], default="none")
+    parser.add_argument("--no-chat-template", dest="chat_template", action="store_false")
+    parser.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    parser.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+
+
+def _solve_options(args, mode: str):
+    from finprog.solve import SolveOptions
+
+    return SolveOptions(
+        model=args.model, mode=mode, data=args.data, limit=args.limit, batch_size=args.batch_size,
+        max_new_tokens=args.max_new_tokens, shots=args.shots, exemplar_choice=args.exemplar_choice,
+        exemplars=args.exemplars, constrained=args.constrained, samples=args.samples,
+        temperature=args.temperature, top_p=args.top_p, seed=args.seed, dtype=args.dtype, quant=args.quant,
+        chat_template=args.chat_template,
+    )
+
+
+def _default_out(args, label: str) -> Path:
+    model = Path(args.model).name if Path(args.model).exists() else args.model.replace("/", "--")
+    return Path("runs") / f"{model}_{label}_{Path(args.data or 'default').stem}"
+
+
+def _solve(args) -> int:
+    from finprog.solve import solve, summary, summary_lines
+
+    record = solve(_solve_options(args, args.mode), args.out or _default_out(args, args.mode),
+                   resume=args.resume, progress=not args.json)
+    if args.json:
+        print(json.dumps(summary(record)))
+    else:
+        print("\n".join(summary_lines(record)))
+    return 0
+
+
+def _compare(args) -> int:
+    from finprog.compare import compare_modes, compare_runs, format_comparison
+    from finprog.runs import RunError
+
+    if args.run_dirs and args.modes:
+        raise RunError("give finished run folders or --mode options, not both")
+    if args.run_dirs:
+        result = compare_runs(args.run_dirs)
+    else:
+        modes = args.modes or ["direct", "program"]
+        out = args.out or _default_out(args, "compare")
+        result = compare_modes(_solve_options(args, modes[0]), modes, out, resume=args.resume, progress=not args.json)
+    print(json.dumps(result) if args.json else format_comparison(result))
+    return 0
+
+
+def _models_list(args) -> int:
+    from finprog.models import list_models
+
+    rows = list_models()
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(f"{'name':<22}{'params':>10}{'size':>10}  {'cached':<8}licence")
+    for row in rows:
+        print(f"{row['name']:<22}{row['params']:>10}{row['size']:>10}  {'yes' if row['cached'] else 'no':<8}{row['licence']}")
+    return 0
+
+
+def _models_fetch(args) -> int:
+    from finprog.models import fetch
+
+    for name in args.names:
+        print(f"{name}: {fetch(name)}")
+    return 0
+
+
+def _flops(args) -> int:
+    from finprog import flops
+    from finprog.models import model_config
+
+    shape = flops.ModelShape.from_config(model_config(args.model))
+    result = flops.summary(shape, args.prompt_tokens, args.new_tokens, args.method, args.lora_rank,
+                           gradient_checkpointing=args.gradient_checkpointing)
+    if args.check:
+        result["check"] = flops.check_model(args.model)
+    print(json.dumps(result, indent=2) if args.json else flops.format_summary(result))
+    if args.check and not args.json:
+        print(flops.format_check(result["check"]))
     return 0
 
 

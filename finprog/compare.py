@@ -1,0 +1,109 @@
+"""Side-by-side comparison of runs on the same examples: metrics, cost, and who got right what the other missed."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+from finprog.runs import PREDICTIONS, RUN, RunError
+
+COMPARISON = "comparison.json"
+
+
+def compare_modes(options, modes: list[str], out: Path, resume: bool = False, progress: bool = True) -> dict:
+    """Run `options` once per mode (same model, same examples) into `out/MODE/`, then compare the runs."""
+    from finprog.solve import solve
+
+    for mode in modes:
+        solve(replace(options, mode=mode, technique=""), out / mode, resume=resume, progress=progress)
+    result = compare_runs([out / mode for mode in modes])
+    (out / COMPARISON).write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def compare_runs(run_dirs: list[Path]) -> dict:
+    """Compare finished runs; they must have been scored on the same examples."""
+    runs = [_load(Path(d)) for d in run_dirs]
+    sets = {run["record"]["eval_set"]["ids_sha256"] for run in runs}
+    if len(sets) > 1:
+        described = "; ".join(f"{run['dir']}: {run['record']['eval_set']['name']} n={run['record']['eval_set']['n']}"
+                              for run in runs)
+        raise RunError(f"these runs were scored on different examples and cannot be compared ({described})")
+    columns = [_column(run) for run in runs]
+    return {"eval_set": runs[0]["record"]["eval_set"], "runs": columns, "only_right": _only_right(runs)}
+
+
+def _load(folder: Path) -> dict:
+    try:
+        record = json.loads((folder / RUN).read_text())
+        rows = {row["id"]: row for row in map(json.loads, (folder / PREDICTIONS).read_text().splitlines())}
+    except (OSError, ValueError, KeyError) as error:
+        raise RunError(f"{folder}: not a readable run folder ({error})") from None
+    if record.get("status") != "finished":
+        raise RunError(f"{folder}: the run has not finished; finish it with --resume first")
+    return {"dir": str(folder), "record": record, "rows": rows}
+
+
+def _column(run: dict) -> dict:
+    record = run["record"]
+    metrics, flops, timing = record["metrics"], record["flops"], record["timing"]
+    return {
+        "run": run["dir"],
+        "model": record["model"]["name"],
+        "mode": record["config"]["mode"],
+        "technique": record["config"]["technique"],
+        "exact": metrics["exact"],
+        "tolerant": metrics["tolerant"],
+        "program_accuracy": metrics["program_accuracy"],
+        "outcomes": metrics["outcomes"],
+        "prompt_tokens_per_example": metrics["prompt_tokens_per_example"],
+        "new_tokens_per_example": metrics["new_tokens_per_example"],
+        "seconds_per_example": timing["seconds_per_example"],
+        "flops_per_example": flops["inference_per_example"],
+        "flops_per_example_executed": flops["inference_per_example_executed"],
+    }
+
+
+def _only_right(runs: list[dict]) -> list[dict]:
+    """For each ordered pair of runs: examples the first got right (exact, tolerant) and the second did not."""
+    pairs = []
+    for a in runs:
+        for b in runs:
+            if a is b:
+                continue
+            counts = {
+                metric: sum(row[metric] and not b["rows"][i][metric] for i, row in a["rows"].items())
+                for metric in ("exact", "tolerant")
+            }
+            pairs.append({"right": a["dir"], "missed": b["dir"], **counts})
+    return pairs
+
+
+def format_comparison(result: dict) -> str:
+    """A table with one column per run."""
+    runs = result["runs"]
+    names = [f"{r['mode']} ({Path(r['run']).name})" for r in runs]
+    width = max(14, *(len(n) + 2 for n in names))
+
+    def line(label: str, values) -> str:
+        return f"{label:<30}" + "".join(f"{v:>{width}}" for v in values)
+
+    outcomes = sorted({k for r in runs for k in r["outcomes"]})
+    lines = [
+        f"{result['eval_set']['name']}: {result['eval_set']['n']} examples, model {runs[0]['model']}",
+        line("", names),
+        line("exact EmAcc", [f"{r['exact']:.1%}" for r in runs]),
+        line("tolerant EmAcc", [f"{r['tolerant']:.1%}" for r in runs]),
+        line("program accuracy", ["-" if r["program_accuracy"] is None else f"{r['program_accuracy']:.1%}" for r in runs]),
+        *[line(f"  {k}", [r["outcomes"].get(k, 0) for r in runs]) for k in outcomes],
+        line("prompt tokens / example", [f"{r['prompt_tokens_per_example']:.0f}" for r in runs]),
+        line("generated tokens / example", [f"{r['new_tokens_per_example']:.1f}" for r in runs]),
+        line("seconds / example", [f"{r['seconds_per_example']:.2f}" for r in runs]),
+        line("GFLOPs / example (useful)", [f"{r['flops_per_example'] / 1e9:,.0f}" for r in runs]),
+        line("GFLOPs / example (executed)", [f"{r['flops_per_example_executed'] / 1e9:,.0f}" for r in runs]),
+    ]
+    for pair in result["only_right"]:
+        lines.append(f"right in {Path(pair['right']).name}, missed in {Path(pair['missed']).name}: "
+                     f"{pair['exact']} (exact), {pair['tolerant']} (tolerant)")
+    return "\n".join(lines)

@@ -1,0 +1,467 @@
+"""FLOP counts: the matmul FLOPs of a decoder-only LM for prefill, decoding and each training method.
+
+Everything here is arithmetic on a `ModelShape` built from a config.json dict, so it
+imports no torch. Only `check` loads torch, to compare the counts with
+`torch.utils.flop_counter.FlopCounterMode` on a real model.
+
+What is counted: every matrix multiply the Hugging Face implementation executes
+(2 FLOPs per multiply-accumulate): the q/k/v/o and MLP projections, the attention
+scores (Q K^T) and values (P V), and the LM head for the positions whose logits are
+computed. Norms, activations, softmax, RoPE, residual adds and the loss are
+elementwise and not counted (a few percent of the total at most; torch's counter
+ignores them too). A 4-bit (QLoRA) weight is dequantized and then multiplied
+densely, so it counts as the dense matmul.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+METHODS = ("full", "lora", "qlora")
+PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+LORA_TARGETS = ("q_proj", "v_proj")
+MODEL_TYPES = ("llama", "qwen2", "gemma3_text")
+
+
+class UnsupportedModelError(ValueError):
+    """The config describes an architecture whose FLOPs finprog cannot count."""
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """The sizes that decide a decoder-only transformer's matmul FLOPs and parameter count."""
+
+    model_type: str
+    layers: int
+    hidden: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    mlp: int  # intermediate size
+    gated_mlp: bool  # gate_proj next to up_proj (SwiGLU / GeGLU)
+    vocab: int
+    tied_embeddings: bool  # the LM head reuses the input embedding matrix
+    layer_types: tuple[str, ...]  # "full_attention" or "sliding_attention", one per layer
+    sliding_window: int | None
+    biases: tuple[str, ...]  # projections with a bias: parameters, but no matmul FLOPs
+    post_norms: bool  # RMSNorms after attention and after the MLP too, not only before (gemma3)
+    qk_norm: bool  # a head_dim RMSNorm on queries and keys (gemma3)
+
+    @classmethod
+    def from_config(cls, config: dict) -> ModelShape:
+        """Read a transformers config.json dict (llama, qwen2 or gemma3_text), with transformers' defaults."""
+        model_type = config.get("model_type")
+        if model_type not in MODEL_TYPES:
+            raise UnsupportedModelError(
+                f"cannot count FLOPs for model_type {model_type!r}: supported are {', '.join(MODEL_TYPES)}"
+            )
+        missing = [k for k in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+                               "vocab_size") if config.get(k) is None]
+        if missing:
+            raise UnsupportedModelError(f"{model_type} config lacks {', '.join(missing)}")
+        layers, hidden, heads = config["num_hidden_layers"], config["hidden_size"], config["num_attention_heads"]
+        window, layer_types = None, config.get("layer_types")
+        if model_type == "llama":
+            tied, post_norms, qk_norm = config.get("tie_word_embeddings", False), False, False
+            biases = ("q_proj", "k_proj", "v_proj", "o_proj") if config.get("attention_bias") else ()
+            biases += ("gate_proj", "up_proj", "down_proj") if config.get("mlp_bias") else ()
+            layer_types = ["full_attention"] * layers
+        elif model_type == "qwen2":
+            tied, post_norms, qk_norm = config.get("tie_word_embeddings", False), False, False
+            biases = ("q_proj", "k_proj", "v_proj")  # always on in Qwen2Attention
+            if config.get("use_sliding_window", False):
+                window = config.get("sliding_window", 4096)
+            if layer_types is None:
+                first = config.get("max_window_layers", 28)
+                layer_types = ["sliding_attention" if window and i >= first else "full_attention"
+                               for i in range(layers)]
+        else:  # gemma3_text
+            if config.get("use_bidirectional_attention"):
+                raise UnsupportedModelError("gemma3_text with use_bidirectional_attention is not a causal LM")
+            tied, post_norms, qk_norm = config.get("tie_word_embeddings", True), True, True
+            biases = ("q_proj", "k_proj", "v_proj", "o_proj") if config.get("attention_bias") else ()
+            window = config.get("sliding_window", 4096)
+            if layer_types is None:
+                pattern = config.get("sliding_window_pattern", 6)
+                layer_types = ["sliding_attention" if (i + 1) % pattern else "full_attention" for i in range(layers)]
+        if "sliding_attention" not in layer_types:
+            window = None
+        elif not window:
+            raise UnsupportedModelError(f"{model_type} config has sliding_attention layers but no sliding_window")
+        if len(layer_types) != layers:
+            raise UnsupportedModelError(f"{model_type} config: {len(layer_types)} layer_types for {layers} layers")
+        default_head_dim = 256 if model_type == "gemma3_text" else hidden // heads
+        return cls(
+            model_type=model_type,
+            layers=layers,
+            hidden=hidden,
+            heads=heads,
+            kv_heads=config.get("num_key_value_heads") or heads,
+            head_dim=config.get("head_dim") or default_head_dim,
+            mlp=config["intermediate_size"],
+            gated_mlp=True,
+            vocab=config["vocab_size"],
+            tied_embeddings=bool(tied),
+            layer_types=tuple(layer_types),
+            sliding_window=window,
+            biases=biases,
+            post_norms=post_norms,
+            qk_norm=qk_norm,
+        )
+
+    def projections(self) -> dict[str, tuple[int, int]]:
+        """Each decoder layer's linear layers: name -> (in_features, out_features)."""
+        q, kv = self.heads * self.head_dim, self.kv_heads * self.head_dim
+        shapes = {
+            "q_proj": (self.hidden, q),
+            "k_proj": (self.hidden, kv),
+            "v_proj": (self.hidden, kv),
+            "o_proj": (q, self.hidden),
+            "gate_proj": (self.hidden, self.mlp),
+            "up_proj": (self.hidden, self.mlp),
+            "down_proj": (self.mlp, self.hidden),
+        }
+        if not self.gated_mlp:
+            del shapes["gate_proj"]
+        return shapes
+
+    def keys(self, past: int, queries: int) -> int:
+        """Keys each query is scored against, summed over the layers, when `queries` tokens follow `past` cached ones.
+
+        Eager attention scores every query against every key it is handed and masks
+        afterwards, so a prefill or training forward costs queries x queries in every
+        layer, sliding or not. A sliding-window layer's DynamicCache keeps only the last
+        window-1 tokens, so a decode step there sees at most `sliding_window` keys.
+        """
+        sliding = self.layer_types.count("sliding_attention")
+        windowed = min(past, self.sliding_window - 1) + queries if sliding else 0
+        return (self.layers - sliding) * (past + queries) + sliding * windowed
+
+
+# ---------------------------------------------------------------- parameters
+
+def lora_targets(targets: str | tuple[str, ...] | list[str] = LORA_TARGETS) -> tuple[str, ...]:
+    """LoRA target modules as a tuple of projection names; accepts "q_proj,v_proj" and "all-linear"."""
+    if isinstance(targets, str):
+        targets = PROJECTIONS if targets == "all-linear" else tuple(t.strip() for t in targets.split(",") if t.strip())
+    unknown = [t for t in targets if t not in PROJECTIONS]
+    if unknown or not targets:
+        raise ValueError(f"LoRA targets {unknown or targets} are not decoder projections: choose from "
+                         f"{', '.join(PROJECTIONS)} or all-linear")
+    return tuple(targets)
+
+
+def parameter_counts(shape: ModelShape, method: str = "full", lora_rank: int = 8,
+                     targets: str | tuple[str, ...] = LORA_TARGETS) -> dict[str, int]:
+    """Parameters of the base model (total, embedding, untied LM head, the rest) and those `method` trains.
+
+    For LoRA and QLoRA the trainable count is the adapters' (not part of total).
+    """
+    _check_method(method)
+    proj = shape.projections()
+    per_layer = sum(i * o + (o if name in shape.biases else 0) for name, (i, o) in proj.items())
+    per_layer += (4 if shape.post_norms else 2) * shape.hidden + (2 * shape.head_dim if shape.qk_norm else 0)
+    embedding = shape.vocab * shape.hidden
+    lm_head = 0 if shape.tied_embeddings else embedding
+    total = embedding + lm_head + shape.layers * per_layer + shape.hidden  # + final norm
+    if method == "full":
+        trainable = total
+    else:
+        trainable = shape.layers * lora_rank * sum(sum(proj[t]) for t in lora_targets(targets))
+    return {"total": total, "embedding": embedding, "lm_head": lm_head,
+            "non_embedding": total - embedding - lm_head, "trainable": trainable}
+
+
+# ---------------------------------------------------------------- inference
+
+def forward_flops(shape: ModelShape, tokens: int, past: int = 0, logits: int | None = None,
+                  batch: int = 1) -> int:
+    """One forward of `tokens` new positions per row after `past` cached ones, logits for `logits` (default all)."""
+    logits = tokens if logits is None else logits
+    linear = sum(i * o for i, o in shape.projections().values())
+    attention = 2 * shape.heads * shape.head_dim * tokens * shape.keys(past, tokens)  # Q K^T and P V
+    macs = shape.layers * tokens * linear + attention + logits * shape.hidden * shape.vocab
+    return 2 * batch * macs
+
+
+def prefill_flops(shape: ModelShape, prompt_len: int, batch: int = 1) -> int:
+    """The prompt's forward as `generate` runs it: every position, logits for the last one only."""
+    return forward_flops(shape, prompt_len, logits=1, batch=batch)
+
+
+def decode_step_flops(shape: ModelShape, context: int, batch: int = 1) -> int:
+    """One incremental step with a KV cache: one new token whose context (itself included) is `context` tokens."""
+    return forward_flops(shape, 1, past=context - 1, logits=1, batch=batch)
+
+
+def generation_flops(shape: ModelShape, prompt_len: int, new_tokens: int, batch: int = 1) -> int:
+    """Generating `new_tokens` after a prompt: the prefill yields the first token, then new_tokens-1 decode steps.
+
+    For a left-padded batch, pass the padded prompt length and the tokens the batch
+    ran for: that is what was executed, padding and steps after a row stopped included.
+    """
+    if new_tokens < 1:
+        raise ValueError(f"generation needs new_tokens >= 1, got {new_tokens}")
+    decode = sum(decode_step_flops(shape, prompt_len + i, batch) for i in range(1, new_tokens))
+    return prefill_flops(shape, prompt_len, batch) + decode
+
+
+def inference_flops(shape: ModelShape, completions) -> dict[str, int]:
+    """Useful and executed generation FLOPs of `generation.Completion`s (or anything with their token counts).
+
+    useful: each example alone, its own prompt and the tokens it needed.
+    executed: its share of what its batch ran, padding and the steps after it stopped
+    included (a batch's rows all compute the same, so the shares add up to the batch).
+    """
+    useful = executed = 0
+    for c in completions:
+        useful += generation_flops(shape, c.prompt_tokens, c.new_tokens)
+        executed += generation_flops(shape, c.batch_prompt_tokens, c.batch_new_tokens)
+    return {"useful": useful, "executed": executed}
+
+
+# ---------------------------------------------------------------- training
+
+def training_step_flops(shape: ModelShape, seq_len: int, batch: int = 1, method: str = "full",
+                        lora_rank: int = 8, targets: str | tuple[str, ...] = LORA_TARGETS,
+                        gradient_checkpointing: bool = False, inputs_require_grad: bool | None = None) -> int:
+    """A training step's forward and backward over `batch` sequences of `seq_len` tokens (logits everywhere).
+
+    The optimizer update is elementwise and not counted. Attention is the dense
+    seq_len x seq_len score matrix in every layer, as eager attention computes it.
+
+    full: every matmul y = x W has a backward for dx and one for dW: backward = 2 x forward.
+    lora/qlora: the base is frozen, so its matmuls only pass dx back (no dW), and only
+    where x requires grad; each adapter (A: in->r, B: r->out) runs its own forward and
+    full backward. Unless the embedding output requires grad (HF sets that when
+    gradient checkpointing is on, `inputs_require_grad` overrides), the first layer
+    skips dx wherever nothing trainable lies upstream.
+    gradient_checkpointing: each decoder layer's forward runs once more in the backward
+    (HF's default non-reentrant checkpoint, which skips the layer's last matmul where
+    it can, see `_not_recomputed`).
+    """
+    _check_method(method)
+    full = method == "full"
+    adapted = () if full else lora_targets(targets)
+    if inputs_require_grad is None:
+        inputs_require_grad = full or gradient_checkpointing
+    tokens = batch * seq_len
+    attention = 2 * shape.heads * shape.head_dim * tokens * seq_len  # MACs of Q K^T plus P V, one layer
+    head = tokens * shape.hidden * shape.vocab
+    adapter = tokens * lora_rank * sum(sum(shape.projections()[t]) for t in adapted)
+
+    layer_forward = tokens * sum(i * o for i, o in shape.projections().values()) + attention + adapter
+    backward = head * (2 if full else 1)  # dx of the LM head (+ dW when trained)
+    for layer in range(shape.layers):
+        needs_dx = inputs_require_grad or layer > 0
+        backward += _layer_backward(shape, tokens, attention, adapted, lora_rank, full, needs_dx)
+    recompute = shape.layers * (layer_forward - _not_recomputed(shape, tokens, adapted, lora_rank)) \
+        if gradient_checkpointing else 0
+    return 2 * (shape.layers * layer_forward + head + backward + recompute)
+
+
+def _layer_backward(shape, tokens, attention, adapted, rank, full, x_grad) -> int:
+    """Backward MACs of one decoder layer; `x_grad`: whether the layer's input requires grad.
+
+    Follows requires_grad through the layer: a matmul computes the gradient of an
+    operand only if that operand requires it.
+    """
+    proj = shape.projections()
+    macs = 0
+
+    def linear(name, input_grad):  # backward of x W (+ adapter); returns whether the output requires grad
+        nonlocal macs
+        i, o = proj[name]
+        macs += tokens * i * o * (input_grad + full)  # dx, dW
+        if name in adapted:  # A: i->r, B: r->o; dW_A, dW_B, d(xA) always, dx if needed
+            macs += tokens * rank * (i + 2 * o + (i if input_grad else 0))
+        return input_grad or full or name in adapted
+
+    q, k, v = (linear(n, x_grad) for n in ("q_proj", "k_proj", "v_proj"))
+    half = attention // 2  # one attention matmul; each operand's gradient costs as much
+    macs += half * (q + k)  # scores = Q K^T: dQ, dK
+    p = q or k
+    macs += half * (p + v)  # out = P V: dP, dV
+    h = linear("o_proj", p or v) or x_grad
+    mlp_in = [linear(n, h) for n in proj if n in ("gate_proj", "up_proj")]
+    linear("down_proj", any(mlp_in))
+    return macs
+
+
+def _not_recomputed(shape, tokens, adapted, rank) -> int:
+    """MACs at the end of a checkpointed layer that the recompute skips.
+
+    HF checkpoints with torch's non-reentrant checkpoint, which stops recomputing as
+    soon as the last tensor saved for backward has been re-saved. An op saves its
+    inputs before it runs, so the layer's last matmul is skipped when nothing after it
+    saves its output: down_proj (or its LoRA B) in llama and qwen2, where only a
+    residual add follows; nothing in gemma3, whose post-MLP norm saves it.
+    """
+    if shape.post_norms:
+        return 0
+    i, o = shape.projections()["down_proj"]
+    return tokens * (rank * o if "down_proj" in adapted else i * o)
+
+
+def _check_method(method: str) -> None:
+    if method not in METHODS:
+        raise ValueError(f"unknown training method {method!r}: choose from {', '.join(METHODS)}")
+
+
+def trainer_total_flos(shape: ModelShape, tokens: int) -> int:
+    """What HF Trainer's total_flos adds for `tokens` trained tokens: 6 x tokens x parameters outside nn.Embedding.
+
+    Shown for contrast only: it is the same for every method, counts no attention
+    and, when the head is untied, counts the LM head as if it were a layer.
+    """
+    counts = parameter_counts(shape)
+    return 6 * tokens * (counts["total"] - counts["embedding"])
+
+
+# ---------------------------------------------------------------- summary and check
+
+def summary(shape: ModelShape, prompt_tokens: int = 512, new_tokens: int = 16, method: str = "lora",
+            lora_rank: int = 8, targets: str | tuple[str, ...] = LORA_TARGETS,
+            gradient_checkpointing: bool = False) -> dict:
+    """Parameters and FLOPs for one example: its generation, and a training step on prompt + new tokens."""
+    seq = prompt_tokens + new_tokens
+    step = training_step_flops(shape, seq, method=method, lora_rank=lora_rank, targets=targets,
+                               gradient_checkpointing=gradient_checkpointing)
+    return {
+        "model_type": shape.model_type,
+        "prompt_tokens": prompt_tokens,
+        "new_tokens": new_tokens,
+        "method": method,
+        "lora_rank": lora_rank if method != "full" else None,
+        "lora_targets": list(lora_targets(targets)) if method != "full" else None,
+        "gradient_checkpointing": gradient_checkpointing,
+        "params": parameter_counts(shape, method, lora_rank, targets),
+        "flops": {
+            "prefill": prefill_flops(shape, prompt_tokens),
+            "decode_step_first": decode_step_flops(shape, prompt_tokens + 1),
+            "generation": generation_flops(shape, prompt_tokens, new_tokens),
+            "training_step": step,
+            "training_per_token": step / seq,
+            "trainer_total_flos_per_token": trainer_total_flos(shape, 1),
+        },
+    }
+
+
+def format_summary(result: dict) -> str:
+    """`summary` as lines for a person."""
+    p, f = result["params"], result["flops"]
+    method = "full fine-tuning" if result["method"] == "full" else (
+        f"{result['method']} r={result['lora_rank']} on {','.join(result['lora_targets'])}")
+    if result["gradient_checkpointing"]:
+        method += ", gradient checkpointing"
+    seq = result["prompt_tokens"] + result["new_tokens"]
+    rows = [
+        ("prefill", f["prefill"], f"{result['prompt_tokens']} prompt tokens, logits for the last"),
+        ("first decode step", f["decode_step_first"], f"context {result['prompt_tokens'] + 1}"),
+        ("generation", f["generation"], f"prefill + {result['new_tokens'] - 1} decode steps"),
+        ("training step", f["training_step"], f"{seq} tokens, {f['training_per_token']:.4g} per token"),
+        ("HF Trainer total_flos", f["trainer_total_flos_per_token"] * seq, "not used: 6 x tokens x non-embedding "
+                                                                           "parameters, whatever the method"),
+    ]
+    return "\n".join([
+        f"{result['model_type']}: {p['total'] / 1e6:.1f}M parameters ({p['embedding'] / 1e6:.1f}M embedding, "
+        f"{p['lm_head'] / 1e6:.1f}M untied LM head, {p['non_embedding'] / 1e6:.1f}M other); "
+        f"{p['trainable'] / 1e6:.3f}M trainable with {method}",
+        *(f"  {what:22} {count:10.4g} FLOPs  ({note})" for what, count, note in rows),
+    ])
+
+
+def check(model, prompt_tokens: int = 128, new_tokens: int = 8, train_tokens: int | None = None,
+          lora_rank: int = 8, targets: str | tuple[str, ...] = LORA_TARGETS,
+          gradient_checkpointing: bool = False) -> dict:
+    """Analytic counts against torch.utils.flop_counter on `model` (a transformers causal LM or a finprog model spec).
+
+    Measures, on random tokens, a prefill and a generation of `prompt_tokens` +
+    `new_tokens`, and a forward, a full and a LoRA training step on `train_tokens`
+    (default: prompt_tokens). Attention runs eager, since the counter sees no FLOPs
+    in CPU SDPA. The model is left as it was found.
+    """
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from torch.utils.flop_counter import FlopCounterMode
+
+    if isinstance(model, str):
+        from finprog.models import load_model
+        name, model = model, load_model(model).model
+    else:
+        name = model.config.name_or_path or model.config.model_type
+    shape = ModelShape.from_config(model.config.to_dict())
+    targets = lora_targets(targets)
+    train_tokens = train_tokens or prompt_tokens
+    generator = torch.Generator().manual_seed(0)
+    tokens = torch.randint(shape.vocab, (1, max(prompt_tokens, train_tokens)), generator=generator)
+    prompt, ids = tokens[:, :prompt_tokens].to(model.device), tokens[:, :train_tokens].to(model.device)
+    attention, training = model.config._attn_implementation, model.training
+    requires_grad = [p.requires_grad for p in model.parameters()]
+    model.set_attn_implementation("eager")
+
+    def measured(run) -> int:
+        with FlopCounterMode(display=False) as counter:
+            run()
+        return counter.get_total_flops()
+
+    def step(net) -> None:
+        net(input_ids=ids, labels=ids).loss.backward()
+        net.zero_grad(set_to_none=True)
+
+    def train(method) -> int:
+        return training_step_flops(shape, train_tokens, method=method, lora_rank=lora_rank, targets=targets,
+                                   gradient_checkpointing=gradient_checkpointing)
+
+    model.eval()
+    with torch.no_grad():
+        rows = [
+            ("prefill", prefill_flops(shape, prompt_tokens),
+             measured(lambda: model(input_ids=prompt, logits_to_keep=1))),
+            ("generation", generation_flops(shape, prompt_tokens, new_tokens), measured(lambda: model.generate(
+                prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=new_tokens, min_new_tokens=new_tokens,
+                do_sample=False, pad_token_id=0))),
+            ("forward", forward_flops(shape, train_tokens), measured(lambda: model(input_ids=ids))),
+        ]
+    if gradient_checkpointing:  # HF's own switch, which also makes the embedding output require grad
+        (getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable)()
+    model.train()
+    for p in model.parameters():
+        p.requires_grad_(True)
+    rows.append(("full step", train("full"), measured(lambda: step(model))))
+    model.disable_input_require_grads()  # PEFT registers its own hook when checkpointing is on
+    lora = get_peft_model(model, LoraConfig(r=lora_rank, lora_alpha=2 * lora_rank, lora_dropout=0.0,
+                                            target_modules=list(targets), task_type="CAUSAL_LM"))
+    rows.append(("lora step", train("lora"), measured(lambda: step(lora))))
+
+    model = lora.unload()
+    if gradient_checkpointing:
+        (getattr(model, "activation_checkpointing_disable", None) or model.gradient_checkpointing_disable)()
+        model.disable_input_require_grads()
+    for p, flag in zip(model.parameters(), requires_grad):
+        p.requires_grad_(flag)
+    model.set_attn_implementation(attention)
+    model.train(training)
+    return {
+        "model": name,
+        "model_type": shape.model_type,
+        "prompt_tokens": prompt_tokens,
+        "new_tokens": new_tokens,
+        "train_tokens": train_tokens,
+        "lora_rank": lora_rank,
+        "lora_targets": list(targets),
+        "gradient_checkpointing": gradient_checkpointing,
+        "rows": [{"what": what, "analytic": a, "measured": m, "rel_error": (a - m) / m} for what, a, m in rows],
+    }
+
+
+def format_check(result: dict) -> str:
+    """`check` as a table: analytic vs measured FLOPs and the relative error."""
+    lines = [f"{result['model']} ({result['model_type']}): prompt {result['prompt_tokens']} tokens + "
+             f"{result['new_tokens']} new; training on {result['train_tokens']} tokens, "
+             f"LoRA r={result['lora_rank']} on {','.join(result['lora_targets'])}"
+             + (", gradient checkpointing" if result["gradient_checkpointing"] else ""),
+             f"  {'':12} {'analytic':>12} {'measured':>12} {'rel. error':>10}"]
+    lines += [f"  {r['what']:12} {r['analytic']:12.5g} {r['measured']:12.5g} {r['rel_error']:+10.4%}"
+              for r in result["rows"]]
+    return "\n".join(lines)

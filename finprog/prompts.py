@@ -1,0 +1,127 @@
+"""Prompts: rendering a FinQA record as model input (direct and program prompts), few-shot choice, chat templates.
+
+The record's context is rendered once (`render_context`: pre text, table, post text) and
+every prompt wraps it with its own instructions and answer cue, so prompts for different
+modes show the model the same page. Nothing of the answer (program, gold_inds, answer,
+exe_ans) is ever rendered.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import replace
+
+from finprog.data import Example
+
+DIRECT_INSTRUCTIONS = (
+    "You are a financial calculator. Follow these steps:\n"
+    "Return ONLY the final numerical answer with no text explanation"
+)
+DIRECT_CUE = "Final Answer (number only): "
+
+
+def render_table(table: list[list[str]]) -> str:
+    """One row per line, cells separated by " | "."""
+    return "\n".join(" | ".join(row) for row in table)
+
+
+def render_context(example: Example) -> str:
+    """The report page: pre text, table and post text under their headings, separated by blank lines."""
+    return (
+        f"Pre Text Data:\n{' '.join(example.pre_text)}\n\n"
+        f"Table Data:\n{render_table(example.table)}\n\n"
+        f"Post Text Data:\n{' '.join(example.post_text)}"
+    )
+
+
+def direct_prompt(example: Example) -> str:
+    """The prototype's zero-shot prompt asking for the final number only (ends with "number only): ")."""
+    return f"{DIRECT_INSTRUCTIONS}\n\n{render_context(example)}\n\nQuestion: {example.question}\n{DIRECT_CUE}"
+
+
+def apply_chat_template(tokenizer, text: str, use_template: bool = True) -> str:
+    """`text` as a single user turn in the tokenizer's chat template, ready for the assistant's reply.
+
+    Returns `text` unchanged when `use_template` is false or the tokenizer has no chat
+    template (base models). Templated text already holds the model's special tokens, so
+    tokenize it without adding more (`generation.generate(..., add_special_tokens=False)`).
+    """
+    if not use_template or not getattr(tokenizer, "chat_template", None):
+        return text
+    return tokenizer.apply_chat_template(
+        [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True
+    )
+
+
+PROGRAM_INSTRUCTIONS = (
+    "You are a financial analyst. Answer the question about the report by writing a program in this language.\n"
+    "A program is one or more steps separated by \", \". Each step is op(arg1, arg2).\n"
+    "Arithmetic operations: add, subtract, multiply, divide, exp (arg1 to the power arg2), "
+    "greater (yes if arg1 > arg2, else no).\n"
+    "Their arguments are numbers copied from the report (such as 5829, 3.8%, -12.5; a percent counts as a "
+    "fraction), constants (const_1, const_2, const_3, const_100, const_1000, const_1000000, and const_m1 for -1), "
+    "or #N, the result of step N (the first step is #0).\n"
+    "Table operations: table_max, table_min, table_sum, table_average take the maximum, minimum, sum or average "
+    "of the numbers in one table row. Their first argument is the row's name, written exactly as the row's first "
+    "cell; their second argument is the word none.\n"
+    "Reply with the program only, on one line."
+)
+PROGRAM_CUE = "Program:"
+
+
+def program_prompt(example: Example, exemplars: Sequence[Example] = ()) -> str:
+    """Instructions for the DSL, solved exemplars (context, question, gold program), then the question to answer."""
+    parts = [PROGRAM_INSTRUCTIONS]
+    for number, exemplar in enumerate(exemplars, start=1):
+        parts.append(
+            f"Example {number}:\n{render_context(_supporting_facts(exemplar))}\n\n"
+            f"Question: {exemplar.question}\n{PROGRAM_CUE} {exemplar.program}"
+        )
+    heading = "Now answer this question.\n" if exemplars else ""
+    parts.append(f"{heading}{render_context(example)}\n\nQuestion: {example.question}\n{PROGRAM_CUE}")
+    return "\n\n".join(parts)
+
+
+def _supporting_facts(exemplar: Example) -> Example:
+    """A training exemplar cut down to its annotated supporting sentences and its table, to keep prompts short."""
+    facts = [text for key, text in exemplar.gold_inds.items() if key.startswith("text")]
+    return replace(exemplar, pre_text=facts, post_text=[])
+
+
+class ExemplarRetriever:
+    """Deterministic few-shot choice from a pool of solved training examples.
+
+    "first" takes the pool's first k; "similar" ranks the pool by TF-IDF cosine
+    similarity of questions (ties keep pool order). Exemplars never share the
+    evaluated example's id.
+    """
+
+    def __init__(self, pool: Sequence[Example]):
+        self.pool = list(pool)
+        documents = [Counter(_words(e.question)) for e in self.pool]
+        frequency = Counter(word for document in documents for word in document)
+        self.idf = {word: math.log((1 + len(documents)) / (1 + count)) + 1 for word, count in frequency.items()}
+        self.vectors = [self._vector(document) for document in documents]
+
+    def choose(self, example: Example, k: int, how: str = "similar") -> list[Example]:
+        candidates = [index for index, e in enumerate(self.pool) if e.id != example.id]
+        if how == "similar":
+            query = self._vector(Counter(_words(example.question)))
+            candidates.sort(key=lambda index: -_dot(query, self.vectors[index]))
+        return [self.pool[index] for index in candidates[:k]]
+
+    def _vector(self, counts: Counter) -> dict[str, float]:
+        weights = {word: count * self.idf.get(word, 0.0) for word, count in counts.items()}
+        norm = math.sqrt(sum(w * w for w in weights.values())) or 1.0
+        return {word: w / norm for word, w in weights.items()}
+
+
+def _words(text: str) -> list[str]:
+    return re.findall(r"[a-z0-9]+", text.lower())
+
+
+def _dot(a: dict[str, float], b: dict[str, float]) -> float:
+    return sum(weight * b.get(word, 0.0) for word, weight in a.items())

@@ -1,0 +1,276 @@
+"""Running a model over FinQA examples: prompts, batched generation, scoring, FLOPs, and the run record.
+
+`solve` is the one call behind `finprog solve`; `finprog compare` and the training
+loop's periodic evaluation use the same path (`score_completions`), so a number means
+the same thing wherever it appears.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from finprog import answers, dsl, evaluation, flops, prompts
+from finprog.data import Example, load_finqa, resolve_data
+from finprog.runs import RunRecorder, eval_set
+
+MODES = ("program", "direct")
+EXEMPLAR_CHOICES = ("similar", "first")
+
+
+class SolveError(ValueError):
+    """A run was asked for with options that cannot work together."""
+
+DEFAULT_MODEL = "qwen2.5-coder-0.5b"
+
+
+@dataclass
+class SolveOptions:
+    """Everything that shapes a run; saved as `config` in run.json."""
+
+
+    model: str = DEFAULT_MODEL
+    mode: str = "program"
+    data: str | None = None
+    limit: int | None = None
+    batch_size: int = 8
+    max_new_tokens: int | None = None
+    shots: int = 4
+    exemplar_choice: str = "similar"
+    exemplars: str | None = None
+    constrained: bool = False
+    samples: int = 1
+    temperature: float = 0.7
+    top_p: float = 0.95
+    seed: int = 0
+    dtype: str = "auto"
+    quant: str = "none"
+    chat_template: bool = True
+    technique: str = ""  # derived unless given: few-shot or zero-shot; training sets lora, qlora or full
+
+    def __post_init__(self):
+        if self.mode not in MODES:
+            raise SolveError(f"unknown mode {self.mode!r}; choose one of {', '.join(MODES)}")
+        for name in ("samples", "batch_size"):
+            if getattr(self, name) < 1:
+                raise SolveError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if self.exemplar_choice not in EXEMPLAR_CHOICES:
+            raise SolveError(f"unknown exemplar choice {self.exemplar_choice!r}; choose {' or '.join(EXEMPLAR_CHOICES)}")
+        if not self.technique:
+            self.technique = "few-shot" if self.mode == "program" and self.shots else "zero-shot"
+
+    @property
+    def new_token_limit(self) -> int:
+        from finprog.generation import DIRECT_MAX_NEW_TOKENS
+
+        if self.max_new_tokens:
+            return self.max_new_tokens
+        return PROGRAM_MAX_NEW_TOKENS if self.mode == "program" else DIRECT_MAX_NEW_TOKENS
+
+
+PROGRAM_MAX_NEW_TOKENS = 96
+"""FinQA's longest gold programs (5 steps, e.g. `table_sum(...)` plus four arithmetic
+steps with 7-digit operands) take about 80 tokens in the zoo's tokenizers."""
+
+
+def score(example: Example, completion: str, mode: str) -> dict:
+    """Grade one completion: the value it gives, exact/tolerant match, and (program mode) the program's outcome."""
+    gold = evaluation.gold_value(example)
+    if mode == "direct":
+        value = answers.read_answer(completion)
+        row = {"value": value, "outcome": "answered" if value is not None else "no_number"}
+        row["similarity"] = answers.similarity(completion, example.answer)
+    else:
+        program = dsl.extract_program(completion)
+        outcome = evaluation.score_program(program, example)
+        value = outcome.value
+        row = {"program": program, "value": value, "outcome": outcome.outcome, "error_kind": outcome.error_kind,
+               "error": outcome.error, "program_correct": outcome.program_correct}
+    row["exact"] = answers.exact_match(value, gold)
+    row["tolerant"] = answers.tolerant_match(value, example.answer, gold)
+    row["gold"] = gold
+    row["answer"] = example.answer
+    return row
+
+
+def metrics(rows: list[dict], mode: str) -> dict:
+    """Summary metrics over scored rows (fractions in [0, 1])."""
+    n = len(rows)
+    result = {
+        "n": n,
+        "exact": sum(r["exact"] for r in rows) / n if n else 0.0,
+        "tolerant": sum(r["tolerant"] for r in rows) / n if n else 0.0,
+        "outcomes": dict(Counter(r["outcome"] for r in rows)),
+        "prompt_tokens_per_example": sum(r["prompt_tokens"] for r in rows) / n if n else 0.0,
+        "new_tokens_per_example": sum(r["new_tokens"] for r in rows) / n if n else 0.0,
+    }
+    if mode == "direct":
+        result["similarity"] = sum(r["similarity"] for r in rows) / n if n else 0.0
+        result["program_accuracy"] = None
+    else:
+        graded = [r for r in rows if r["program_correct"] is not None]
+        result["program_accuracy"] = sum(r["program_correct"] for r in graded) / len(graded) if graded else None
+    return result
+
+
+def solve(options: SolveOptions, out: Path, resume: bool = False, progress: bool = True) -> dict:
+    """Run `options.model` over the data, writing `out/predictions.jsonl` and `out/run.json`; returns run.json."""
+    from finprog import generation, models
+
+    data_path, described = resolve_data(options.data)
+    examples = load_finqa(data_path)[: options.limit]
+    retriever = prompts.ExemplarRetriever(_exemplar_pool(options, {e.id for e in examples}))
+    record = {
+        "kind": "solve",
+        "config": {**asdict(options), "data": str(data_path)},
+        "eval_set": eval_set(data_path.stem, [e.id for e in examples]),
+    }
+    recorder = RunRecorder(out, record, resume=resume)
+    todo = [e for e in examples if e.id not in recorder.done_ids]
+    _say(progress, f"data: {described}; {len(examples)} examples, {len(todo)} to run")
+
+    started = time.perf_counter()
+    loaded = models.load_model(options.model, dtype=options.dtype, quant=options.quant)
+    shape = flops.ModelShape.from_config(loaded.config)
+    record["model"] = {"name": options.model, "checkpoint": loaded.checkpoint, "dtype": str(loaded.dtype),
+                       "device": str(loaded.device), "params": flops.parameter_counts(shape)["total"]}
+    load_seconds = time.perf_counter() - started
+
+    texts = [prompts.apply_chat_template(loaded.tokenizer, _prompt(e, options, retriever), options.chat_template)
+             for e in todo]
+    repeated = [text for text in texts for _ in range(options.samples)]
+    pending: dict[int, list] = {}  # example index -> its finished samples
+    batch, seconds, clock = None, 0.0, time.perf_counter()
+    for index, completion in generation.iter_completions(
+        loaded.model, loaded.tokenizer, repeated,
+        batch_size=options.batch_size, max_new_tokens=options.new_token_limit,
+        do_sample=options.samples > 1, temperature=options.temperature, top_p=options.top_p, seed=options.seed,
+        add_special_tokens=not (options.chat_template and getattr(loaded.tokenizer, "chat_template", None)),
+        progress=progress,
+    ):
+        if completion.batch_index != batch:  # a batch's completions arrive together, right after it ran
+            batch = completion.batch_index
+            seconds = (time.perf_counter() - clock) / completion.batch_size
+        example_index = index // options.samples
+        samples = pending.setdefault(example_index, [])
+        samples.append((completion, seconds))
+        if len(samples) == options.samples:
+            del pending[example_index]
+            recorder.add(_row(todo[example_index], samples, options.mode, shape))
+        clock = time.perf_counter()
+
+    rows = recorder.rows
+    return recorder.finish(
+        metrics=metrics(rows, options.mode),
+        flops=_flop_totals(rows),
+        timing={"seconds_total": sum(r["seconds"] for r in rows),
+                "seconds_per_example": sum(r["seconds"] for r in rows) / len(rows) if rows else 0.0,
+                "model_load_seconds": load_seconds},
+    )
+
+
+def _row(example: Example, samples: list, mode: str, shape) -> dict:
+    """One example's record: its completion(s), score, token counts, seconds and FLOPs."""
+    scored = [(completion, score(example, completion.text, mode)) for completion, _ in samples]
+    completion, row = _vote(scored) if len(scored) > 1 else scored[0]
+    cost = flops.inference_flops(shape, [c for c, _ in scored])
+    row = {
+        "id": example.id,
+        "completion": completion.text,
+        **row,
+        "finish_reason": completion.finish_reason,
+        "prompt_tokens": completion.prompt_tokens,
+        "new_tokens": sum(c.new_tokens for c, _ in scored),
+        "seconds": sum(s for _, s in samples),
+        "flops": cost["useful"],
+        "flops_executed": cost["executed"],
+    }
+    if len(scored) > 1:
+        row["samples"] = [{"completion": c.text, "value": r["value"], "outcome": r["outcome"]} for c, r in scored]
+    return row
+
+
+def _vote(scored: list) -> tuple:
+    """Self-consistency: the most frequent executed value wins; ties go to the value seen first.
+
+    Samples without a value (parse or execution errors) do not vote unless no sample has one.
+    """
+    with_value = [(c, r) for c, r in scored if r["value"] is not None] or scored
+    counts = Counter(_vote_key(r["value"]) for _, r in with_value)
+    best = max(counts.values())
+    return next((c, r) for c, r in with_value if counts[_vote_key(r["value"])] == best)
+
+
+def _vote_key(value):
+    return round(value, 5) if isinstance(value, float) else value
+
+
+def _flop_totals(rows: list[dict]) -> dict:
+    n = len(rows)
+    useful = sum(r["flops"] for r in rows)
+    executed = sum(r["flops_executed"] for r in rows)
+    return {
+        "inference_total": useful,
+        "inference_per_example": useful / n if n else 0.0,
+        "inference_total_executed": executed,
+        "inference_per_example_executed": executed / n if n else 0.0,
+        "training_total": 0.0,
+    }
+
+
+def _prompt(example: Example, options: SolveOptions, retriever: prompts.ExemplarRetriever) -> str:
+    if options.mode == "direct":
+        return prompts.direct_prompt(example)
+    return prompts.program_prompt(example, retriever.choose(example, options.shots, options.exemplar_choice))
+
+
+def _exemplar_pool(options: SolveOptions, evaluated_ids: set[str]) -> list[Example]:
+    """Training examples with programs, never one of the evaluated ids."""
+    if options.mode != "program" or not options.shots:
+        return []
+    path, _ = resolve_data(options.exemplars, default_split="train")
+    return [e for e in load_finqa(path) if e.program and e.id not in evaluated_ids]
+
+
+def _say(enabled: bool, message: str) -> None:
+    if enabled:
+        print(message, file=sys.stderr)
+
+
+def summary(record: dict) -> dict:
+    """The machine-readable summary of a finished run (what `--json` prints)."""
+    metrics, timing, cost = record["metrics"], record["timing"], record["flops"]
+    return {
+        "n": metrics["n"], "exact": metrics["exact"], "tolerant": metrics["tolerant"],
+        "program_accuracy": metrics["program_accuracy"], "outcomes": metrics["outcomes"],
+        "similarity": metrics.get("similarity"),
+        "seconds_total": timing["seconds_total"], "seconds_per_example": timing["seconds_per_example"],
+        "flops_total": cost["inference_total"], "flops_per_example": cost["inference_per_example"],
+        "flops_total_executed": cost["inference_total_executed"],
+    }
+
+
+def summary_lines(record: dict) -> list[str]:
+    """The human summary: the prototype's lines, then both metrics, outcomes and FLOPs."""
+    metrics, timing, cost = record["metrics"], record["timing"], record["flops"]
+    n = metrics["n"]
+    lines = [
+        f"Total Samples: {n}",
+        f"Correct Predictions: {round(metrics['tolerant'] * n)} (tolerant), {round(metrics['exact'] * n)} (exact)",
+        f"Accuracy: {metrics['tolerant']:.2%} (tolerant), {metrics['exact']:.2%} (exact)",
+    ]
+    if metrics.get("similarity") is not None:
+        lines.append(f"Average Similarity Score: {metrics['similarity']:.4f}")
+    if metrics["program_accuracy"] is not None:
+        lines.append(f"Program Accuracy: {metrics['program_accuracy']:.2%}")
+    lines += [
+        "Outcomes: " + ", ".join(f"{k} {v}" for k, v in sorted(metrics["outcomes"].items())),
+        f"Elapsed time: {timing['seconds_total']:.1f} s generating (+{timing['model_load_seconds']:.1f} s model load)",
+        f"Avg inference time: {timing['seconds_per_example']:.2f} s per example",
+        f"FLOPs: {cost['inference_total']:.3g} total, {cost['inference_per_example']:.3g} per example "
+        f"({cost['inference_total_executed']:.3g} executed, padding and post-stop steps included)",
+    ]
+    return lines

@@ -1,0 +1,114 @@
+"""solve and compare on a tiny random checkpoint: records, resume, FLOPs fields, scoring, exemplars."""
+
+import json
+
+import pytest
+
+from conftest import build_tiny_model, build_tiny_tokenizer
+from finprog import prompts
+from finprog.cli import main
+from finprog.compare import compare_runs
+from finprog.data import load_finqa
+from finprog.runs import RunError
+from finprog.solve import SolveOptions, SolveError, score, solve
+from shared_data import REPO, finqa_file
+
+DEMO = REPO / "data" / "demo.json"
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tiny")
+    tokenizer = build_tiny_tokenizer()
+    build_tiny_model("llama", tokenizer).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return str(folder)
+
+
+def options(checkpoint, **changes):
+    base = dict(model=checkpoint, data=str(DEMO), limit=3, batch_size=2, max_new_tokens=6, shots=2,
+                exemplars=str(finqa_file("train_100.json")), dtype="fp32")
+    return SolveOptions(**{**base, **changes})
+
+
+@pytest.mark.parametrize("mode", ["program", "direct"])
+def test_solve_writes_a_complete_run_record(tmp_path, checkpoint, mode):
+    record = solve(options(checkpoint, mode=mode), tmp_path / mode, progress=False)
+    rows = [json.loads(line) for line in (tmp_path / mode / "predictions.jsonl").read_text().splitlines()]
+    assert sorted(r["id"] for r in rows) == sorted(e.id for e in load_finqa(DEMO)[:3])
+    assert json.loads((tmp_path / mode / "run.json").read_text()) == record
+    assert record["status"] == "finished" and record["metrics"]["n"] == 3
+    assert record["eval_set"]["n"] == 3 and len(record["eval_set"]["ids_sha256"]) == 64
+    assert record["config"]["technique"] == ("few-shot" if mode == "program" else "zero-shot")
+    for row in rows:
+        assert 1 <= row["new_tokens"] <= 6 and row["flops"] > 0 and row["flops_executed"] >= row["flops"]
+    flops = record["flops"]
+    assert flops["inference_total"] == sum(r["flops"] for r in rows)
+    assert flops["inference_total_executed"] >= flops["inference_total"] and flops["training_total"] == 0
+    assert {"torch", "transformers", "finprog"} <= set(record["versions"])
+
+
+def test_resume_skips_finished_ids_and_refuses_another_config(tmp_path, checkpoint):
+    out = tmp_path / "run"
+    solve(options(checkpoint, limit=2), out, progress=False)
+    lines = (out / "predictions.jsonl").read_text().splitlines()
+    (out / "predictions.jsonl").write_text(lines[0] + "\n" + lines[1][:10])  # an interrupted second line
+    with pytest.raises(RunError, match="--resume"):
+        solve(options(checkpoint, limit=2), out, progress=False)
+    with pytest.raises(RunError, match="shots: 2 -> 3"):
+        solve(options(checkpoint, limit=2, shots=3), out, resume=True, progress=False)
+    record = solve(options(checkpoint, limit=2), out, resume=True, progress=False)
+    rows = (out / "predictions.jsonl").read_text().splitlines()
+    assert rows[0] == lines[0] and len(rows) == 2 and record["metrics"]["n"] == 2
+
+
+def test_scoring_uses_the_same_rules_in_both_modes():
+    example = load_finqa(DEMO)[0]  # gold 0.13636, answer "13.6%"
+    program = score(example, "subtract(1250, 1100), divide(#0, 1100)\n", "program")
+    assert program["outcome"] == "correct" and program["exact"] and program["tolerant"] and program["program_correct"]
+    direct = score(example, "13.6%", "direct")
+    assert not direct["exact"] and direct["tolerant"]
+    assert score(example, "no idea", "program")["outcome"] == "no_program"
+    assert score(example, "divide(1, 0)", "program")["error_kind"] == "division_by_zero"
+
+
+def test_exemplars_never_include_the_evaluated_example():
+    pool = load_finqa(finqa_file("train_100.json"))
+    retriever = prompts.ExemplarRetriever(pool)
+    for example in pool[:20]:
+        chosen = retriever.choose(example, 4, "similar")
+        assert len(chosen) == 4 and example.id not in {e.id for e in chosen}
+    assert retriever.choose(pool[50], 3, "first") == pool[:3]
+    prompt = prompts.program_prompt(pool[50], retriever.choose(pool[50], 2))
+    assert pool[50].program not in prompt and prompt.endswith("Program:")
+
+
+def test_similar_exemplars_share_the_question_words():
+    pool = load_finqa(finqa_file("train_100.json"))
+    target = pool[10]
+    best = prompts.ExemplarRetriever(pool[:10] + pool[11:]).choose(target, 1, "similar")[0]
+    words = set(target.question.lower().split())
+    assert len(words & set(best.question.lower().split())) >= 3
+
+
+def test_compare_runs_both_modes_on_the_same_examples(tmp_path, checkpoint, capsys):
+    code = main(["compare", "--mode", "direct", "--mode", "program", "--model", checkpoint, "--data", str(DEMO),
+                 "--limit", "2", "--max-new-tokens", "4", "--shots", "1", "--exemplars", str(finqa_file("train_100.json")),
+                 "--dtype", "fp32", "--out", str(tmp_path), "--json"])
+    result = json.loads(capsys.readouterr().out)
+    assert code == 0 and [r["mode"] for r in result["runs"]] == ["direct", "program"]
+    assert json.loads((tmp_path / "comparison.json").read_text()) == result
+    assert len(result["only_right"]) == 2
+    assert compare_runs([tmp_path / "direct", tmp_path / "program"]) == result
+
+
+def test_compare_refuses_runs_on_different_examples(tmp_path, checkpoint):
+    solve(options(checkpoint, limit=1, mode="direct"), tmp_path / "a", progress=False)
+    solve(options(checkpoint, limit=2, mode="direct"), tmp_path / "b", progress=False)
+    with pytest.raises(RunError, match="different examples"):
+        compare_runs([tmp_path / "a", tmp_path / "b"])
+
+
+def test_bad_options_are_refused():
+    with pytest.raises(SolveError, match="--samples"):
+        SolveOptions(samples=0)
