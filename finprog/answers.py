@@ -27,10 +27,10 @@ import re
 from dataclasses import dataclass
 from decimal import Decimal
 from difflib import SequenceMatcher
-from typing import Literal, Union
+from typing import Literal
 
 YesNo = Literal["yes", "no"]
-Value = Union[float, YesNo]
+Value = float | YesNo
 """A scored value: a number, or "yes"/"no" for comparison questions."""
 
 _SCALES = {"thousand": 10**3, "million": 10**6, "billion": 10**9, "trillion": 10**12}
@@ -40,9 +40,9 @@ _NUMBER = re.compile(
     r"""
     (?<![\w.,])                                   # not the tail of a word or a number
     (?P<open>\()?
-    (?P<sign>[-+\u2212\u2013])?\s*
+    (?P<sign>[-+\u2212\u2013])?                  # a sign touches the number or its currency sign
     (?:[$\u20ac\u00a3]\s*)?                       # $, euro, pound
-    (?P<sign_after_currency>[-+\u2212\u2013])?\s*
+    (?P<sign_after_currency>[-+\u2212\u2013])?
     (?P<number>\d{1,3}(?:,\d{3})+(?!\d)(?:\.\d+)? | \d+(?:\.\d+)? | \.\d+)
     (?P<percent>\s*%|\s*per\s?cent\b)?
     (?P<close>\))?

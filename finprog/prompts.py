@@ -2,8 +2,8 @@
 
 The record's context is rendered once (`render_context`: pre text, table, post text) and
 every prompt wraps it with its own instructions and answer cue, so prompts for different
-modes show the model the same page. Nothing of the answer (program, gold_inds, answer,
-exe_ans) is ever rendered.
+modes show the model the same page. Nothing of the asked record's answer (program,
+gold_inds, answer, exe_ans) is rendered.
 """
 
 from __future__ import annotations

@@ -84,6 +84,12 @@ def tiny_qwen2():
     return build_tiny_model("qwen2", build_tiny_tokenizer())
 
 
+@pytest.fixture
+def fresh_tiny_llama(tiny_tokenizer):
+    """A tiny random LlamaForCausalLM of its own, for tests that change the model."""
+    return build_tiny_model("llama", tiny_tokenizer)
+
+
 @pytest.fixture(params=["llama", "qwen2"])
 def tiny_model(request):
     """Each tiny architecture in turn."""

@@ -147,10 +147,8 @@ def test_order_is_restored_after_grouping_by_length(tiny_llama, tiny_tokenizer):
     assert [c.batch_index for c in completions] == [2, 0, 1, 0, 1]
 
 
-def test_checkpoint_decoding_defaults_do_not_change_greedy(tiny_tokenizer):
-    from conftest import build_tiny_model
-
-    model = build_tiny_model("llama", tiny_tokenizer)
+def test_checkpoint_decoding_defaults_do_not_change_greedy(fresh_tiny_llama, tiny_tokenizer):
+    model = fresh_tiny_llama
     plain = generate(model, tiny_tokenizer, PROMPTS[:3], stop=None, max_new_tokens=10)
     model.generation_config.repetition_penalty = 50.0
     model.generation_config.no_repeat_ngram_size = 1

@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 import torch
 from peft import LoraConfig, get_peft_model
-from tokenizers import Tokenizer, models, pre_tokenizers
+from tokenizers import Tokenizer, pre_tokenizers
+from tokenizers.models import WordLevel
 from transformers import GgufConfig, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 from transformers.quantizers.quantizer_gguf import GgufHfQuantizer
 
@@ -48,7 +49,7 @@ def _tiny_model() -> LlamaForCausalLM:
 
 def _tiny_tokenizer() -> PreTrainedTokenizerFast:
     """A word-level tokenizer with an EOS token and deliberately no pad token."""
-    backend = Tokenizer(models.WordLevel({word: i for i, word in enumerate(WORDS)}, unk_token="[UNK]"))
+    backend = Tokenizer(WordLevel({word: i for i, word in enumerate(WORDS)}, unk_token="[UNK]"))
     backend.pre_tokenizer = pre_tokenizers.Whitespace()
     return PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="[UNK]", eos_token="<eos>")
 
@@ -134,7 +135,7 @@ def test_adapter_folder_resolves_its_base(tmp_path, tiny_checkpoint):
 def test_adapter_with_a_missing_or_unknown_base_is_refused(tmp_path):
     with pytest.raises(ModelNotFoundError, match="names no base model"):
         finprog_models.resolve_model(_write_adapter_config(tmp_path / "a", None))
-    with pytest.raises(ModelNotFoundError, match=r"adapter .* names base model 'nonsense'"):
+    with pytest.raises(ModelNotFoundError, match=r"adapter .* names base model 'nonsense', which is unusable"):
         finprog_models.resolve_model(_write_adapter_config(tmp_path / "b", "nonsense"))
 
 
@@ -378,7 +379,7 @@ def test_list_models_reports_cache_state(empty_cache):
 
 
 @pytest.mark.slow
-def test_smollm2_from_the_zoo_loads_and_continues_greedily():
+def test_smollm2_from_the_zoo_loads_and_continues_greedily(tmp_path):
     loaded = finprog_models.load_model("smollm2-135m", dtype="fp32", device="cpu")
     assert sum(parameter.numel() for parameter in loaded.model.parameters()) == pytest.approx(134.5e6, rel=1e-3)
     assert "quantization_config" not in loaded.config and loaded.model.name_or_path == "smollm2-135m"
@@ -388,3 +389,5 @@ def test_smollm2_from_the_zoo_loads_and_continues_greedily():
     continuations = loaded.tokenizer.batch_decode(output[:, batch.input_ids.shape[1] :], skip_special_tokens=True)
     assert "Paris" in continuations[0]
     assert all(text.strip() for text in continuations)
+    get_peft_model(loaded.model, LoraConfig(r=2, target_modules=["q_proj"])).save_pretrained(tmp_path / "adapter")
+    assert finprog_models.resolve_model(tmp_path / "adapter").base.location == "smollm2-135m"  # portable base
