@@ -76,18 +76,19 @@ Prediction = dsl.Program | str | dsl.ProgramParseError | None
 
 def score_program(predicted: Prediction, example: Example) -> ProgramOutcome:
     """Parse (if text), execute and grade one predicted program under the official rules."""
+    failed = False if example.program is not None else None  # program_correct of a failed prediction
     if predicted is None:
-        return ProgramOutcome(NO_PROGRAM)
+        return ProgramOutcome(NO_PROGRAM, program_correct=failed)
     if isinstance(predicted, dsl.ProgramParseError):
-        return ProgramOutcome(PARSE_ERROR, error=str(predicted))
+        return ProgramOutcome(PARSE_ERROR, error=str(predicted), program_correct=failed)
     try:
         program = dsl.parse(predicted) if isinstance(predicted, str) else predicted
     except dsl.ProgramParseError as error:
-        return ProgramOutcome(PARSE_ERROR, error=str(error))
+        return ProgramOutcome(PARSE_ERROR, error=str(error), program_correct=failed)
     try:
         value = dsl.execute(program, example.table)
     except dsl.ProgramExecutionError as error:
-        return ProgramOutcome(EXECUTION_ERROR, error=str(error), error_kind=error.kind)
+        return ProgramOutcome(EXECUTION_ERROR, error=str(error), error_kind=error.kind, program_correct=failed)
     matched = value == gold_value(example)
     return ProgramOutcome(
         CORRECT if matched else WRONG_VALUE,

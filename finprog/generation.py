@@ -72,7 +72,8 @@ def generate(model, tokenizer, prompts: Sequence[str], **options) -> list[Comple
     """Complete every prompt; the completions come back in the prompts' order.
 
     `options` are those of `iter_completions` (batch_size, max_new_tokens, do_sample,
-    temperature, top_p, seed, stop, logits_processor, add_special_tokens, progress).
+    temperature, top_p, seed, stop, logits_processor, logits_processor_for, add_special_tokens,
+    progress).
     """
     by_index = dict(iter_completions(model, tokenizer, prompts, **options))
     return [by_index[index] for index in range(len(prompts))]
@@ -91,6 +92,7 @@ def iter_completions(
     seed: int = 0,
     stop: StopRule | None = first_line,
     logits_processor: Sequence[LogitsProcessor] = (),
+    logits_processor_for: Callable[[list[int]], Sequence[LogitsProcessor]] | None = None,
     add_special_tokens: bool = True,
     progress: bool = False,
 ) -> Iterator[tuple[int, Completion]]:
@@ -101,9 +103,12 @@ def iter_completions(
     The checkpoint's own decoding defaults (repetition penalty, top-k, ...) are
     overridden so every model decodes the same way. `stop` is applied to each sequence's
     text after every step (None: stop only at end-of-sequence or `max_new_tokens`).
-    `logits_processor` runs on every step's scores before token selection (grammar
-    constraints). `add_special_tokens=False` is for text that already holds them (chat
-    templates). `progress` shows a progress bar over prompts.
+    `logits_processor` runs on every step's scores before token selection;
+    `logits_processor_for`, when given, is called once per batch with the batch's prompt
+    indices (in row order) and its processors run after those, for that batch only (a
+    grammar per example: `constrained.processor_factory`). `add_special_tokens=False` is
+    for text that already holds them (chat templates). `progress` shows a progress bar
+    over prompts.
     """
     if batch_size < 1:
         raise GenerationError(f"batch_size must be at least 1, got {batch_size}")
@@ -131,7 +136,10 @@ def iter_completions(
     with tqdm(total=len(order), disable=not progress, unit="prompt", desc="generating") as bar:
         for batch_index, start in enumerate(range(0, len(order), batch_size)):
             batch = order[start : start + batch_size]
-            completions = _generate_batch(model, tokenizer, [encoded[i] for i in batch], batch_index, stop, settings)
+            batch_settings = settings
+            if logits_processor_for is not None:
+                batch_settings = {**settings, "logits_processor": [*settings["logits_processor"], *logits_processor_for(batch)]}
+            completions = _generate_batch(model, tokenizer, [encoded[i] for i in batch], batch_index, stop, batch_settings)
             bar.update(len(batch))
             yield from zip(batch, completions)
 

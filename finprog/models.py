@@ -216,7 +216,10 @@ def is_cached(name: str) -> bool:
 
 
 def list_models() -> list[dict[str, Any]]:
-    """The offline zoo, a dict per model: name, description, params, licence, download/disk bytes, cached, path."""
+    """The offline zoo for `finprog models list`, one dict per model.
+
+    Keys: name, description, params, size (bytes to download), disk_bytes (0 unless cached), licence, cached, path.
+    """
     rows = []
     for model in ZOO.values():
         cached = is_cached(model.name)
@@ -226,9 +229,9 @@ def list_models() -> list[dict[str, Any]]:
                 "name": model.name,
                 "description": model.description,
                 "params": model.params,
-                "licence": model.licence,
-                "download_bytes": model.gguf_bytes,
+                "size": model.gguf_bytes,
                 "disk_bytes": sum(file.stat().st_size for file in folder.iterdir()) if cached else 0,
+                "licence": model.licence,
                 "cached": cached,
                 "path": str(folder),
             }

@@ -111,6 +111,7 @@ def test_program_accuracy_needs_equivalence_execution_accuracy_only_the_value():
         assert outcome.outcome == "correct" and outcome.program_correct is False
     assert score_program("add(1, 2", example).outcome == "parse_error"
     assert score_program(None, example).outcome == "no_program"
+    assert score_program(None, example).program_correct is False  # counts against program accuracy
     assert score_program("divide(1, 0)", example).error_kind == "division_by_zero"
     assert score_program(dsl.format(gold) + ", add(#0, 1)", example).outcome in ("wrong_value", "execution_error")
 

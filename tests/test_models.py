@@ -1,11 +1,7 @@
 """Tests of finprog.models: resolving --model values, the zoo cache, dtype/device/quantization choices, loading.
 
-All but the `slow` test use a tiny random Llama and a word-level tokenizer built here; nothing touches a hub.
+All but the `slow` test use conftest's tiny random Llama and byte-level tokenizer; nothing touches a hub.
 """
-
-import os
-
-os.environ["HF_HUB_OFFLINE"] = "1"  # before transformers/huggingface_hub read it; PEFT probes the hub otherwise
 
 import hashlib
 import json
@@ -15,10 +11,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import build_tiny_model, build_tiny_tokenizer
 from peft import LoraConfig, get_peft_model
-from tokenizers import Tokenizer, pre_tokenizers
-from tokenizers.models import WordLevel
-from transformers import GgufConfig, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import GgufConfig
 from transformers.quantizers.quantizer_gguf import GgufHfQuantizer
 
 from finprog import models as finprog_models
@@ -32,26 +27,12 @@ from finprog.models import (
     ZooModel,
 )
 
-WORDS = ["[UNK]", "<eos>", "the", "revenue", "rose", "fell", "by", "percent", "in", "2019", "2020", "net", "income"]
-PROMPT = "the revenue rose by 2019 percent"
+PROMPT = "the revenue rose by 12 percent"
 CPU = torch.device("cpu")
 
 
-def _tiny_model() -> LlamaForCausalLM:
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(WORDS), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
-        bos_token_id=None, eos_token_id=1, pad_token_id=None,
-    )  # fmt: skip
-    return LlamaForCausalLM(config).eval()
-
-
-def _tiny_tokenizer() -> PreTrainedTokenizerFast:
-    """A word-level tokenizer with an EOS token and deliberately no pad token."""
-    backend = Tokenizer(WordLevel({word: i for i, word in enumerate(WORDS)}, unk_token="[UNK]"))
-    backend.pre_tokenizer = pre_tokenizers.Whitespace()
-    return PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="[UNK]", eos_token="<eos>")
+def _tiny_model():
+    return build_tiny_model("llama", build_tiny_tokenizer())
 
 
 def _logits(model, tokenizer, text: str = PROMPT) -> torch.Tensor:
@@ -61,9 +42,12 @@ def _logits(model, tokenizer, text: str = PROMPT) -> torch.Tensor:
 
 @pytest.fixture(scope="module")
 def tiny_checkpoint(tmp_path_factory) -> Path:
+    """A saved tiny Llama whose tokenizer pads on the right and has no pad token, for the loader to fix."""
     folder = tmp_path_factory.mktemp("tiny-llama")
     _tiny_model().save_pretrained(folder)
-    _tiny_tokenizer().save_pretrained(folder)
+    tokenizer = build_tiny_tokenizer()
+    tokenizer.pad_token, tokenizer.padding_side = None, "right"
+    tokenizer.save_pretrained(folder)
     return folder
 
 
@@ -221,10 +205,11 @@ def test_4bit_config_is_nf4_with_double_quantization_in_16_bit():
 
 def test_load_checkpoint_folder_gives_the_saved_weights_and_a_left_padding_tokenizer(tiny_checkpoint):
     loaded = finprog_models.load_model(tiny_checkpoint, dtype="fp32", device="cpu")
-    expected = _logits(_tiny_model(), _tiny_tokenizer())
+    expected = _logits(_tiny_model(), build_tiny_tokenizer())
     assert torch.equal(_logits(loaded.model, loaded.tokenizer), expected)
     assert loaded.tokenizer.padding_side == "left"
-    assert loaded.tokenizer.pad_token == "<eos>" and loaded.model.generation_config.pad_token_id == 1
+    eos_id = loaded.tokenizer.eos_token_id
+    assert loaded.tokenizer.pad_token == "<eos>" and loaded.model.generation_config.pad_token_id == eos_id
     assert (loaded.name, loaded.checkpoint, loaded.adapter) == (str(tiny_checkpoint), str(tiny_checkpoint), None)
     assert (loaded.dtype, loaded.device, loaded.quant) == (torch.float32, CPU, "none")
     assert loaded.config["num_hidden_layers"] == 2 and loaded.config["hidden_size"] == 64
@@ -242,7 +227,7 @@ def test_load_in_4bit_replaces_the_linear_layers(tiny_checkpoint):
 
     loaded = finprog_models.load_model(tiny_checkpoint, dtype="fp32", quant="4bit", device="cpu")
     assert isinstance(loaded.model.model.layers[0].mlp.up_proj, bitsandbytes.nn.Linear4bit)
-    assert _logits(loaded.model, loaded.tokenizer).shape[-1] == len(WORDS)
+    assert _logits(loaded.model, loaded.tokenizer).shape[-1] == len(loaded.tokenizer)
 
 
 def test_trained_adapter_records_its_base_and_loads_merged(tmp_path, tiny_checkpoint):
@@ -260,12 +245,12 @@ def test_trained_adapter_records_its_base_and_loads_merged(tmp_path, tiny_checkp
     assert not hasattr(loaded.model, "peft_config")  # merged into a plain model
     merged = _logits(loaded.model, loaded.tokenizer)
     assert torch.allclose(merged, adapted, atol=1e-5)
-    assert not torch.allclose(merged, _logits(_tiny_model(), _tiny_tokenizer()), atol=1e-3)
+    assert not torch.allclose(merged, _logits(_tiny_model(), build_tiny_tokenizer()), atol=1e-3)
 
 
 def test_model_config_reads_the_base_config_without_weights(tmp_path, tiny_checkpoint):
     config = finprog_models.model_config(tiny_checkpoint)
-    assert (config["model_type"], config["vocab_size"], config["num_key_value_heads"]) == ("llama", len(WORDS), 2)
+    assert (config["model_type"], config["num_hidden_layers"], config["num_key_value_heads"]) == ("llama", 2, 2)
     adapter = _write_adapter_config(tmp_path / "adapter", str(tiny_checkpoint))
     assert finprog_models.model_config(adapter) == config
 

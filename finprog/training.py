@@ -1,0 +1,785 @@
+"""Fine-tuning: LoRA, QLoRA and full fine-tuning on FinQA, evaluated as it trains, with its FLOPs counted per step.
+
+`train` is one explicit loop (no HF Trainer): a training example is the prompt `finprog
+solve` would give it followed by the gold program (program mode) or the gold value
+(direct mode), with the loss on the target tokens only. Every step's FLOPs come from
+`flops.training_step_flops` for the batch as it ran (its padded length and size), summed
+over processes. Every `eval_every` steps the model in memory is evaluated the way
+`finprog solve` evaluates one (same prompts, generation and scoring), and a row is added
+to the learning curve. Training stops at the target accuracy, at the FLOPs budget, or at
+the step/epoch limit; the last step is always evaluated.
+
+The run folder (`out`):
+- `run.json`: kind "train": config, model, eval_set, curve, final metrics, FLOPs, target, timing, versions
+- `predictions.jsonl`: the final evaluation, one line per example, as `finprog solve` writes it
+- the trained model: `adapter_config.json` + adapter weights (lora, qlora) or `config.json` + weights (full),
+  and the tokenizer, so `finprog.models.load_model(out)` and `finprog solve --model out` load it
+- `evals/step-NNNNNN.jsonl`: each evaluation's predictions
+- `checkpoint.pt` while training: trainable weights, optimizer, step, FLOPs, curve (what `resume` continues from)
+
+Data parallel through Accelerate: under `accelerate launch`, each process trains on its
+shard of every batch and the main process evaluates and writes; the FLOPs of a step are
+the sum over processes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import re
+import sys
+import time
+from bisect import bisect_left
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+from finprog import flops, prompts
+from finprog.data import Example, load_finqa, resolve_data
+from finprog.evaluation import gold_value
+from finprog.provenance import machine, now, versions
+from finprog.runs import PREDICTIONS, RUN, RunError, eval_set
+from finprog.solve import EXEMPLAR_CHOICES, MODES, PROGRAM_MAX_NEW_TOKENS, _flop_totals, _row, metrics
+
+METHODS = flops.METHODS
+DEFAULT_LR = {"full": 1e-5, "lora": 2e-4, "qlora": 2e-4}
+TARGET_METRICS = ("exact", "tolerant")
+DEFAULT_MAX_PROMPT_TOKENS = 1024
+CHECKPOINT = "checkpoint.pt"
+EVALS = "evals"
+IGNORE_INDEX = -100  # label of a token that has no loss (prompt and padding)
+
+
+class TrainingError(ValueError):
+    """A training run was asked for with options or data that cannot work; raised before any model is loaded."""
+
+
+@dataclass
+class TrainOptions:
+    """Everything that shapes a training run; saved as `config` in run.json (a resumed run must match it)."""
+
+    model: str
+    train: str  # FinQA file or split name
+    eval: str  # FinQA file or split name, no id shared with `train`
+    method: str = "lora"  # lora | qlora (4-bit NF4 base + LoRA) | full
+    mode: str = "program"
+    # prompts: what `finprog solve` builds, the report's context cut to fit max_prompt_tokens
+    shots: int = 0  # program mode: exemplars from the training file (0: fine-tuned models answer zero-shot)
+    exemplar_choice: str = "similar"
+    chat_template: bool = True
+    max_prompt_tokens: int | None = DEFAULT_MAX_PROMPT_TOKENS  # None: no cut
+    # when to stop (the first that happens); without max_steps and epochs, one epoch
+    max_steps: int | None = None
+    epochs: float | None = None
+    budget_flops: float | None = None  # training FLOPs; a step that would exceed it is not run
+    target: float | None = None  # EmAcc fraction on the eval set
+    target_metric: str = "exact"
+    # evaluation
+    eval_every: int | None = None  # steps; None: only at the start and the end
+    eval_at_start: bool = True  # a curve point at step 0: the untrained model with the same prompts
+    eval_limit: int | None = None  # only the eval file's first N examples
+    eval_batch_size: int = 8
+    max_new_tokens: int | None = None  # default: solve's (96 program, 24 direct)
+    # optimisation: AdamW, linear warmup then a constant rate (so the curve does not depend on the step limit)
+    lr: float | None = None  # default: DEFAULT_LR[method]
+    warmup_steps: int = 0
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    batch_size: int = 4  # sequences per step and process
+    gradient_checkpointing: bool = False
+    # LoRA and QLoRA adapters
+    lora_r: int = 8
+    lora_alpha: int | None = None  # default: 2 x lora_r
+    lora_dropout: float = 0.05
+    lora_targets: str = "q_proj,v_proj"  # comma-separated projections, or all-linear
+    seed: int = 0
+    dtype: str = "fp32"
+    technique: str = field(init=False)  # the method: the name the report groups runs by
+    quant: str = field(init=False)  # 4bit for qlora, else none
+
+    def __post_init__(self):
+        def fail(message: str) -> None:
+            raise TrainingError(message)
+
+        if self.method not in METHODS:
+            fail(f"unknown training method {self.method!r}; choose one of {', '.join(METHODS)}")
+        if self.mode not in MODES:
+            fail(f"unknown mode {self.mode!r}; choose one of {', '.join(MODES)}")
+        if self.exemplar_choice not in EXEMPLAR_CHOICES:
+            fail(f"unknown exemplar choice {self.exemplar_choice!r}; choose {' or '.join(EXEMPLAR_CHOICES)}")
+        if self.shots and self.mode == "direct":
+            fail("--shots applies to program mode only (the direct prompt has no exemplars)")
+        if self.target_metric not in TARGET_METRICS:
+            fail(f"unknown target metric {self.target_metric!r}; choose {' or '.join(TARGET_METRICS)}")
+        if self.max_steps is not None and self.epochs is not None:
+            fail("give --max-steps or --epochs, not both")
+        if self.target is not None and not 0 < self.target <= 1:
+            fail(f"--target is an accuracy fraction in (0, 1], got {self.target}")
+        for name in ("max_steps", "eval_every", "eval_limit", "max_prompt_tokens", "max_new_tokens"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                fail(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+        for name in ("batch_size", "eval_batch_size", "lora_r"):
+            if getattr(self, name) < 1:
+                fail(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        for name in ("epochs", "budget_flops", "lr"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                fail(f"--{name.replace('_', '-')} must be positive, got {value}")
+        if not 0 <= self.lora_dropout < 1:
+            fail(f"--lora-dropout must be in [0, 1), got {self.lora_dropout}")
+        if self.shots < 0 or self.warmup_steps < 0 or self.weight_decay < 0 or self.max_grad_norm <= 0:
+            fail("--shots, --warmup-steps and --weight-decay cannot be negative, --max-grad-norm must be positive")
+        try:
+            flops.lora_targets(self.lora_targets)
+        except ValueError as error:
+            fail(f"--lora-targets: {error}")
+        if self.lr is None:
+            self.lr = DEFAULT_LR[self.method]
+        if self.lora_alpha is None:
+            self.lora_alpha = 2 * self.lora_r
+        self.technique = self.method
+        self.quant = "4bit" if self.method == "qlora" else "none"
+
+    @property
+    def new_token_limit(self) -> int:
+        from finprog.generation import DIRECT_MAX_NEW_TOKENS
+
+        if self.max_new_tokens:
+            return self.max_new_tokens
+        return PROGRAM_MAX_NEW_TOKENS if self.mode == "program" else DIRECT_MAX_NEW_TOKENS
+
+
+@dataclass
+class TrainData:
+    """The checked examples of a run: what it trains on and what it is evaluated on."""
+
+    train_path: Path
+    eval_path: Path
+    train: list[Example]
+    eval: list[Example]
+
+
+# ---------------------------------------------------------------- checks before any model loads
+
+
+def validate(options: TrainOptions) -> TrainData:
+    """Check the data, the model name and the budget; loads no model (with a budget: its config and tokenizer).
+
+    Raises TrainingError (or the data and model modules' typed errors) with what to change.
+    """
+    from finprog import models
+
+    train_path, _ = resolve_data(options.train, default_split="train")
+    eval_path, _ = resolve_data(options.eval)
+    data = TrainData(train_path, eval_path, load_finqa(train_path), load_finqa(eval_path)[: options.eval_limit])
+    if not data.train or not data.eval:
+        raise TrainingError(f"{train_path if not data.train else eval_path} holds no examples")
+    untrainable = [e.id for e in data.train if target_text(e, options.mode) is None]
+    if untrainable:
+        what = "a gold program" if options.mode == "program" else "a gold answer (exe_ans, program or answer)"
+        advice = ("use a FinQA file with programs, or --mode direct" if options.mode == "program"
+                  else "remove those records")
+        raise TrainingError(
+            f"{train_path}: {len(untrainable)} of {len(data.train)} training records have no {what} "
+            f"(first: {', '.join(untrainable[:3])}); {options.mode} mode trains on it: {advice}"
+        )
+    shared = sorted({e.id for e in data.train} & {e.id for e in data.eval})
+    if shared:
+        raise TrainingError(
+            f"the eval file {eval_path} shares {len(shared)} id(s) with the training file {train_path} "
+            f"(first: {', '.join(shared[:3])}); evaluate on questions the model is not trained on"
+        )
+    source = models.resolve_model(options.model)
+    if source.kind == "adapter" and options.method != "full":
+        raise TrainingError(
+            f"{options.model} is a PEFT adapter; a new {options.method} adapter needs a base model or checkpoint "
+            "to name as its base: merge the adapter into a checkpoint first, or use --method full"
+        )
+    if options.method == "qlora":
+        import torch
+
+        models.check_bitsandbytes("4bit", models.resolve_device("auto"), torch.bfloat16)
+    if options.budget_flops is not None:
+        _check_budget(options, data)
+    return data
+
+
+def _check_budget(options: TrainOptions, data: TrainData) -> None:
+    """The budget must pay for the first step (on one process; more processes only make it dearer)."""
+    from finprog import models
+
+    shape = flops.ModelShape.from_config(models.model_config(options.model))
+    tokenizer = load_tokenizer(options.model)
+    retriever = prompts.ExemplarRetriever(data.train if options.shots else [])
+    first = [encode(data.train[i], tokenizer, options, retriever)
+             for i in batch_indices(len(data.train), options, step=0, rank=0, world=1)]
+    need = step_flops(shape, first, options)
+    if options.budget_flops < need:
+        raise TrainingError(
+            f"--budget-flops {options.budget_flops:.3g} does not pay for one training step: the first one "
+            f"({len(first)} sequences of {max(e.length for e in first)} tokens, {options.method}) takes {need:.3g} "
+            "FLOPs; raise the budget, or lower --batch-size or --max-prompt-tokens"
+        )
+
+
+def load_tokenizer(spec: str):
+    """The tokenizer `models.load_model(spec)` would give, without loading the weights."""
+    from finprog import models
+
+    return models._load_tokenizer(models.resolve_model(spec), fetch_missing=True)
+
+
+# ---------------------------------------------------------------- prompts and targets
+
+_STOP_WORDS = frozenset(
+    "a an and are as at be by did do does for from how in is it its of on or that the their this to was "
+    "were what which with".split()
+)
+
+
+def fit_context(example: Example, fits: Callable[[Example], bool]) -> Example:
+    """`example` with the fewest report sentences, then table rows, removed so that `fits` accepts it.
+
+    Sentences go least relevant first: fewest distinct question words shared (stop words
+    aside); among equals, the farthest from the table (pre text from its start, post text
+    from its end). Kept sentences keep their order. When no sentence is left and it still
+    does not fit, table rows go from the bottom (the first row stays). The question is
+    never cut: when even that is too long, the example comes back with no text and one row.
+    """
+    if fits(example):
+        return example
+    question = set(_words(example.question)) - _STOP_WORDS
+    pre, post = len(example.pre_text), len(example.post_text)
+    sentences = [("pre", i, example.pre_text[i], pre - i) for i in range(pre)]
+    sentences += [("post", j, example.post_text[j], j + 1) for j in range(post)]
+    order = sorted(sentences, key=lambda s: (len(question & set(_words(s[2]))), -s[3]))
+
+    def without_sentences(k: int) -> Example:
+        dropped = {(part, index) for part, index, _, _ in order[:k]}
+        return replace(example,
+                       pre_text=[t for i, t in enumerate(example.pre_text) if ("pre", i) not in dropped],
+                       post_text=[t for j, t in enumerate(example.post_text) if ("post", j) not in dropped])
+
+    k = bisect_left(range(len(order) + 1), True, key=lambda k: fits(without_sentences(k)))
+    if k <= len(order):
+        return without_sentences(k)
+    bare = without_sentences(len(order))
+    rows = bisect_left(range(len(bare.table), 0, -1), True, key=lambda n: fits(replace(bare, table=bare.table[:n])))
+    return replace(bare, table=bare.table[: max(1, len(bare.table) - rows)])
+
+
+def _words(text: str) -> list[str]:
+    return re.findall(r"[a-z0-9]+", text.lower())
+
+
+def _adds_special_tokens(tokenizer, options) -> bool:
+    """Whether prompts are tokenized with the tokenizer's special tokens (not when a chat template put them in)."""
+    return not (options.chat_template and getattr(tokenizer, "chat_template", None))
+
+
+def prompt_text(example: Example, tokenizer, options, retriever: prompts.ExemplarRetriever) -> str:
+    """The user turn solve's prompt functions write for `example`, its context cut to `options.max_prompt_tokens`.
+
+    `options` needs mode, shots, exemplar_choice, chat_template and max_prompt_tokens;
+    the limit counts the prompt's tokens as the model reads them (chat template applied).
+    """
+    exemplars = retriever.choose(example, options.shots, options.exemplar_choice) \
+        if options.mode == "program" and options.shots else []
+
+    def render(e: Example) -> str:
+        return prompts.direct_prompt(e) if options.mode == "direct" else prompts.program_prompt(e, exemplars)
+
+    if options.max_prompt_tokens is None:
+        return render(example)
+    special = _adds_special_tokens(tokenizer, options)
+
+    def fits(e: Example) -> bool:
+        text = prompts.apply_chat_template(tokenizer, render(e), options.chat_template)
+        return len(tokenizer(text, add_special_tokens=special)["input_ids"]) <= options.max_prompt_tokens
+
+    return render(fit_context(example, fits))
+
+
+def build_prompt(example: Example, tokenizer, options, retriever: prompts.ExemplarRetriever) -> str:
+    """The model's input for `example` at training and evaluation time: `prompt_text` in the chat template."""
+    return prompts.apply_chat_template(tokenizer, prompt_text(example, tokenizer, options, retriever),
+                                       options.chat_template)
+
+
+def target_text(example: Example, mode: str) -> str | None:
+    """What the model learns to reply: the gold program, or (direct) the gold value as exact match reads it.
+
+    Direct mode trains on the executed value (`exe_ans` written out, 0.13636 rather than the
+    answer string "13.6%"), because exact match scores against it; the answer string is the
+    fallback for a record with neither exe_ans nor program. None when there is nothing to learn.
+    """
+    if mode == "program":
+        return example.program or None
+    value = gold_value(example)
+    if isinstance(value, float):
+        return f"{value:.5f}".rstrip("0").rstrip(".")
+    return value or example.answer or None
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """One training example as token ids: the prompt (no loss) and the reply (loss)."""
+
+    prompt: list[int]
+    target: list[int]
+
+    @property
+    def length(self) -> int:
+        return len(self.prompt) + len(self.target)
+
+
+def encode(example: Example, tokenizer, options, retriever: prompts.ExemplarRetriever) -> Encoded:
+    """The prompt's ids exactly as generation tokenizes it, and the reply's ids.
+
+    With a chat template the reply is what the template renders for an assistant turn
+    (its end-of-turn token included); without one it is the target (after a space in
+    program mode, since the prompt ends with "Program:") and the EOS token.
+    """
+    user = prompt_text(example, tokenizer, options, retriever)
+    prompt = prompts.apply_chat_template(tokenizer, user, options.chat_template)
+    target = target_text(example, options.mode)
+    special = _adds_special_tokens(tokenizer, options)
+    prompt_ids = tokenizer(prompt, add_special_tokens=special)["input_ids"]
+    if not special:
+        full = tokenizer.apply_chat_template(
+            [{"role": "user", "content": user}, {"role": "assistant", "content": target}], tokenize=False
+        )
+        if full.startswith(prompt):
+            return Encoded(prompt_ids, tokenizer(full[len(prompt):], add_special_tokens=False)["input_ids"])
+    elif options.mode == "program":
+        target = " " + target
+    return Encoded(prompt_ids, tokenizer(target, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id])
+
+
+# ---------------------------------------------------------------- batches and FLOPs
+
+
+def steps_per_epoch(n: int, options: TrainOptions, world: int = 1) -> int:
+    return math.ceil(math.ceil(n / world) / options.batch_size)
+
+
+def planned_steps(n: int, options: TrainOptions, world: int = 1) -> int:
+    """The step limit: max_steps, or epochs (default 1) of the training set."""
+    if options.max_steps is not None:
+        return options.max_steps
+    return max(1, math.ceil((options.epochs or 1) * steps_per_epoch(n, options, world)))
+
+
+def batch_indices(n: int, options: TrainOptions, step: int, rank: int, world: int) -> list[int]:
+    """Which of `n` training examples process `rank` of `world` trains on at `step` (0-based).
+
+    Each epoch is a shuffle seeded by (seed, epoch), so a step's batch never depends on
+    what ran before it; the order is padded by wrapping around to a multiple of `world`,
+    and process `rank` takes every world-th example of it.
+    """
+    per_process = math.ceil(n / world)
+    epoch, index = divmod(step, steps_per_epoch(n, options, world))
+    order = list(range(n))
+    random.Random(f"{options.seed}-{epoch}").shuffle(order)
+    order += order[: per_process * world - n]
+    shard = order[rank::world]
+    return shard[index * options.batch_size : (index + 1) * options.batch_size]
+
+
+def step_flops(shape: flops.ModelShape, batch: Sequence[Encoded], options: TrainOptions) -> int:
+    """One process's step as it runs: `len(batch)` sequences right-padded to the longest."""
+    return flops.training_step_flops(
+        shape, max(e.length for e in batch), len(batch), method=options.method, lora_rank=options.lora_r,
+        targets=options.lora_targets, gradient_checkpointing=options.gradient_checkpointing,
+    )
+
+
+def collate(batch: Sequence[Encoded], pad_id: int, device):
+    """Right-padded input ids, attention mask and labels (the reply's ids; IGNORE_INDEX elsewhere)."""
+    import torch
+
+    width = max(e.length for e in batch)
+    ids, mask, labels = [], [], []
+    for e in batch:
+        padding = width - e.length
+        ids.append(e.prompt + e.target + [pad_id] * padding)
+        mask.append([1] * e.length + [0] * padding)
+        labels.append([IGNORE_INDEX] * len(e.prompt) + e.target + [IGNORE_INDEX] * padding)
+    return {name: torch.tensor(rows, device=device) for name, rows in
+            (("input_ids", ids), ("attention_mask", mask), ("labels", labels))}
+
+
+# ---------------------------------------------------------------- evaluation
+
+
+def evaluate_model(model, tokenizer, examples: Sequence[Example], options, retriever: prompts.ExemplarRetriever,
+                   progress: bool = False) -> tuple[list[dict], dict, dict]:
+    """solve's generation and scoring on a model in memory: (rows, metrics, FLOP totals).
+
+    Rows are predictions.jsonl lines as `finprog solve` writes them (greedy, one sample);
+    `options` needs solve's prompt fields, max_prompt_tokens, eval_batch_size and new_token_limit.
+    """
+    from finprog import generation
+
+    shape = flops.ModelShape.from_config(model.config.to_dict())
+    texts = [build_prompt(e, tokenizer, options, retriever) for e in examples]
+    rows: list[dict | None] = [None] * len(examples)
+    batch, seconds, clock = None, 0.0, time.perf_counter()
+    for index, completion in generation.iter_completions(
+        model, tokenizer, texts, batch_size=options.eval_batch_size, max_new_tokens=options.new_token_limit,
+        add_special_tokens=_adds_special_tokens(tokenizer, options), progress=progress,
+    ):
+        if completion.batch_index != batch:  # a batch's completions arrive together, right after it ran
+            batch = completion.batch_index
+            seconds = (time.perf_counter() - clock) / completion.batch_size
+        rows[index] = _row(examples[index], [(completion, seconds)], options.mode, shape)
+        clock = time.perf_counter()
+    return rows, metrics(rows, options.mode), _flop_totals(rows)
+
+
+# ---------------------------------------------------------------- the run
+
+
+def train(options: TrainOptions, out: Path, resume: bool = False, progress: bool = True) -> dict:
+    """Train, evaluate as it goes, save the model and the run record in `out`; returns run.json.
+
+    With `resume`, continues from `out/checkpoint.pt` (steps after it are run again, and
+    their FLOPs counted once); a finished run is returned as it is.
+    """
+    out = Path(out)
+    data = validate(options)
+    config = {**asdict(options), "train": str(data.train_path), "eval": str(data.eval_path)}
+    finished = _open_run(out, config, resume)
+    if finished:
+        return finished
+
+    import torch
+    from accelerate import Accelerator
+    from accelerate.utils import broadcast_object_list
+    from tqdm.auto import tqdm
+
+    accelerator = Accelerator()
+    rank, world, main = accelerator.process_index, accelerator.num_processes, accelerator.is_main_process
+    say = _printer(progress and main)
+    record = {"kind": "train", "config": config,
+              "eval_set": eval_set(data.eval_path.stem, [e.id for e in data.eval])}
+
+    started = time.perf_counter()
+    loaded, model = _trainable_model(options, str(accelerator.device))
+    tokenizer, shape = loaded.tokenizer, flops.ModelShape.from_config(loaded.config)
+    saved = torch.load(out / CHECKPOINT, weights_only=True) if resume and (out / CHECKPOINT).is_file() else None
+    if saved:
+        _load_trainable(model, saved["trainable"])
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=options.lr, weight_decay=options.weight_decay)
+    if saved:
+        optimizer.load_state_dict(saved["optimizer"])
+    model, optimizer = accelerator.prepare(model, optimizer)
+    state = saved["state"] if saved else {"step": 0, "train_flops": 0, "tokens": 0, "curve": [], "target": None,
+                                          "training_seconds": 0.0, "evaluation_seconds": 0.0}
+    counts = flops.parameter_counts(shape, options.method, options.lora_r, options.lora_targets)
+    record["model"] = {"name": options.model, "checkpoint": loaded.checkpoint, "dtype": str(loaded.dtype),
+                       "device": str(loaded.device), "params": counts["total"], "trainable": counts["trainable"]}
+    record["timing"] = {"model_load_seconds": time.perf_counter() - started}
+    if main:
+        _write_record(out, record, status="running")
+
+    retriever = prompts.ExemplarRetriever(data.train if options.shots else [])
+    encoded = [encode(e, tokenizer, options, retriever) for e in data.train]
+    total_steps = planned_steps(len(encoded), options, world)
+    epoch_steps = steps_per_epoch(len(encoded), options, world)
+    say(f"{options.method} on {options.model}: {len(encoded)} training examples, {len(data.eval)} eval examples, "
+        f"{total_steps} steps of {options.batch_size} x {world} sequences, "
+        f"{counts['trainable'] / 1e6:.3g}M of {counts['total'] / 1e6:.3g}M parameters trained")
+
+    def evaluate(loss: float | None) -> str | None:
+        """Add a curve row on the main process, save the checkpoint; every process gets the stop reason."""
+        reason = None
+        if main:
+            clock = time.perf_counter()
+            unwrapped = accelerator.unwrap_model(model)
+            unwrapped.eval()
+            rows, result, cost = evaluate_model(unwrapped, tokenizer, data.eval, options, retriever)
+            unwrapped.train()
+            state["evaluation_seconds"] += time.perf_counter() - clock
+            point = {"step": state["step"], "epoch": state["step"] / epoch_steps, "tokens": state["tokens"],
+                     "train_flops": state["train_flops"], "train_loss": loss,
+                     "exact": result["exact"], "tolerant": result["tolerant"],
+                     "program_accuracy": result["program_accuracy"], "outcomes": result["outcomes"],
+                     "eval_flops": cost["inference_total"], "eval_flops_executed": cost["inference_total_executed"],
+                     "training_seconds": state["training_seconds"]}
+            state["curve"].append(point)
+            state["final"] = {"metrics": result, "flops": cost, "seconds": sum(r["seconds"] for r in rows)}
+            _write_rows(out / EVALS / f"step-{state['step']:06d}.jsonl", rows)
+            say(format_point(point))
+            if options.target is not None and state["target"] is None and point[options.target_metric] >= options.target:
+                state["target"] = {key: point[key] for key in ("step", "tokens", "train_flops", options.target_metric)}
+                reason = "target"
+            _save_checkpoint(out, accelerator.unwrap_model(model), optimizer, state)
+            _write_record(out, {**record, "curve": state["curve"]}, status="running")
+        reason, state["curve"], state["target"] = broadcast_object_list([reason, state["curve"], state["target"]])
+        accelerator.wait_for_everyone()
+        _reseed(options.seed, state["step"], rank)
+        return reason
+
+    _reseed(options.seed, state["step"], rank)
+    stop = "target" if state["target"] else None
+    if not state["curve"] and options.eval_at_start:
+        stop = evaluate(loss=None)
+    model.train()
+    losses: list[float] = []
+    with tqdm(total=total_steps, initial=state["step"], disable=not (progress and main), unit="step",
+              desc="training") as bar:
+        while stop is None:
+            if state["step"] >= total_steps:
+                stop = "steps"
+                break
+            batch = [encoded[i] for i in batch_indices(len(encoded), options, state["step"], rank, world)]
+            cost = _sum_over_processes(accelerator, step_flops(shape, batch, options))
+            if options.budget_flops is not None and state["train_flops"] + cost > options.budget_flops:
+                stop = "budget"
+                break
+            clock = time.perf_counter()
+            loss = _training_step(accelerator, model, optimizer, trainable,
+                                  collate(batch, tokenizer.pad_token_id, accelerator.device), options, state["step"])
+            state["training_seconds"] += time.perf_counter() - clock
+            losses.append(loss)
+            state["step"] += 1
+            state["train_flops"] += cost
+            state["tokens"] += _sum_over_processes(accelerator, sum(e.length for e in batch))
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss:.3f}")
+            if options.eval_every and state["step"] % options.eval_every == 0:
+                stop = evaluate(loss=sum(losses) / len(losses))
+                losses = []
+    if not state["curve"] or state["curve"][-1]["step"] != state["step"]:
+        evaluate(loss=sum(losses) / len(losses) if losses else None)
+    say(f"stopped: {_STOP_REASONS[stop]}")
+
+    if main:
+        _save_model(out, accelerator.unwrap_model(model), tokenizer)
+        record = _final_record(record, state, options, stop)
+        _write_rows(out / PREDICTIONS, _read_rows(out / EVALS / f"step-{state['step']:06d}.jsonl"))
+        _write_record(out, record, status="finished")
+        (out / CHECKPOINT).unlink(missing_ok=True)
+    accelerator.wait_for_everyone()
+    return json.loads((out / RUN).read_text())
+
+
+_STOP_REASONS = {
+    "target": "the target accuracy was reached",
+    "budget": "the next step would exceed the FLOPs budget",
+    "steps": "the step limit was reached",
+}
+
+
+def _training_step(accelerator, model, optimizer, trainable, inputs: dict, options: TrainOptions, step: int) -> float:
+    """Forward, backward, clip, AdamW update at the warmed-up learning rate; returns the mean loss over processes."""
+    for group in optimizer.param_groups:
+        group["lr"] = options.lr * min(1.0, (step + 1) / (options.warmup_steps + 1))
+    loss = model(**inputs, use_cache=False).loss
+    accelerator.backward(loss)
+    accelerator.clip_grad_norm_(trainable, options.max_grad_norm)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return accelerator.reduce(loss.detach().float().reshape(1), reduction="mean").item()
+
+
+def _trainable_model(options: TrainOptions, device: str):
+    """Load the base (4-bit for qlora) and make it trainable: LoRA adapters, or every weight for full."""
+    import torch
+    from finprog import models
+
+    loaded = models.load_model(options.model, dtype=options.dtype, quant=options.quant, device=device)
+    model = loaded.model
+    if options.method == "qlora":
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=options.gradient_checkpointing)
+    elif options.gradient_checkpointing:  # HF's switch, which flops.training_step_flops counts
+        (getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable)()
+    if options.method == "full":
+        model.requires_grad_(True)
+    else:
+        from peft import LoraConfig, get_peft_model
+
+        torch.manual_seed(options.seed)  # the adapters' initial A matrices
+        model = get_peft_model(model, LoraConfig(
+            r=options.lora_r, lora_alpha=options.lora_alpha, lora_dropout=options.lora_dropout,
+            target_modules=list(flops.lora_targets(options.lora_targets)), task_type="CAUSAL_LM",
+        ))
+    model.train()
+    return loaded, model
+
+
+def _sum_over_processes(accelerator, value: int) -> int:
+    import torch
+
+    if accelerator.num_processes == 1:
+        return value
+    return int(accelerator.gather(torch.tensor([value], device=accelerator.device)).sum().item())
+
+
+def _reseed(seed: int, step: int, rank: int) -> None:
+    """Dropout's random stream restarts at every checkpoint, so a resumed run repeats an uninterrupted one."""
+    import torch
+
+    torch.manual_seed(hash((seed, step, rank)) % 2**63)
+
+
+# ---------------------------------------------------------------- files
+
+
+def _open_run(out: Path, config: dict, resume: bool) -> dict | None:
+    """Refuse to overwrite a run or to resume it with another config; a finished run's record is returned."""
+    path = out / RUN
+    if not path.exists():
+        return None
+    if not resume:
+        raise RunError(f"{out} already holds a run; pass --resume to continue it, or choose another --out")
+    try:
+        saved = json.loads(path.read_text())
+        saved_config = saved["config"]
+    except (OSError, ValueError, KeyError):
+        raise RunError(f"{path} is missing or unreadable; cannot resume this run") from None
+    changed = sorted(k for k in set(saved_config) | set(config) if saved_config.get(k) != config.get(k))
+    if changed:
+        details = ", ".join(f"{k}: {saved_config.get(k)!r} -> {config.get(k)!r}" for k in changed)
+        raise RunError(f"{out} was run with another config ({details}); resume with the same options")
+    return saved if saved.get("status") == "finished" else None
+
+
+def _write_record(out: Path, record: dict, status: str) -> None:
+    record.setdefault("created", now())
+    record.update(status=status, machine=machine(), versions=versions())
+    if status == "finished":
+        record["finished"] = now()
+    out.mkdir(parents=True, exist_ok=True)
+    (out / RUN).write_text(json.dumps(record, indent=2) + "\n")
+
+
+def _write_rows(path: Path, rows: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+
+
+def _read_rows(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def _save_checkpoint(out: Path, model, optimizer, state: dict) -> None:
+    """Trainable weights, optimizer and loop state in one file, replaced atomically."""
+    import torch
+
+    trainable = {name: p.detach().cpu().clone() for name, p in model.named_parameters() if p.requires_grad}
+    partial = out / (CHECKPOINT + ".partial")
+    torch.save({"trainable": trainable, "optimizer": optimizer.state_dict(), "state": state}, partial)
+    os.replace(partial, out / CHECKPOINT)
+
+
+def _load_trainable(model, trainable: dict) -> None:
+    expected = {name for name, p in model.named_parameters() if p.requires_grad}
+    if set(trainable) != expected:
+        raise RunError(f"the checkpoint's trainable weights do not match this model ({len(trainable)} saved, "
+                       f"{len(expected)} expected); it was written by another finprog version or model")
+    model.load_state_dict(trainable, strict=False)
+
+
+def _save_model(out: Path, model, tokenizer) -> None:
+    """The adapter (PEFT) or the whole model, and the tokenizer, where `models.load_model(out)` finds them."""
+    if hasattr(model, "peft_config"):
+        model.save_pretrained(out, save_embedding_layers=False)
+    else:
+        model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+
+
+def _final_record(record: dict, state: dict, options: TrainOptions, stop: str) -> dict:
+    final = state["final"]
+    n = final["metrics"]["n"]
+    evaluations = sum(point["eval_flops"] for point in state["curve"])
+    target = None if options.target is None else {
+        "metric": options.target_metric, "value": options.target, "reached": state["target"] is not None,
+        **(state["target"] or {}),
+    }
+    return {
+        **record,
+        "metrics": final["metrics"],
+        "flops": {**final["flops"], "training_total": state["train_flops"], "evaluation_total": evaluations},
+        "curve": state["curve"],
+        "target": target,
+        "stopped": stop,
+        "steps": state["step"],
+        "tokens": state["tokens"],
+        "timing": {
+            **record["timing"],
+            "seconds_total": final["seconds"],
+            "seconds_per_example": final["seconds"] / n if n else 0.0,
+            "training_seconds": state["training_seconds"],
+            "seconds_per_step": state["training_seconds"] / state["step"] if state["step"] else 0.0,
+            "evaluation_seconds": state["evaluation_seconds"],
+        },
+    }
+
+
+# ---------------------------------------------------------------- output
+
+
+def _printer(enabled: bool) -> Callable[[str], None]:
+    def say(message: str) -> None:
+        if enabled:
+            from tqdm.auto import tqdm
+
+            tqdm.write(message, file=sys.stderr)
+
+    return say
+
+
+def format_point(point: dict) -> str:
+    """One learning-curve row as a line: step, tokens, cumulative training FLOPs, loss, accuracies."""
+    loss = "-" if point["train_loss"] is None else f"{point['train_loss']:.4f}"
+    program = "-" if point["program_accuracy"] is None else f"{point['program_accuracy']:.1%}"
+    return (f"step {point['step']:>6}  tokens {point['tokens']:>9}  train FLOPs {point['train_flops']:9.3g}  "
+            f"loss {loss:>7}  exact {point['exact']:6.1%}  tolerant {point['tolerant']:6.1%}  program {program:>6}")
+
+
+def summary_lines(record: dict) -> list[str]:
+    """The human summary of a finished training run: the curve, why it stopped, the target, the final FLOPs."""
+    lines = [format_point(point) for point in record["curve"]]
+    lines.append(f"stopped after {record['steps']} steps: {_STOP_REASONS[record['stopped']]}")
+    target = record["target"]
+    if target:
+        reached = (f"reached at step {target['step']} after {target['train_flops']:.3g} training FLOPs"
+                   if target["reached"] else "not reached")
+        lines.append(f"target {target['metric']} {target['value']:.1%}: {reached}")
+    cost, timing = record["flops"], record["timing"]
+    lines.append(f"FLOPs: {cost['training_total']:.3g} training, {cost['inference_per_example']:.3g} per evaluated "
+                 f"example; {timing['seconds_per_step']:.2f} s per step")
+    return lines
+
+
+def summary(record: dict) -> dict:
+    """The machine-readable summary of a finished training run (what `--json` prints)."""
+    return {"steps": record["steps"], "stopped": record["stopped"], "target": record["target"],
+            "training_flops": record["flops"]["training_total"], **record["metrics"], "curve": record["curve"]}
+
+
+def trained_model_settings(spec: str) -> dict | None:
+    """For a `finprog train` run folder: what solve must reuse to evaluate it as trained; None for other models.
+
+    The prompt settings (mode, shots, exemplar_choice, chat_template, max_prompt_tokens, and the
+    training file as exemplar pool), the technique, and the training FLOPs the model cost.
+    """
+    path = Path(spec) / RUN
+    if not path.is_file():
+        return None
+    record = json.loads(path.read_text())
+    if record.get("kind") != "train" or record.get("status") != "finished":
+        return None
+    config = record["config"]
+    settings = {key: config[key] for key in ("mode", "shots", "exemplar_choice", "chat_template", "max_prompt_tokens",
+                                             "technique")}
+    return {**settings, "exemplars": config["train"], "training_flops": record["flops"]["training_total"]}
