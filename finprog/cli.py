@@ -96,7 +96,7 @@ def _build_parser() -> argparse.ArgumentParser:
     listing.add_argument("--json", action="store_true")
     listing.set_defaults(run=_models_list)
     fetch = model_commands.add_parser("fetch", help="download, check and convert zoo models into the cache")
-    fetch.add_argument("names", nargs="+")
+    fetch.add_argument("names", nargs="+", help="zoo names, or all")
     fetch.set_defaults(run=_models_fetch)
 
     count = commands.add_parser("flops", help="parameter counts and FLOPs of a model; --check measures them")
@@ -219,16 +219,17 @@ def _models_list(args) -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
-    print(f"{'name':<22}{'params':>10}{'size':>10}  {'cached':<8}licence")
+    print(f"{'name':<22}{'params':>8}{'download':>10}  {'cached':<8}licence")
     for row in rows:
-        print(f"{row['name']:<22}{row['params']:>10}{row['size']:>10}  {'yes' if row['cached'] else 'no':<8}{row['licence']}")
+        print(f"{row['name']:<22}{row['params'] / 1e9:>7.2f}B{row['size'] / 1e9:>7.2f} GB  "
+              f"{'yes' if row['cached'] else 'no':<8}{row['licence']}")
     return 0
 
 
 def _models_fetch(args) -> int:
-    from finprog.models import fetch
+    from finprog.models import ZOO, fetch
 
-    for name in args.names:
+    for name in list(ZOO) if args.names == ["all"] else args.names:
         print(f"{name}: {fetch(name)}")
     return 0
 

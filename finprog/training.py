@@ -179,7 +179,7 @@ def validate(options: TrainOptions) -> TrainData:
         raise TrainingError(f"{train_path if not data.train else eval_path} holds no examples")
     untrainable = [e.id for e in data.train if target_text(e, options.mode) is None]
     if untrainable:
-        what = "a gold program" if options.mode == "program" else "a gold answer (exe_ans, program or answer)"
+        what = "gold program" if options.mode == "program" else "gold answer (exe_ans, program or answer)"
         advice = ("use a FinQA file with programs, or --mode direct" if options.mode == "program"
                   else "remove those records")
         raise TrainingError(

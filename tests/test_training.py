@@ -1,0 +1,268 @@
+"""Training on a tiny random checkpoint: LoRA, full and QLoRA end to end, the FLOPs of the curve, resume, bad input."""
+
+import json
+
+import pytest
+
+from conftest import build_tiny_model, build_tiny_tokenizer
+from finprog import flops, models, prompts, training
+from finprog.data import Example, load_finqa
+from finprog.report import load_run
+from finprog.runs import PREDICTIONS, RunError
+from finprog.solve import SolveOptions, solve
+from finprog.training import TrainingError, TrainOptions, train
+from shared_data import REPO
+
+DEMO = REPO / "data" / "demo.json"
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tiny")
+    tokenizer = build_tiny_tokenizer()
+    build_tiny_model("llama", tokenizer).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    """The demo sample split in two: 8 records to train on, 5 to evaluate on."""
+    folder = tmp_path_factory.mktemp("data")
+    records = json.loads(DEMO.read_text())
+    (folder / "train.json").write_text(json.dumps(records[:8]))
+    (folder / "eval.json").write_text(json.dumps(records[8:]))
+    return folder
+
+
+def options(checkpoint, files, **changes):
+    base = dict(model=checkpoint, train=str(files / "train.json"), eval=str(files / "eval.json"), mode="direct",
+                max_steps=4, eval_every=2, batch_size=8, eval_limit=3, eval_batch_size=3, max_new_tokens=4,
+                max_prompt_tokens=None, lr=1e-3)
+    return TrainOptions(**{**base, **changes})
+
+
+def step_cost(opts, checkpoint, examples) -> tuple[int, int]:
+    """FLOPs and real tokens of one step over all `examples` in one batch, counted apart from the loop."""
+    tokenizer = training.load_tokenizer(checkpoint)
+    encoded = [training.encode(e, tokenizer, opts, prompts.ExemplarRetriever([])) for e in examples]
+    shape = flops.ModelShape.from_config(models.model_config(checkpoint))
+    seq = max(e.length for e in encoded)
+    cost = flops.training_step_flops(shape, seq, len(encoded), method=opts.method, lora_rank=opts.lora_r,
+                                     targets=opts.lora_targets)
+    return cost, sum(e.length for e in encoded)
+
+
+def test_lora_run_records_a_curve_whose_flops_are_the_sum_of_its_steps(tmp_path, checkpoint, files):
+    opts = options(checkpoint, files)
+    record = train(opts, tmp_path / "run", progress=False)
+    cost, tokens = step_cost(opts, checkpoint, load_finqa(files / "train.json"))
+    curve = record["curve"]
+    assert [p["step"] for p in curve] == [0, 2, 4]
+    assert [p["train_flops"] for p in curve] == [0, 2 * cost, 4 * cost]
+    assert [p["tokens"] for p in curve] == [0, 2 * tokens, 4 * tokens]
+    assert curve[0]["train_loss"] is None and all(p["train_loss"] > 0 for p in curve[1:])
+    assert all(p["eval_flops"] > 0 and sum(p["outcomes"].values()) == 3 for p in curve)
+    assert record["flops"]["training_total"] == 4 * cost
+    assert record["flops"]["evaluation_total"] == sum(p["eval_flops"] for p in curve)
+    assert record["metrics"]["exact"] == curve[-1]["exact"] and record["metrics"]["n"] == 3
+    assert record["config"]["technique"] == "lora" and record["config"]["quant"] == "none"
+    assert record["model"]["trainable"] < record["model"]["params"] and record["stopped"] == "steps"
+    assert json.loads((tmp_path / "run" / "run.json").read_text()) == record
+    assert sorted(p.name for p in (tmp_path / "run" / "evals").iterdir()) == [
+        "step-000000.jsonl", "step-000002.jsonl", "step-000004.jsonl"]
+    assert not (tmp_path / "run" / training.CHECKPOINT).exists()
+    summary = load_run(tmp_path / "run" / "run.json")  # the report reads it
+    assert summary.kind == "train" and summary.training_flops == 4 * cost and len(summary.curve) == 3
+
+
+def test_a_trained_adapter_loads_and_solve_reproduces_its_final_evaluation(tmp_path, checkpoint, files):
+    opts = options(checkpoint, files, max_steps=2, eval_every=None, eval_at_start=False)
+    train(opts, tmp_path / "run", progress=False)
+    loaded = models.load_model(tmp_path / "run", dtype="fp32")
+    assert loaded.adapter == (tmp_path / "run").resolve() and loaded.name == checkpoint
+    solved = solve(SolveOptions(model=str(tmp_path / "run"), mode="direct", data=opts.eval, limit=3, shots=0,
+                                batch_size=3, max_new_tokens=4, dtype="fp32"), tmp_path / "solve", progress=False)
+    trained = [json.loads(line) for line in (tmp_path / "run" / PREDICTIONS).read_text().splitlines()]
+    again = [json.loads(line) for line in (tmp_path / "solve" / PREDICTIONS).read_text().splitlines()]
+    assert sorted((r["id"], r["completion"]) for r in trained) == sorted((r["id"], r["completion"]) for r in again)
+    assert solved["metrics"]["exact"] == json.loads((tmp_path / "run" / "run.json").read_text())["metrics"]["exact"]
+
+
+def test_full_fine_tuning_saves_a_checkpoint_that_loads(tmp_path, checkpoint, files):
+    opts = options(checkpoint, files, method="full", mode="program", max_steps=2, eval_every=None,
+                   eval_at_start=False, batch_size=4, max_new_tokens=6)
+    record = train(opts, tmp_path / "run", progress=False)
+    tokenizer, shape = training.load_tokenizer(checkpoint), flops.ModelShape.from_config(models.model_config(checkpoint))
+    encoded = [training.encode(e, tokenizer, opts, prompts.ExemplarRetriever([])) for e in load_finqa(opts.train)]
+    steps = [[encoded[i] for i in training.batch_indices(8, opts, step, rank=0, world=1)] for step in (0, 1)]
+    assert sorted(i for step in (0, 1) for i in training.batch_indices(8, opts, step, 0, 1)) == list(range(8))
+    assert record["flops"]["training_total"] == sum(training.step_flops(shape, batch, opts) for batch in steps)
+    assert record["config"]["technique"] == "full" and record["curve"][-1]["outcomes"]
+    assert record["model"]["trainable"] == record["model"]["params"]
+    assert models.resolve_model(tmp_path / "run").kind == "checkpoint"
+    loaded = models.load_model(tmp_path / "run", dtype="fp32")
+    original = models.load_model(checkpoint, dtype="fp32")
+    changed = [name for name, p in loaded.model.named_parameters()
+               if not p.equal(original.model.get_parameter(name))]
+    assert "model.layers.0.mlp.down_proj.weight" in changed
+
+
+def _four_bit_runs() -> str | None:
+    """Why 4-bit bitsandbytes cannot run here, or None when it can."""
+    import torch
+
+    try:
+        models.check_bitsandbytes("4bit", torch.device("cpu"), torch.bfloat16)
+    except models.QuantizationUnavailableError as error:
+        return str(error)
+    return None
+
+
+def test_qlora_trains_on_a_4_bit_base(tmp_path, checkpoint, files):
+    reason = _four_bit_runs()
+    if reason:
+        pytest.skip(f"QLoRA needs 4-bit bitsandbytes: {reason}")
+    opts = options(checkpoint, files, method="qlora", max_steps=2, eval_every=None, eval_at_start=False)
+    record = train(opts, tmp_path / "run", progress=False)
+    assert record["config"]["quant"] == "4bit" and record["model"]["trainable"] > 0
+    assert record["flops"]["training_total"] == 2 * step_cost(opts, checkpoint, load_finqa(opts.train))[0]
+    adapter = json.loads((tmp_path / "run" / "adapter_config.json").read_text())
+    assert adapter["base_model_name_or_path"] == checkpoint
+    assert models.load_model(tmp_path / "run", dtype="fp32", quant="4bit").adapter is not None
+
+
+def test_loss_falls_when_overfitting_two_examples(tmp_path, checkpoint, files):
+    two = json.loads((files / "train.json").read_text())[:2]
+    (tmp_path / "two.json").write_text(json.dumps(two))
+    opts = options(checkpoint, files, train=str(tmp_path / "two.json"), max_steps=24, eval_every=8,
+                   eval_at_start=False, eval_limit=1, lr=3e-3)
+    curve = train(opts, tmp_path / "run", progress=False)["curve"]
+    assert curve[-1]["train_loss"] < 0.5 * curve[0]["train_loss"]
+
+
+def test_resume_continues_from_the_checkpoint_and_counts_flops_once(tmp_path, checkpoint, files, monkeypatch):
+    opts = options(checkpoint, files, batch_size=4)
+    straight = train(opts, tmp_path / "straight", progress=False)
+
+    real_step, calls = training._training_step, []
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 4:  # step 3, after the checkpoint of step 2
+            raise KeyboardInterrupt
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(training, "_training_step", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train(opts, tmp_path / "run", progress=False)
+    monkeypatch.setattr(training, "_training_step", real_step)
+    assert (tmp_path / "run" / training.CHECKPOINT).is_file()
+    with pytest.raises(RunError, match="--resume"):
+        train(opts, tmp_path / "run", progress=False)
+    with pytest.raises(RunError, match="lr: 0.001 -> 0.002"):
+        train(options(checkpoint, files, batch_size=4, lr=2e-3), tmp_path / "run", resume=True, progress=False)
+
+    resumed = train(opts, tmp_path / "run", resume=True, progress=False)
+    keys = ("step", "tokens", "train_flops", "exact", "tolerant", "outcomes")
+    assert [[p[k] for k in keys] for p in resumed["curve"]] == [[p[k] for k in keys] for p in straight["curve"]]
+    assert [p["train_loss"] for p in resumed["curve"][1:]] == pytest.approx(
+        [p["train_loss"] for p in straight["curve"][1:]], rel=1e-4)
+    assert resumed["flops"]["training_total"] == straight["flops"]["training_total"]
+    assert train(opts, tmp_path / "run", resume=True, progress=False) == resumed  # finished: nothing to do
+
+
+def test_target_and_budget_stop_training(tmp_path, checkpoint, files, monkeypatch):
+    real_evaluate, accuracies = training.evaluate_model, iter([0.0, 0.5, 1.0])
+
+    def improving(*args, **kwargs):  # a tiny random model never answers right: pretend it learns
+        rows, result, cost = real_evaluate(*args, **kwargs)
+        return rows, {**result, "exact": next(accuracies)}, cost
+
+    monkeypatch.setattr(training, "evaluate_model", improving)
+    record = train(options(checkpoint, files, eval_every=1, max_steps=5, target=0.4), tmp_path / "target",
+                   progress=False)
+    monkeypatch.setattr(training, "evaluate_model", real_evaluate)
+    assert record["stopped"] == "target" and record["steps"] == 2 and len(record["curve"]) == 3
+    assert record["target"] == {"metric": "exact", "value": 0.4, "reached": True, "step": 2,
+                                "tokens": record["curve"][2]["tokens"], "train_flops": record["curve"][2]["train_flops"],
+                                "exact": 0.5}
+
+    step = record["curve"][1]["train_flops"]
+    budget = train(options(checkpoint, files, eval_every=1, budget_flops=1.5 * step, target=0.4), tmp_path / "budget",
+                   progress=False)
+    assert budget["stopped"] == "budget" and budget["steps"] == 1 and budget["flops"]["training_total"] == step
+    assert budget["target"]["reached"] is False
+
+
+def test_prompts_are_cut_to_the_limit_the_same_way_for_training_and_evaluation(checkpoint):
+    tokenizer = training.load_tokenizer(checkpoint)
+    example = load_finqa(DEMO)[0]
+    retriever = prompts.ExemplarRetriever([])
+    full = TrainOptions(model=checkpoint, train="demo", eval="demo", mode="direct", max_prompt_tokens=None)
+    cut = TrainOptions(model=checkpoint, train="demo", eval="demo", mode="direct", max_prompt_tokens=300)
+    whole = training.encode(example, tokenizer, full, retriever)
+    short = training.encode(example, tokenizer, cut, retriever)
+    assert len(whole.prompt) > 300 >= len(short.prompt) and short.target == whole.target
+    assert tokenizer.decode(short.target) == "0.13636\n"  # the templated reply: exe_ans, then the turn's end
+    evaluated = tokenizer(training.build_prompt(example, tokenizer, cut, retriever), add_special_tokens=False)
+    assert evaluated["input_ids"] == short.prompt
+    batch = training.collate([short, whole], tokenizer.pad_token_id, "cpu")
+    assert batch["input_ids"].shape == (2, whole.length)
+    assert batch["labels"][0].tolist() == [-100] * len(short.prompt) + short.target + [-100] * (
+        whole.length - short.length)
+
+
+def test_fit_context_drops_the_least_relevant_sentences_first():
+    example = Example(id="x", pre_text=["alpha revenue rose .", "unrelated filler text ."],
+                      post_text=["more filler .", "revenue in 2008 was 5 ."], table=[["h", "1"], ["a", "2"], ["b", "3"]],
+                      question="what was revenue in 2008 ?")
+
+    def size(e):
+        return sum(len(t) for t in e.pre_text + e.post_text) + 10 * len(e.table)
+
+    assert training.fit_context(example, lambda e: size(e) <= 1000) is example
+    kept = training.fit_context(example, lambda e: size(e) <= 30 + 20 + 30)
+    assert kept.pre_text == ["alpha revenue rose ."] and kept.post_text == ["revenue in 2008 was 5 ."]
+    assert kept.table == example.table
+    bare = training.fit_context(example, lambda e: size(e) <= 20)
+    assert bare.pre_text == bare.post_text == [] and bare.table == [["h", "1"], ["a", "2"]]
+    assert training.fit_context(example, lambda e: False).table == [["h", "1"]]
+
+
+@pytest.fixture
+def no_model_loads(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("a model was loaded")
+
+    monkeypatch.setattr(models, "load_model", refuse)
+
+
+@pytest.mark.parametrize("case, message", [
+    ("method", "unknown training method 'dora'"),
+    ("no_programs", "8 of 8 training records have no gold program"),
+    ("shared_ids", "shares 5 id"),
+    ("budget", "does not pay for one training step"),
+    ("adapter", "is a PEFT adapter"),
+])
+def test_bad_input_fails_before_any_model_loads(tmp_path, checkpoint, files, no_model_loads, case, message):
+    changes = {}
+    if case == "method":
+        changes["method"] = "dora"
+    elif case == "no_programs":
+        records = json.loads((files / "train.json").read_text())
+        for record in records:
+            del record["qa"]["program"]
+        (tmp_path / "direct_only.json").write_text(json.dumps(records))
+        changes.update(mode="program", train=str(tmp_path / "direct_only.json"))
+    elif case == "shared_ids":
+        changes["train"] = str(DEMO)
+    elif case == "budget":
+        changes["budget_flops"] = 1e6
+    else:
+        (tmp_path / "adapter").mkdir()
+        (tmp_path / "adapter" / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": checkpoint}))
+        changes["model"] = str(tmp_path / "adapter")
+    with pytest.raises(TrainingError, match=message):
+        train(options(checkpoint, files, **changes), tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()
