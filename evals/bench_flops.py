@@ -8,8 +8,9 @@ then the wall time of a 512-token prefill (fp32 with the model's default and wit
 attention, bf16 with the default) and of a LoRA step (r=8 on q_proj,v_proj, 512 tokens,
 fp32). Achieved FLOP/s is the analytic count (dense attention, as `finprog.flops`
 counts it) over the best wall time, compared with the best torch.matmul rate on
-4096x4096 fp32 and bf16 matrices measured just before. Timings are of this machine
-as it was at the time (the load average is printed); the counts do not depend on it.
+4096x4096 fp32 and bf16 matrices measured at the start and the end of the run. Timings
+are of this machine as it was at the time (the load average is printed); the counts
+do not depend on it.
 """
 
 from __future__ import annotations
@@ -49,8 +50,8 @@ def matmul_peak(dtype: torch.dtype, n: int = MATMUL_SIZE, repeats: int = 5) -> f
     return 2 * n**3 / best_seconds(lambda: torch.matmul(a, b), repeats)
 
 
-def achieved(model, shape: flops.ModelShape, peaks: dict) -> list[tuple[str, float, float, float]]:
-    """(what, analytic FLOPs, best seconds, fraction of the matmul peak) for prefills and a LoRA step."""
+def timings(model, shape: flops.ModelShape) -> list[tuple[str, torch.dtype, int, float]]:
+    """(what, dtype, analytic FLOPs, best seconds) of 512-token prefills and a LoRA step."""
     ids = torch.randint(shape.vocab, (1, TIMED_TOKENS), generator=torch.Generator().manual_seed(0))
     prefill = flops.prefill_flops(shape, TIMED_TOKENS)
     default = model.config._attn_implementation
@@ -59,8 +60,8 @@ def achieved(model, shape: flops.ModelShape, peaks: dict) -> list[tuple[str, flo
     def time_prefill(what, dtype, attention):
         model.set_attn_implementation(attention)
         with torch.no_grad():
-            seconds = best_seconds(lambda: model(input_ids=ids, logits_to_keep=1), repeats=2)
-        rows.append((what, prefill, seconds, prefill / seconds / peaks[dtype]))
+            seconds = best_seconds(lambda: model(input_ids=ids, logits_to_keep=1), repeats=3)
+        rows.append((what, dtype, prefill, seconds))
 
     model.eval()
     time_prefill(f"prefill fp32 {default}", torch.float32, default)
@@ -75,9 +76,9 @@ def achieved(model, shape: flops.ModelShape, peaks: dict) -> list[tuple[str, flo
         lora(input_ids=ids, labels=ids).loss.backward()
         lora.zero_grad(set_to_none=True)
 
-    step_flops = flops.training_step_flops(shape, TIMED_TOKENS, method="lora")
-    seconds = best_seconds(step, repeats=1)
-    rows.append((f"LoRA step fp32 {default}", step_flops, seconds, step_flops / seconds / peaks[torch.float32]))
+    seconds = best_seconds(step, repeats=2)
+    rows.append((f"LoRA step fp32 {default}", torch.float32,
+                 flops.training_step_flops(shape, TIMED_TOKENS, method="lora"), seconds))
     model = lora.unload()
     model.to(torch.bfloat16)
     time_prefill(f"prefill bf16 {default}", torch.bfloat16, default)
@@ -90,6 +91,8 @@ def main() -> None:
     names = sys.argv[1:] or ZOO
     print(header())
     print(f"torch threads: {torch.get_num_threads()}; load average at start: {os.getloadavg()[0]:.2f}")
+    peaks = {dtype: matmul_peak(dtype) for dtype in (torch.float32, torch.bfloat16)}
+    achieved = []
     for name in names:
         model = load_model(name, dtype="fp32").model
         shape = flops.ModelShape.from_config(model.config.to_dict())
@@ -99,16 +102,18 @@ def main() -> None:
         print(flops.format_check({**result, "model": name}), flush=True)
         attention = 2 * shape.heads * shape.head_dim * TIMED_TOKENS * shape.keys(0, TIMED_TOKENS)
         share = attention / flops.prefill_flops(shape, TIMED_TOKENS)
-        peaks = {dtype: matmul_peak(dtype) for dtype in (torch.float32, torch.bfloat16)}
-        print(f"  matmul peak now ({MATMUL_SIZE}x{MATMUL_SIZE}, best of 5): fp32 {peaks[torch.float32] / 1e9:.1f}, "
-              f"bf16 {peaks[torch.bfloat16] / 1e9:.1f} GFLOP/s")
-        print(f"  achieved, {TIMED_TOKENS} tokens (attention is {share:.1%} of the prefill's analytic FLOPs):")
-        for what, count, seconds, fraction in achieved(model, shape, peaks):
-            print(f"  {what:28} {count:10.4g} FLOPs {seconds:8.2f} s {count / seconds / 1e9:8.1f} GFLOP/s "
-                  f"{fraction:6.1%} of peak", flush=True)
+        achieved += [(name, share, *row) for row in timings(model, shape)]
         del model
-    print(f"\nload average at the end: {os.getloadavg()[0]:.2f} (other processes on the machine slow the timings, "
-          "not the counts)")
+    for dtype in peaks:  # the best of the start and the end: other processes only ever slow it down
+        peaks[dtype] = max(peaks[dtype], matmul_peak(dtype))
+    print(f"\nmatmul peak ({MATMUL_SIZE}x{MATMUL_SIZE}, best of 10 at start and end): "
+          f"fp32 {peaks[torch.float32] / 1e9:.1f} GFLOP/s, bf16 {peaks[torch.bfloat16] / 1e9:.1f} GFLOP/s")
+    print(f"achieved on {TIMED_TOKENS} tokens (analytic FLOPs, dense attention; best of 3 prefills, of 2 LoRA steps)")
+    print(f"  {'model':20} {'':24} {'attention':>9} {'FLOPs':>10} {'seconds':>8} {'GFLOP/s':>8} {'of peak':>8}")
+    for name, share, what, dtype, count, seconds in achieved:
+        print(f"  {name:20} {what:24} {share:9.1%} {count:10.4g} {seconds:8.2f} {count / seconds / 1e9:8.1f} "
+              f"{count / seconds / peaks[dtype]:8.1%}")
+    print(f"load average at the end: {os.getloadavg()[0]:.2f} (other processes slow the timings, not the counts)")
 
 
 if __name__ == "__main__":

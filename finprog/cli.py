@@ -242,7 +242,8 @@ def _flops(args) -> int:
     result = flops.summary(shape, args.prompt_tokens, args.new_tokens, args.method, args.lora_rank,
                            gradient_checkpointing=args.gradient_checkpointing)
     if args.check:
-        result["check"] = flops.check_model(args.model)
+        result["check"] = flops.check(args.model, lora_rank=args.lora_rank,
+                                      gradient_checkpointing=args.gradient_checkpointing)
     print(json.dumps(result, indent=2) if args.json else flops.format_summary(result))
     if args.check and not args.json:
         print(flops.format_check(result["check"]))

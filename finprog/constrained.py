@@ -31,6 +31,7 @@ from transformers import LogitsProcessor
 
 from finprog import dsl
 from finprog.data import Example
+from finprog.generation import _eos_token_ids
 
 FINQA_CONSTANTS = (
     "const_1", "const_2", "const_3", "const_4", "const_5", "const_6", "const_7", "const_8", "const_9", "const_10",
@@ -125,9 +126,10 @@ def processor_factory(
     program is complete. Grammars are written once per example and checked here, so a
     bad one fails before any decoding.
     """
-    from finprog.generation import _eos_token_ids
-
-    lltokenizer = llguidance.hf.from_tokenizer(tokenizer, eos_token=_eos_token_ids(model, tokenizer))
+    try:
+        lltokenizer = llguidance.hf.from_tokenizer(tokenizer, eos_token=_eos_token_ids(model, tokenizer))
+    except ValueError as error:  # llguidance reads only fast (Rust) tokenizers
+        raise ConstrainedDecodingError(f"constrained decoding needs a fast tokenizer: {error}") from None
     grammars: dict[int, str] = {}  # id(example) -> grammar, shared by an example's repeated prompts
     for example in examples:
         if id(example) not in grammars:
@@ -161,21 +163,21 @@ class GrammarLogitsProcessor(LogitsProcessor):
         self.vocab_size = lltokenizer.vocab_size
         self.executor = llguidance.LLExecutor()
         self.active = [True] * len(self.matchers)
-        self.prompt_width: int | None = None
+        self.started = False
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         rows = len(self.matchers)
         if input_ids.shape[0] != rows:
             raise ConstrainedDecodingError(f"the processor holds {rows} grammars but the batch has {input_ids.shape[0]} rows")
-        if self.prompt_width is None:
-            self.prompt_width = input_ids.shape[1]
-        else:
+        if self.started:
             self._consume(input_ids[:, -1].tolist())
-        active = [row for row in range(rows) if self.active[row]]
-        bitmask = np.full(llguidance.numpy.get_bitmask_shape(rows, self.vocab_size), -1, dtype=np.int32)
-        llguidance.numpy.fill_next_token_bitmask_par(self.executor, [(self.matchers[row], row) for row in active], bitmask)
-        allowed = torch.from_numpy(np.unpackbits(bitmask.view(np.uint8), axis=1, bitorder="little").astype(bool))
-        allowed = _fit(allowed, scores.shape[-1])
+        self.started = True
+        bitmask = np.zeros(llguidance.numpy.get_bitmask_shape(rows, self.vocab_size), dtype=np.int32)
+        active = [(matcher, row) for row, matcher in enumerate(self.matchers) if self.active[row]]
+        llguidance.numpy.fill_next_token_bitmask_par(self.executor, active, bitmask)
+        bits = torch.from_numpy(np.unpackbits(bitmask.view(np.uint8), axis=1, bitorder="little"))
+        allowed = _fit(bits, scores.shape[-1])
+        allowed[~torch.tensor(self.active)] = True
         return scores.masked_fill(~allowed.to(scores.device), float("-inf"))
 
     def _consume(self, tokens: list[int]) -> None:
@@ -185,8 +187,9 @@ class GrammarLogitsProcessor(LogitsProcessor):
                 self.active[row] = False
 
 
-def _fit(allowed: torch.Tensor, width: int) -> torch.Tensor:
-    """The mask cut or padded (with disallowed ids) to the model's vocabulary size."""
-    if allowed.shape[1] >= width:
-        return allowed[:, :width]
-    return torch.nn.functional.pad(allowed, (0, width - allowed.shape[1]), value=False)
+def _fit(bits: torch.Tensor, width: int) -> torch.Tensor:
+    """Unpacked mask bits as booleans, cut or padded (with disallowed ids) to the model's vocabulary size."""
+    allowed = bits[:, :width].bool()
+    if allowed.shape[1] < width:
+        allowed = torch.nn.functional.pad(allowed, (0, width - allowed.shape[1]), value=False)
+    return allowed

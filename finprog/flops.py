@@ -311,8 +311,8 @@ def _check_method(method: str) -> None:
 def trainer_total_flos(shape: ModelShape, tokens: int) -> int:
     """What HF Trainer's total_flos adds for `tokens` trained tokens: 6 x tokens x parameters outside nn.Embedding.
 
-    Shown for contrast only: it is the same for every method, counts no attention
-    and, when the head is untied, counts the LM head as if it were a layer.
+    Shown for contrast only: it is the same for every method, counts no attention nor
+    recompute, and drops a tied LM head (its weight is the nn.Embedding's).
     """
     counts = parameter_counts(shape)
     return 6 * tokens * (counts["total"] - counts["embedding"])

@@ -174,7 +174,8 @@ def validate(options: TrainOptions) -> TrainData:
 
     train_path, _ = resolve_data(options.train, default_split="train")
     eval_path, _ = resolve_data(options.eval)
-    data = TrainData(train_path, eval_path, load_finqa(train_path), load_finqa(eval_path)[: options.eval_limit])
+    evaluated = load_finqa(eval_path)
+    data = TrainData(train_path, eval_path, load_finqa(train_path), evaluated[: options.eval_limit])
     if not data.train or not data.eval:
         raise TrainingError(f"{train_path if not data.train else eval_path} holds no examples")
     untrainable = [e.id for e in data.train if target_text(e, options.mode) is None]
@@ -186,7 +187,7 @@ def validate(options: TrainOptions) -> TrainData:
             f"{train_path}: {len(untrainable)} of {len(data.train)} training records have no {what} "
             f"(first: {', '.join(untrainable[:3])}); {options.mode} mode trains on it: {advice}"
         )
-    shared = sorted({e.id for e in data.train} & {e.id for e in data.eval})
+    shared = sorted({e.id for e in data.train} & {e.id for e in evaluated})
     if shared:
         raise TrainingError(
             f"the eval file {eval_path} shares {len(shared)} id(s) with the training file {train_path} "
@@ -452,16 +453,19 @@ def train(options: TrainOptions, out: Path, resume: bool = False, progress: bool
     out = Path(out)
     data = validate(options)
     config = {**asdict(options), "train": str(data.train_path), "eval": str(data.eval_path)}
-    finished = _open_run(out, config, resume)
-    if finished:
-        return finished
 
     import torch
     from accelerate import Accelerator
     from accelerate.utils import broadcast_object_list
     from tqdm.auto import tqdm
 
-    accelerator = Accelerator()
+    from finprog.models import resolve_device
+
+    accelerator = Accelerator(cpu=resolve_device("auto").type == "cpu")  # cpu: data parallel over processes (gloo)
+    finished = _open_run(out, config, resume)
+    accelerator.wait_for_everyone()  # every process has read the folder before the main one writes to it
+    if finished:
+        return finished
     rank, world, main = accelerator.process_index, accelerator.num_processes, accelerator.is_main_process
     say = _printer(progress and main)
     record = {"kind": "train", "config": config,
