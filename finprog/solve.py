@@ -122,7 +122,8 @@ def solve(options: SolveOptions, out: Path, resume: bool = False, progress: bool
 
     data_path, described = resolve_data(options.data)
     examples = load_finqa(data_path)[: options.limit]
-    retriever = prompts.ExemplarRetriever(_exemplar_pool(options, {e.id for e in examples}))
+    pool, pool_described = _exemplar_pool(options, {e.id for e in examples})
+    retriever = prompts.ExemplarRetriever(pool)
     record = {
         "kind": "solve",
         "config": {**asdict(options), "data": str(data_path)},
@@ -131,6 +132,8 @@ def solve(options: SolveOptions, out: Path, resume: bool = False, progress: bool
     recorder = RunRecorder(out, record, resume=resume)
     todo = [e for e in examples if e.id not in recorder.done_ids]
     _say(progress, f"data: {described}; {len(examples)} examples, {len(todo)} to run")
+    if pool_described:
+        _say(progress, f"exemplars: {options.shots} per question ({options.exemplar_choice}) from {pool_described}")
 
     started = time.perf_counter()
     loaded = models.load_model(options.model, dtype=options.dtype, quant=options.quant)
@@ -227,12 +230,12 @@ def _prompt(example: Example, options: SolveOptions, retriever: prompts.Exemplar
     return prompts.program_prompt(example, retriever.choose(example, options.shots, options.exemplar_choice))
 
 
-def _exemplar_pool(options: SolveOptions, evaluated_ids: set[str]) -> list[Example]:
-    """Training examples with programs, never one of the evaluated ids."""
+def _exemplar_pool(options: SolveOptions, evaluated_ids: set[str]) -> tuple[list[Example], str]:
+    """Training examples with programs, never one of the evaluated ids, and which file they come from."""
     if options.mode != "program" or not options.shots:
-        return []
-    path, _ = resolve_data(options.exemplars, default_split="train")
-    return [e for e in load_finqa(path) if e.program and e.id not in evaluated_ids]
+        return [], ""
+    path, described = resolve_data(options.exemplars, default_split="train")
+    return [e for e in load_finqa(path) if e.program and e.id not in evaluated_ids], described
 
 
 def _say(enabled: bool, message: str) -> None:
