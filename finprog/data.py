@@ -45,37 +45,28 @@ def load_finqa(path: str | Path) -> list[Example]:
     return examples
 
 
-def read_records(path: Path) -> list:
-    """The raw JSON records of a FinQA file (a JSON list, or JSON Lines)."""
+def read_records(path: Path, error: type[ValueError] = DataValidationError) -> list:
+    """The raw JSON records of a file holding a JSON list, or JSON Lines (one object per line).
+
+    A missing file or invalid JSON raises `error` with the file, line and column.
+    """
     if not path.is_file():
-        raise DataValidationError(f"{path}: no such file")
+        raise error(f"{path}: no such file")
     text = path.read_text(encoding="utf-8")
-    return _parse_json_list(path, text) if text.lstrip().startswith("[") else _parse_json_lines(path, text)
-
-
-def _parse_json_list(path: Path, text: str) -> list:
-    try:
-        records = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise DataValidationError(
-            f"{path}: invalid JSON at line {error.lineno}, column {error.colno}: {error.msg}"
-        ) from None
-    return records
-
-
-def _parse_json_lines(path: Path, text: str) -> list:
+    if text.lstrip().startswith("["):
+        lines = [(1, text)]
+    else:
+        lines = [(lineno, line) for lineno, line in enumerate(text.splitlines(), start=1) if line.strip()]
     records = []
-    for lineno, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
+    for first_line, chunk in lines:
         try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError as error:
-            raise DataValidationError(
-                f"{path}: invalid JSON at line {lineno}, column {error.colno}: {error.msg} "
-                "(expected a JSON list or one JSON object per line)"
+            records.append(json.loads(chunk))
+        except json.JSONDecodeError as problem:
+            raise error(
+                f"{path}: invalid JSON at line {first_line + problem.lineno - 1}, column {problem.colno}: {problem.msg}"
+                + ("" if len(lines) == 1 and first_line == 1 else " (expected a JSON list or one JSON object per line)")
             ) from None
-    return records
+    return records[0] if text.lstrip().startswith("[") else records
 
 
 def _to_example(path: Path, index: int, record: object) -> Example:

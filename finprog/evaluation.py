@@ -11,12 +11,11 @@ have a gold record; ids present on one side only are reported, not scored.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from finprog import dsl
-from finprog.data import Example
+from finprog.data import Example, read_records
 
 CORRECT = "correct"
 WRONG_VALUE = "wrong_value"
@@ -129,46 +128,36 @@ def evaluate_programs(predictions: dict[str, Prediction], gold: list[Example]) -
 def load_predictions(path: str | Path) -> dict[str, Prediction]:
     """Predicted programs by id, from the official format or finprog's predictions.jsonl.
 
-    Official: a JSON list of `{"id", "predicted": [token, ..., "EOF"]}`.
-    finprog: one JSON object per line with `"id"` and `"program"` (text, or null
-    when the model produced none). A tokenised prediction that breaks the official
+    Official: entries `{"id", "predicted": [token, ..., "EOF"]}`. finprog: entries
+    `{"id", "program"}` (text, or null when the model produced none). Either may be a
+    JSON list or JSON Lines. A tokenised prediction that breaks the official
     structure is kept as its `ProgramParseError`, so that it scores as a parse error.
     """
     path = Path(path)
-    if not path.is_file():
-        raise PredictionFileError(f"{path}: no such file")
-    text = path.read_text(encoding="utf-8")
-    if text.lstrip().startswith("["):
-        try:
-            entries = json.loads(text)
-        except json.JSONDecodeError as error:
-            raise PredictionFileError(
-                f"{path}: invalid JSON at line {error.lineno}, column {error.colno}: {error.msg}"
-            ) from None
-        return {str(_field(path, f"entry {n}", entry, "id")): _from_tokens(path, n, entry) for n, entry in enumerate(entries)}
+    entries = read_records(path, PredictionFileError)
+    if isinstance(_first(entries), dict) and "predicted" in _first(entries):
+        return {str(_field(path, n, entry, "id")): _from_tokens(path, n, entry) for n, entry in enumerate(entries)}
     predictions = {}
-    for lineno, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            entry = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise PredictionFileError(f"{path}: invalid JSON at line {lineno}, column {error.colno}: {error.msg}") from None
-        program = _field(path, f"line {lineno}", entry, "program")
+    for n, entry in enumerate(entries):
+        program = _field(path, n, entry, "program")
         if program is not None and not isinstance(program, str):
-            raise PredictionFileError(f"{path}: line {lineno}: field 'program' should be text or null")
-        predictions[str(_field(path, f"line {lineno}", entry, "id"))] = program
+            raise PredictionFileError(f"{path}: entry {n}: field 'program' should be text or null")
+        predictions[str(_field(path, n, entry, "id"))] = program
     return predictions
 
 
-def _field(path: Path, where: str, entry: object, name: str):
+def _first(entries: list):
+    return entries[0] if entries else None
+
+
+def _field(path: Path, n: int, entry: object, name: str):
     if not isinstance(entry, dict) or name not in entry:
-        raise PredictionFileError(f"{path}: {where}: missing field {name!r}")
+        raise PredictionFileError(f"{path}: entry {n}: missing field {name!r}")
     return entry[name]
 
 
 def _from_tokens(path: Path, n: int, entry: dict) -> dsl.Program | dsl.ProgramParseError:
     try:
-        return dsl.from_tokens(_field(path, f"entry {n}", entry, "predicted"))
+        return dsl.from_tokens(_field(path, n, entry, "predicted"))
     except dsl.ProgramParseError as error:
         return error

@@ -135,9 +135,9 @@ def test_missing_ids_are_reported_not_scored(tmp_path):
 @pytest.mark.parametrize(
     "content, message",
     [
-        ('{"program": "add(1, 2)"}', "line 1: missing field 'id'"),
-        ('{"id": "a", "program": 5}', "line 1: field 'program' should be text or null"),
-        ('[{"id": "a"}]', "entry 0: missing field 'predicted'"),
+        ('{"program": "add(1, 2)"}', "entry 0: missing field 'id'"),
+        ('{"id": "a", "program": 5}', "entry 0: field 'program' should be text or null"),
+        ('[{"id": "a"}]', "entry 0: missing field 'program'"),
         ('{"id": "a", "program": "x"}\n{', "invalid JSON at line 2"),
     ],
 )
