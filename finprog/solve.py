@@ -7,6 +7,7 @@ the same thing wherever it appears.
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from collections import Counter
@@ -15,7 +16,7 @@ from pathlib import Path
 
 from finprog import answers, dsl, evaluation, flops, prompts
 from finprog.data import Example, load_finqa, resolve_data
-from finprog.runs import RunRecorder, eval_set
+from finprog.runs import RUN, RunRecorder, eval_set
 
 MODES = ("program", "direct")
 EXEMPLAR_CHOICES = ("similar", "first")
@@ -60,7 +61,9 @@ class SolveOptions:
         if self.exemplar_choice not in EXEMPLAR_CHOICES:
             raise SolveError(f"unknown exemplar choice {self.exemplar_choice!r}; choose {' or '.join(EXEMPLAR_CHOICES)}")
         if not self.technique:
-            self.technique = "few-shot" if self.mode == "program" and self.shots else "zero-shot"
+            trained = training_record(self.model)
+            self.technique = (trained["config"]["technique"] if trained
+                              else "few-shot" if self.mode == "program" and self.shots else "zero-shot")
 
     @property
     def new_token_limit(self) -> int:
@@ -168,7 +171,7 @@ def solve(options: SolveOptions, out: Path, resume: bool = False, progress: bool
     rows = recorder.rows
     return recorder.finish(
         metrics=metrics(rows, options.mode),
-        flops=_flop_totals(rows),
+        flops=_flop_totals(rows, (training_record(options.model) or {}).get("flops", {}).get("training_total", 0.0)),
         timing={"seconds_total": sum(r["seconds"] for r in rows),
                 "seconds_per_example": sum(r["seconds"] for r in rows) / len(rows) if rows else 0.0,
                 "model_load_seconds": load_seconds},
@@ -211,7 +214,16 @@ def _vote_key(value):
     return round(value, 5) if isinstance(value, float) else value
 
 
-def _flop_totals(rows: list[dict]) -> dict:
+def training_record(model: str) -> dict | None:
+    """The run.json of the `finprog train` run that wrote the checkpoint `model`, if it is one."""
+    path = Path(model) / RUN
+    if not path.is_file():
+        return None
+    record = json.loads(path.read_text())
+    return record if record.get("kind") == "train" else None
+
+
+def _flop_totals(rows: list[dict], training_flops: float) -> dict:
     n = len(rows)
     useful = sum(r["flops"] for r in rows)
     executed = sum(r["flops_executed"] for r in rows)
@@ -220,7 +232,7 @@ def _flop_totals(rows: list[dict]) -> dict:
         "inference_per_example": useful / n if n else 0.0,
         "inference_total_executed": executed,
         "inference_per_example_executed": executed / n if n else 0.0,
-        "training_total": 0.0,
+        "training_total": training_flops,
     }
 
 
