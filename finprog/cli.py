@@ -36,6 +36,7 @@ USER_ERRORS = {
     "finprog.report": ("ReportError",),
     "finprog.runs": ("RunError",),
     "finprog.solve": ("SolveError",),
+    "finprog.training": ("TrainingError",),
     "finprog.flops": ("UnsupportedModelError",),
     "finprog.models": ("ModelError",),
     "finprog.generation": ("GenerationError",),
@@ -89,6 +90,42 @@ def _build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--mode", action="append", choices=MODES, dest="modes", help="a mode to run (repeat)")
     compare.add_argument("--out", type=Path, help="folder for one run per mode and comparison.json")
     compare.set_defaults(run=_compare)
+
+    train = commands.add_parser("train", help="fine-tune (LoRA, QLoRA, full) with periodic evaluation and FLOP accounting")
+    train.add_argument("--model", default=DEFAULT_MODEL)
+    train.add_argument("--method", choices=["lora", "qlora", "full"], default="lora")
+    train.add_argument("--mode", choices=MODES, default="program")
+    train.add_argument("--train", required=True, help="FinQA file or split name to train on")
+    train.add_argument("--eval", required=True, help="FinQA file or split name to evaluate on (no shared ids)")
+    train.add_argument("--eval-every", type=int, help="steps between evaluations (default: start and end only)")
+    train.add_argument("--eval-limit", type=int, help="evaluate on the eval file's first N examples")
+    train.add_argument("--no-eval-at-start", dest="eval_at_start", action="store_false")
+    train.add_argument("--eval-batch-size", type=int, default=8)
+    stop = train.add_mutually_exclusive_group()
+    stop.add_argument("--max-steps", type=int)
+    stop.add_argument("--epochs", type=float, help="default: 1 epoch")
+    train.add_argument("--budget-flops", type=float, help="stop before a step would exceed this many training FLOPs")
+    train.add_argument("--target", help="stop when EmAcc reaches this: 0.3, 30 or 30%%")
+    train.add_argument("--target-metric", choices=METRICS, default="exact")
+    train.add_argument("--lr", type=float, help="default: 2e-4 (LoRA, QLoRA), 1e-5 (full)")
+    train.add_argument("--warmup-steps", type=int, default=0)
+    train.add_argument("--weight-decay", type=float, default=0.0)
+    train.add_argument("--batch-size", type=int, default=4)
+    train.add_argument("--gradient-checkpointing", action="store_true")
+    train.add_argument("--lora-r", type=int, default=8)
+    train.add_argument("--lora-alpha", type=int, help="default: 2 x rank")
+    train.add_argument("--lora-dropout", type=float, default=0.05)
+    train.add_argument("--lora-targets", default="q_proj,v_proj", help="comma-separated projections, or all-linear")
+    train.add_argument("--shots", type=int, default=0, help="few-shot exemplars in training prompts (default: 0)")
+    train.add_argument("--max-prompt-tokens", type=int, default=1024, help="cut the report's context to fit")
+    train.add_argument("--max-new-tokens", type=int, help="evaluation's generation limit (default: solve's)")
+    train.add_argument("--no-chat-template", dest="chat_template", action="store_false")
+    train.add_argument("--dtype", choices=["bf16", "fp32"], default="fp32")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--out", type=Path, help="run folder (default: runs/MODEL_METHOD_MODE)")
+    train.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
+    train.add_argument("--json", action="store_true")
+    train.set_defaults(run=_train)
 
     models = commands.add_parser("models", help="the offline model zoo: list or fetch")
     model_commands = models.add_subparsers(dest="models_command", required=True, metavar="ACTION")
@@ -179,20 +216,42 @@ def _solve_options(args, mode: str):
     )
 
 
-def _default_out(args, label: str) -> Path:
-    model = Path(args.model).name if Path(args.model).exists() else args.model.replace("/", "--")
-    return Path("runs") / f"{model}_{label}_{Path(args.data or 'default').stem}"
+def _default_out(model: str, label: str, data: str | None = None) -> Path:
+    """runs/MODEL_LABEL[_DATA]: the same options give the same folder, so --resume finds it."""
+    name = Path(model).name if Path(model).exists() else model.replace("/", "--")
+    return Path("runs") / "_".join([name, label] + ([Path(data).stem] if data else []))
 
 
 def _solve(args) -> int:
     from finprog.solve import solve, summary, summary_lines
 
-    record = solve(_solve_options(args, args.mode), args.out or _default_out(args, args.mode),
+    record = solve(_solve_options(args, args.mode), args.out or _default_out(args.model, args.mode, args.data),
                    resume=args.resume, progress=not args.json)
     if args.json:
         print(json.dumps(summary(record)))
     else:
         print("\n".join(summary_lines(record)))
+    return 0
+
+
+def _train(args) -> int:
+    from finprog.report import parse_target
+    from finprog.training import TrainOptions, summary, summary_lines, train
+
+    options = TrainOptions(
+        model=args.model, train=args.train, eval=args.eval, method=args.method, mode=args.mode, shots=args.shots,
+        chat_template=args.chat_template, max_prompt_tokens=args.max_prompt_tokens, max_steps=args.max_steps,
+        epochs=args.epochs, budget_flops=args.budget_flops,
+        target=parse_target(args.target) if args.target else None, target_metric=args.target_metric,
+        eval_every=args.eval_every, eval_at_start=args.eval_at_start, eval_limit=args.eval_limit,
+        eval_batch_size=args.eval_batch_size, max_new_tokens=args.max_new_tokens, lr=args.lr,
+        warmup_steps=args.warmup_steps, weight_decay=args.weight_decay, batch_size=args.batch_size,
+        gradient_checkpointing=args.gradient_checkpointing, lora_r=args.lora_r, lora_alpha=args.lora_alpha,
+        lora_dropout=args.lora_dropout, lora_targets=args.lora_targets, seed=args.seed, dtype=args.dtype,
+    )
+    out = args.out or _default_out(args.model, f"{args.method}_{args.mode}")
+    record = train(options, out, resume=args.resume, progress=not args.json)
+    print(json.dumps(summary(record)) if args.json else "\n".join(summary_lines(record)))
     return 0
 
 
@@ -206,7 +265,7 @@ def _compare(args) -> int:
         result = compare_runs(args.run_dirs)
     else:
         modes = args.modes or ["direct", "program"]
-        out = args.out or _default_out(args, "compare")
+        out = args.out or _default_out(args.model, "compare", args.data)
         result = compare_modes(_solve_options(args, modes[0]), modes, out, resume=args.resume, progress=not args.json)
     print(json.dumps(result) if args.json else format_comparison(result))
     return 0

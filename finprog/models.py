@@ -548,6 +548,11 @@ def _load_weights(
     return model
 
 
+def load_tokenizer(spec: str | os.PathLike, *, fetch_missing: bool = True) -> PreTrainedTokenizerBase:
+    """The tokenizer `load_model(spec)` gives, without loading the weights."""
+    return _load_tokenizer(resolve_model(spec), fetch_missing)
+
+
 def _load_tokenizer(source: ModelSource, fetch_missing: bool) -> PreTrainedTokenizerBase:
     from transformers import AutoTokenizer
 

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import math
 import re
+from bisect import bisect_left
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 
 from finprog.data import Example
@@ -125,3 +126,77 @@ def _words(text: str) -> list[str]:
 
 def _dot(a: dict[str, float], b: dict[str, float]) -> float:
     return sum(weight * b.get(word, 0.0) for word, weight in a.items())
+
+
+# ---------------------------------------------------------------- fitting a prompt to a token budget
+
+_STOP_WORDS = frozenset(
+    "a an and are as at be by did do does for from how in is it its of on or that the their this to was "
+    "were what which with".split()
+)
+
+
+def fit_context(example: Example, fits: Callable[[Example], bool]) -> Example:
+    """`example` with the fewest report sentences, then table rows, removed so that `fits` accepts it.
+
+    Sentences go least relevant first: fewest distinct question words shared (stop words
+    aside); among equals, the farthest from the table (pre text from its start, post text
+    from its end). Kept sentences keep their order. When no sentence is left and it still
+    does not fit, table rows go from the bottom (the first row stays). The question is
+    never cut: when even that is too long, the example comes back with no text and one row.
+    """
+    if fits(example):
+        return example
+    question = set(_words(example.question)) - _STOP_WORDS
+    pre, post = len(example.pre_text), len(example.post_text)
+    sentences = [("pre", i, example.pre_text[i], pre - i) for i in range(pre)]
+    sentences += [("post", j, example.post_text[j], j + 1) for j in range(post)]
+    order = sorted(sentences, key=lambda s: (len(question & set(_words(s[2]))), -s[3]))
+
+    def without_sentences(k: int) -> Example:
+        dropped = {(part, index) for part, index, _, _ in order[:k]}
+        return replace(example,
+                       pre_text=[t for i, t in enumerate(example.pre_text) if ("pre", i) not in dropped],
+                       post_text=[t for j, t in enumerate(example.post_text) if ("post", j) not in dropped])
+
+    k = bisect_left(range(len(order) + 1), True, key=lambda k: fits(without_sentences(k)))
+    if k <= len(order):
+        return without_sentences(k)
+    bare = without_sentences(len(order))
+    dropped_rows = bisect_left(range(len(bare.table), 0, -1), True,
+                               key=lambda n: fits(replace(bare, table=bare.table[:n])))
+    return replace(bare, table=bare.table[: max(1, len(bare.table) - dropped_rows)])
+
+
+def adds_special_tokens(tokenizer, options) -> bool:
+    """Whether prompts are tokenized with the tokenizer's special tokens (not when a chat template put them in)."""
+    return not (options.chat_template and getattr(tokenizer, "chat_template", None))
+
+
+def prompt_text(example: Example, tokenizer, options, retriever: ExemplarRetriever) -> str:
+    """The user turn solve's prompt functions write for `example`, its context cut to `options.max_prompt_tokens`.
+
+    `options` needs mode, shots, exemplar_choice, chat_template and max_prompt_tokens;
+    the limit counts the prompt's tokens as the model reads them (chat template applied).
+    """
+    exemplars = retriever.choose(example, options.shots, options.exemplar_choice) \
+        if options.mode == "program" and options.shots else []
+
+    def render(e: Example) -> str:
+        return direct_prompt(e) if options.mode == "direct" else program_prompt(e, exemplars)
+
+    if options.max_prompt_tokens is None:
+        return render(example)
+    special = adds_special_tokens(tokenizer, options)
+
+    def fits(e: Example) -> bool:
+        text = apply_chat_template(tokenizer, render(e), options.chat_template)
+        return len(tokenizer(text, add_special_tokens=special)["input_ids"]) <= options.max_prompt_tokens
+
+    return render(fit_context(example, fits))
+
+
+def build_prompt(example: Example, tokenizer, options, retriever: ExemplarRetriever) -> str:
+    """The model's input for `example` at training and evaluation time: `prompt_text` in the chat template."""
+    return apply_chat_template(tokenizer, prompt_text(example, tokenizer, options, retriever),
+                                       options.chat_template)

@@ -11,6 +11,7 @@ import json
 import sys
 import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -50,6 +51,7 @@ class SolveOptions:
     dtype: str = "auto"
     quant: str = "none"
     chat_template: bool = True
+    max_prompt_tokens: int | None = None  # cut the report's least relevant sentences to fit (training does the same)
     technique: str = ""  # derived unless given: few-shot or zero-shot; training sets lora, qlora or full
 
     def __post_init__(self):
@@ -121,7 +123,7 @@ def metrics(rows: list[dict], mode: str) -> dict:
 
 def solve(options: SolveOptions, out: Path, resume: bool = False, progress: bool = True) -> dict:
     """Run `options.model` over the data, writing `out/predictions.jsonl` and `out/run.json`; returns run.json."""
-    from finprog import generation, models
+    from finprog import models
 
     data_path, described = resolve_data(options.data)
     examples = load_finqa(data_path)[: options.limit]
@@ -145,17 +147,38 @@ def solve(options: SolveOptions, out: Path, resume: bool = False, progress: bool
                        "device": str(loaded.device), "params": flops.parameter_counts(shape)["total"]}
     load_seconds = time.perf_counter() - started
 
-    texts = [prompts.apply_chat_template(loaded.tokenizer, _prompt(e, options, retriever), options.chat_template)
-             for e in todo]
+    for row in scored_rows(loaded.model, loaded.tokenizer, todo, options, retriever, progress):
+        recorder.add(row)
+
+    rows = recorder.rows
+    return recorder.finish(
+        metrics=metrics(rows, options.mode),
+        flops=flop_totals(rows, (training_record(options.model) or {}).get("flops", {}).get("training_total", 0.0)),
+        timing={"seconds_total": sum(r["seconds"] for r in rows),
+                "seconds_per_example": sum(r["seconds"] for r in rows) / len(rows) if rows else 0.0,
+                "model_load_seconds": load_seconds},
+    )
+
+
+def scored_rows(model, tokenizer, examples: list[Example], options: SolveOptions,
+                retriever: prompts.ExemplarRetriever, progress: bool = False) -> Iterator[dict]:
+    """Generate for every example and yield its scored row as soon as its batch is done (longest prompts first).
+
+    With `options.samples` > 1 each prompt is sampled that many times and the executed
+    values vote. A row's seconds are its share of its batch's generation time.
+    """
+    from finprog import generation
+
+    shape = flops.ModelShape.from_config(model.config.to_dict())
+    texts = [prompts.build_prompt(e, tokenizer, options, retriever) for e in examples]
     repeated = [text for text in texts for _ in range(options.samples)]
     pending: dict[int, list] = {}  # example index -> its finished samples
     batch, seconds, clock = None, 0.0, time.perf_counter()
     for index, completion in generation.iter_completions(
-        loaded.model, loaded.tokenizer, repeated,
+        model, tokenizer, repeated,
         batch_size=options.batch_size, max_new_tokens=options.new_token_limit,
         do_sample=options.samples > 1, temperature=options.temperature, top_p=options.top_p, seed=options.seed,
-        add_special_tokens=not (options.chat_template and getattr(loaded.tokenizer, "chat_template", None)),
-        progress=progress,
+        add_special_tokens=prompts.adds_special_tokens(tokenizer, options), progress=progress,
     ):
         if completion.batch_index != batch:  # a batch's completions arrive together, right after it ran
             batch = completion.batch_index
@@ -165,17 +188,8 @@ def solve(options: SolveOptions, out: Path, resume: bool = False, progress: bool
         samples.append((completion, seconds))
         if len(samples) == options.samples:
             del pending[example_index]
-            recorder.add(_row(todo[example_index], samples, options.mode, shape))
+            yield _row(examples[example_index], samples, options.mode, shape)
         clock = time.perf_counter()
-
-    rows = recorder.rows
-    return recorder.finish(
-        metrics=metrics(rows, options.mode),
-        flops=_flop_totals(rows, (training_record(options.model) or {}).get("flops", {}).get("training_total", 0.0)),
-        timing={"seconds_total": sum(r["seconds"] for r in rows),
-                "seconds_per_example": sum(r["seconds"] for r in rows) / len(rows) if rows else 0.0,
-                "model_load_seconds": load_seconds},
-    )
 
 
 def _row(example: Example, samples: list, mode: str, shape) -> dict:
@@ -223,7 +237,7 @@ def training_record(model: str) -> dict | None:
     return record if record.get("kind") == "train" else None
 
 
-def _flop_totals(rows: list[dict], training_flops: float) -> dict:
+def flop_totals(rows: list[dict], training_flops: float) -> dict:
     n = len(rows)
     useful = sum(r["flops"] for r in rows)
     executed = sum(r["flops_executed"] for r in rows)
@@ -234,12 +248,6 @@ def _flop_totals(rows: list[dict], training_flops: float) -> dict:
         "inference_per_example_executed": executed / n if n else 0.0,
         "training_total": training_flops,
     }
-
-
-def _prompt(example: Example, options: SolveOptions, retriever: prompts.ExemplarRetriever) -> str:
-    if options.mode == "direct":
-        return prompts.direct_prompt(example)
-    return prompts.program_prompt(example, retriever.choose(example, options.shots, options.exemplar_choice))
 
 
 def _exemplar_pool(options: SolveOptions, evaluated_ids: set[str]) -> tuple[list[Example], str]:

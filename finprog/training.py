@@ -17,9 +17,10 @@ The run folder (`out`):
 - `evals/step-NNNNNN.jsonl`: each evaluation's predictions
 - `checkpoint.pt` while training: trainable weights, optimizer, step, FLOPs, curve (what `resume` continues from)
 
-Data parallel through Accelerate: under `accelerate launch`, each process trains on its
-shard of every batch and the main process evaluates and writes; the FLOPs of a step are
-the sum over processes.
+Data parallel through Accelerate: started by `accelerate launch --multi_gpu --num_processes N`
+or `torchrun --nproc_per_node N` (on a machine without CUDA the processes train on CPU and
+talk over gloo), each process trains on its shard of every batch, and the main process
+evaluates and writes; a step's FLOPs are the sum over processes.
 """
 
 from __future__ import annotations
@@ -28,20 +29,19 @@ import json
 import math
 import os
 import random
-import re
 import sys
 import time
-from bisect import bisect_left
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from finprog import flops, prompts
+from finprog import flops, models, prompts
 from finprog.data import Example, load_finqa, resolve_data
 from finprog.evaluation import gold_value
+from finprog.models import DTYPES
 from finprog.provenance import machine, now, versions
 from finprog.runs import PREDICTIONS, RUN, RunError, eval_set
-from finprog.solve import EXEMPLAR_CHOICES, MODES, PROGRAM_MAX_NEW_TOKENS, _flop_totals, _row, metrics
+from finprog.solve import EXEMPLAR_CHOICES, MODES, SolveOptions, flop_totals, metrics, scored_rows
 
 METHODS = flops.METHODS
 DEFAULT_LR = {"full": 1e-5, "lora": 2e-4, "qlora": 2e-4}
@@ -111,6 +111,8 @@ class TrainOptions:
             fail(f"unknown exemplar choice {self.exemplar_choice!r}; choose {' or '.join(EXEMPLAR_CHOICES)}")
         if self.shots and self.mode == "direct":
             fail("--shots applies to program mode only (the direct prompt has no exemplars)")
+        if self.dtype not in ("auto", *DTYPES):
+            fail(f"unknown dtype {self.dtype!r}; use auto, {', '.join(DTYPES)}")
         if self.target_metric not in TARGET_METRICS:
             fail(f"unknown target metric {self.target_metric!r}; choose {' or '.join(TARGET_METRICS)}")
         if self.max_steps is not None and self.epochs is not None:
@@ -143,14 +145,6 @@ class TrainOptions:
         self.technique = self.method
         self.quant = "4bit" if self.method == "qlora" else "none"
 
-    @property
-    def new_token_limit(self) -> int:
-        from finprog.generation import DIRECT_MAX_NEW_TOKENS
-
-        if self.max_new_tokens:
-            return self.max_new_tokens
-        return PROGRAM_MAX_NEW_TOKENS if self.mode == "program" else DIRECT_MAX_NEW_TOKENS
-
 
 @dataclass
 class TrainData:
@@ -174,8 +168,8 @@ def validate(options: TrainOptions) -> TrainData:
 
     train_path, _ = resolve_data(options.train, default_split="train")
     eval_path, _ = resolve_data(options.eval)
-    evaluated = load_finqa(eval_path)
-    data = TrainData(train_path, eval_path, load_finqa(train_path), evaluated[: options.eval_limit])
+    eval_file = load_finqa(eval_path)
+    data = TrainData(train_path, eval_path, load_finqa(train_path), eval_file[: options.eval_limit])
     if not data.train or not data.eval:
         raise TrainingError(f"{train_path if not data.train else eval_path} holds no examples")
     untrainable = [e.id for e in data.train if target_text(e, options.mode) is None]
@@ -187,7 +181,7 @@ def validate(options: TrainOptions) -> TrainData:
             f"{train_path}: {len(untrainable)} of {len(data.train)} training records have no {what} "
             f"(first: {', '.join(untrainable[:3])}); {options.mode} mode trains on it: {advice}"
         )
-    shared = sorted({e.id for e in data.train} & {e.id for e in evaluated})
+    shared = sorted({e.id for e in data.train} & {e.id for e in eval_file})
     if shared:
         raise TrainingError(
             f"the eval file {eval_path} shares {len(shared)} id(s) with the training file {train_path} "
@@ -213,7 +207,7 @@ def _check_budget(options: TrainOptions, data: TrainData) -> None:
     from finprog import models
 
     shape = flops.ModelShape.from_config(models.model_config(options.model))
-    tokenizer = load_tokenizer(options.model)
+    tokenizer = models.load_tokenizer(options.model)
     retriever = prompts.ExemplarRetriever(data.train if options.shots else [])
     first = [encode(data.train[i], tokenizer, options, retriever)
              for i in batch_indices(len(data.train), options, step=0, rank=0, world=1)]
@@ -226,89 +220,7 @@ def _check_budget(options: TrainOptions, data: TrainData) -> None:
         )
 
 
-def load_tokenizer(spec: str):
-    """The tokenizer `models.load_model(spec)` would give, without loading the weights."""
-    from finprog import models
-
-    return models._load_tokenizer(models.resolve_model(spec), fetch_missing=True)
-
-
 # ---------------------------------------------------------------- prompts and targets
-
-_STOP_WORDS = frozenset(
-    "a an and are as at be by did do does for from how in is it its of on or that the their this to was "
-    "were what which with".split()
-)
-
-
-def fit_context(example: Example, fits: Callable[[Example], bool]) -> Example:
-    """`example` with the fewest report sentences, then table rows, removed so that `fits` accepts it.
-
-    Sentences go least relevant first: fewest distinct question words shared (stop words
-    aside); among equals, the farthest from the table (pre text from its start, post text
-    from its end). Kept sentences keep their order. When no sentence is left and it still
-    does not fit, table rows go from the bottom (the first row stays). The question is
-    never cut: when even that is too long, the example comes back with no text and one row.
-    """
-    if fits(example):
-        return example
-    question = set(_words(example.question)) - _STOP_WORDS
-    pre, post = len(example.pre_text), len(example.post_text)
-    sentences = [("pre", i, example.pre_text[i], pre - i) for i in range(pre)]
-    sentences += [("post", j, example.post_text[j], j + 1) for j in range(post)]
-    order = sorted(sentences, key=lambda s: (len(question & set(_words(s[2]))), -s[3]))
-
-    def without_sentences(k: int) -> Example:
-        dropped = {(part, index) for part, index, _, _ in order[:k]}
-        return replace(example,
-                       pre_text=[t for i, t in enumerate(example.pre_text) if ("pre", i) not in dropped],
-                       post_text=[t for j, t in enumerate(example.post_text) if ("post", j) not in dropped])
-
-    k = bisect_left(range(len(order) + 1), True, key=lambda k: fits(without_sentences(k)))
-    if k <= len(order):
-        return without_sentences(k)
-    bare = without_sentences(len(order))
-    rows = bisect_left(range(len(bare.table), 0, -1), True, key=lambda n: fits(replace(bare, table=bare.table[:n])))
-    return replace(bare, table=bare.table[: max(1, len(bare.table) - rows)])
-
-
-def _words(text: str) -> list[str]:
-    return re.findall(r"[a-z0-9]+", text.lower())
-
-
-def _adds_special_tokens(tokenizer, options) -> bool:
-    """Whether prompts are tokenized with the tokenizer's special tokens (not when a chat template put them in)."""
-    return not (options.chat_template and getattr(tokenizer, "chat_template", None))
-
-
-def prompt_text(example: Example, tokenizer, options, retriever: prompts.ExemplarRetriever) -> str:
-    """The user turn solve's prompt functions write for `example`, its context cut to `options.max_prompt_tokens`.
-
-    `options` needs mode, shots, exemplar_choice, chat_template and max_prompt_tokens;
-    the limit counts the prompt's tokens as the model reads them (chat template applied).
-    """
-    exemplars = retriever.choose(example, options.shots, options.exemplar_choice) \
-        if options.mode == "program" and options.shots else []
-
-    def render(e: Example) -> str:
-        return prompts.direct_prompt(e) if options.mode == "direct" else prompts.program_prompt(e, exemplars)
-
-    if options.max_prompt_tokens is None:
-        return render(example)
-    special = _adds_special_tokens(tokenizer, options)
-
-    def fits(e: Example) -> bool:
-        text = prompts.apply_chat_template(tokenizer, render(e), options.chat_template)
-        return len(tokenizer(text, add_special_tokens=special)["input_ids"]) <= options.max_prompt_tokens
-
-    return render(fit_context(example, fits))
-
-
-def build_prompt(example: Example, tokenizer, options, retriever: prompts.ExemplarRetriever) -> str:
-    """The model's input for `example` at training and evaluation time: `prompt_text` in the chat template."""
-    return prompts.apply_chat_template(tokenizer, prompt_text(example, tokenizer, options, retriever),
-                                       options.chat_template)
-
 
 def target_text(example: Example, mode: str) -> str | None:
     """What the model learns to reply: the gold program, or (direct) the gold value as exact match reads it.
@@ -344,10 +256,10 @@ def encode(example: Example, tokenizer, options, retriever: prompts.ExemplarRetr
     (its end-of-turn token included); without one it is the target (after a space in
     program mode, since the prompt ends with "Program:") and the EOS token.
     """
-    user = prompt_text(example, tokenizer, options, retriever)
+    user = prompts.prompt_text(example, tokenizer, options, retriever)
     prompt = prompts.apply_chat_template(tokenizer, user, options.chat_template)
     target = target_text(example, options.mode)
-    special = _adds_special_tokens(tokenizer, options)
+    special = prompts.adds_special_tokens(tokenizer, options)
     prompt_ids = tokenizer(prompt, add_special_tokens=special)["input_ids"]
     if not special:
         full = tokenizer.apply_chat_template(
@@ -416,29 +328,24 @@ def collate(batch: Sequence[Encoded], pad_id: int, device):
 # ---------------------------------------------------------------- evaluation
 
 
-def evaluate_model(model, tokenizer, examples: Sequence[Example], options, retriever: prompts.ExemplarRetriever,
-                   progress: bool = False) -> tuple[list[dict], dict, dict]:
-    """solve's generation and scoring on a model in memory: (rows, metrics, FLOP totals).
+def evaluate_model(model, tokenizer, examples: Sequence[Example], options: TrainOptions,
+                   retriever: prompts.ExemplarRetriever, progress: bool = False) -> tuple[list[dict], dict, dict]:
+    """`finprog solve` on the model in memory, with the prompts training used: (rows, metrics, FLOP totals)."""
+    solving = solve_options(options)
+    rows = list(scored_rows(model, tokenizer, list(examples), solving, retriever, progress))
+    order = {e.id: i for i, e in enumerate(examples)}
+    rows.sort(key=lambda row: order[row["id"]])
+    return rows, metrics(rows, options.mode), flop_totals(rows, training_flops=0.0)
 
-    Rows are predictions.jsonl lines as `finprog solve` writes them (greedy, one sample);
-    `options` needs solve's prompt fields, max_prompt_tokens, eval_batch_size and new_token_limit.
-    """
-    from finprog import generation
 
-    shape = flops.ModelShape.from_config(model.config.to_dict())
-    texts = [build_prompt(e, tokenizer, options, retriever) for e in examples]
-    rows: list[dict | None] = [None] * len(examples)
-    batch, seconds, clock = None, 0.0, time.perf_counter()
-    for index, completion in generation.iter_completions(
-        model, tokenizer, texts, batch_size=options.eval_batch_size, max_new_tokens=options.new_token_limit,
-        add_special_tokens=_adds_special_tokens(tokenizer, options), progress=progress,
-    ):
-        if completion.batch_index != batch:  # a batch's completions arrive together, right after it ran
-            batch = completion.batch_index
-            seconds = (time.perf_counter() - clock) / completion.batch_size
-        rows[index] = _row(examples[index], [(completion, seconds)], options.mode, shape)
-        clock = time.perf_counter()
-    return rows, metrics(rows, options.mode), _flop_totals(rows)
+def solve_options(options: TrainOptions) -> SolveOptions:
+    """The `finprog solve` settings that evaluate a model as this training run prompts it (greedy, one sample)."""
+    return SolveOptions(
+        model=options.model, mode=options.mode, shots=options.shots, exemplar_choice=options.exemplar_choice,
+        chat_template=options.chat_template, max_prompt_tokens=options.max_prompt_tokens,
+        batch_size=options.eval_batch_size, max_new_tokens=options.max_new_tokens, dtype=options.dtype,
+        technique=options.method,
+    )
 
 
 # ---------------------------------------------------------------- the run
@@ -519,8 +426,9 @@ def train(options: TrainOptions, out: Path, resume: bool = False, progress: bool
             state["final"] = {"metrics": result, "flops": cost, "seconds": sum(r["seconds"] for r in rows)}
             _write_rows(out / EVALS / f"step-{state['step']:06d}.jsonl", rows)
             say(format_point(point))
-            if options.target is not None and state["target"] is None and point[options.target_metric] >= options.target:
-                state["target"] = {key: point[key] for key in ("step", "tokens", "train_flops", options.target_metric)}
+            metric = options.target_metric
+            if options.target is not None and state["target"] is None and point[metric] >= options.target:
+                state["target"] = {key: point[key] for key in ("step", "tokens", "train_flops", metric)}
                 reason = "target"
             _save_checkpoint(out, accelerator.unwrap_model(model), optimizer, state)
             _write_record(out, {**record, "curve": state["curve"]}, status="running")
@@ -769,21 +677,3 @@ def summary(record: dict) -> dict:
     """The machine-readable summary of a finished training run (what `--json` prints)."""
     return {"steps": record["steps"], "stopped": record["stopped"], "target": record["target"],
             "training_flops": record["flops"]["training_total"], **record["metrics"], "curve": record["curve"]}
-
-
-def trained_model_settings(spec: str) -> dict | None:
-    """For a `finprog train` run folder: what solve must reuse to evaluate it as trained; None for other models.
-
-    The prompt settings (mode, shots, exemplar_choice, chat_template, max_prompt_tokens, and the
-    training file as exemplar pool), the technique, and the training FLOPs the model cost.
-    """
-    path = Path(spec) / RUN
-    if not path.is_file():
-        return None
-    record = json.loads(path.read_text())
-    if record.get("kind") != "train" or record.get("status") != "finished":
-        return None
-    config = record["config"]
-    settings = {key: config[key] for key in ("mode", "shots", "exemplar_choice", "chat_template", "max_prompt_tokens",
-                                             "technique")}
-    return {**settings, "exemplars": config["train"], "training_flops": record["flops"]["training_total"]}

@@ -94,3 +94,13 @@ def fresh_tiny_llama(tiny_tokenizer):
 def tiny_model(request):
     """Each tiny architecture in turn."""
     return request.getfixturevalue(f"tiny_{request.param}")
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint_dir(tmp_path_factory) -> str:
+    """A tiny random Llama and its tokenizer saved as an ordinary checkpoint folder (loadable by `--model`)."""
+    folder = tmp_path_factory.mktemp("tiny-checkpoint")
+    tokenizer = build_tiny_tokenizer()
+    build_tiny_model("llama", tokenizer).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return str(folder)

@@ -4,7 +4,6 @@ import json
 
 import pytest
 
-from conftest import build_tiny_model, build_tiny_tokenizer
 from finprog import prompts
 from finprog.cli import main
 from finprog.compare import compare_runs
@@ -16,13 +15,9 @@ from shared_data import REPO, finqa_file
 DEMO = REPO / "data" / "demo.json"
 
 
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tiny")
-    tokenizer = build_tiny_tokenizer()
-    build_tiny_model("llama", tokenizer).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return str(folder)
+@pytest.fixture
+def checkpoint(tiny_checkpoint_dir):
+    return tiny_checkpoint_dir
 
 
 def options(checkpoint, **changes):

@@ -7,7 +7,6 @@ import sys
 
 import pytest
 
-from conftest import build_tiny_model, build_tiny_tokenizer
 from finprog import flops, models, prompts, training
 from finprog.data import Example, load_finqa
 from finprog.report import load_run
@@ -19,13 +18,9 @@ from shared_data import REPO
 DEMO = REPO / "data" / "demo.json"
 
 
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tiny")
-    tokenizer = build_tiny_tokenizer()
-    build_tiny_model("llama", tokenizer).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return str(folder)
+@pytest.fixture
+def checkpoint(tiny_checkpoint_dir):
+    return tiny_checkpoint_dir
 
 
 @pytest.fixture(scope="module")
@@ -56,21 +51,25 @@ def options(checkpoint, files, **changes):
     return TrainOptions(**{**base, **changes})
 
 
-def step_cost(opts, checkpoint, examples) -> tuple[int, int]:
-    """FLOPs and real tokens of one step over all `examples` in one batch, counted apart from the loop."""
-    tokenizer = training.load_tokenizer(checkpoint)
-    encoded = [training.encode(e, tokenizer, opts, prompts.ExemplarRetriever([])) for e in examples]
-    shape = flops.ModelShape.from_config(models.model_config(checkpoint))
-    seq = max(e.length for e in encoded)
-    cost = flops.training_step_flops(shape, seq, len(encoded), method=opts.method, lora_rank=opts.lora_r,
-                                     targets=opts.lora_targets)
+def encoded_examples(opts, checkpoint) -> tuple[list, flops.ModelShape]:
+    """The training examples as the loop encodes them, and the model's shape: what a FLOP count is made of."""
+    tokenizer = models.load_tokenizer(checkpoint)
+    encoded = [training.encode(e, tokenizer, opts, prompts.ExemplarRetriever([])) for e in load_finqa(opts.train)]
+    return encoded, flops.ModelShape.from_config(models.model_config(checkpoint))
+
+
+def step_cost(opts, checkpoint) -> tuple[int, int]:
+    """FLOPs and real tokens of one step over all training examples in one batch, counted apart from the loop."""
+    encoded, shape = encoded_examples(opts, checkpoint)
+    cost = flops.training_step_flops(shape, max(e.length for e in encoded), len(encoded), method=opts.method,
+                                     lora_rank=opts.lora_r, targets=opts.lora_targets)
     return cost, sum(e.length for e in encoded)
 
 
 def test_lora_run_records_a_curve_whose_flops_are_the_sum_of_its_steps(tmp_path, checkpoint, files):
     opts = options(checkpoint, files)
     record = train(opts, tmp_path / "run", progress=False)
-    cost, tokens = step_cost(opts, checkpoint, load_finqa(files / "train.json"))
+    cost, tokens = step_cost(opts, checkpoint)
     curve = record["curve"]
     assert [p["step"] for p in curve] == [0, 2, 4]
     assert [p["train_flops"] for p in curve] == [0, 2 * cost, 4 * cost]
@@ -100,17 +99,19 @@ def test_a_trained_adapter_loads_and_solve_reproduces_its_final_evaluation(tmp_p
     trained = [json.loads(line) for line in (tmp_path / "run" / PREDICTIONS).read_text().splitlines()]
     again = [json.loads(line) for line in (tmp_path / "solve" / PREDICTIONS).read_text().splitlines()]
     assert sorted((r["id"], r["completion"]) for r in trained) == sorted((r["id"], r["completion"]) for r in again)
-    assert solved["metrics"]["exact"] == json.loads((tmp_path / "run" / "run.json").read_text())["metrics"]["exact"]
+    record = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert solved["metrics"]["exact"] == record["metrics"]["exact"]
+    assert solved["config"]["technique"] == "lora"
+    assert solved["flops"]["training_total"] == record["flops"]["training_total"] > 0
 
 
 def test_full_fine_tuning_saves_a_checkpoint_that_loads(tmp_path, checkpoint, files):
     opts = options(checkpoint, files, method="full", mode="program", max_steps=2, eval_every=None,
                    eval_at_start=False, batch_size=4, max_new_tokens=6)
     record = train(opts, tmp_path / "run", progress=False)
-    tokenizer, shape = training.load_tokenizer(checkpoint), flops.ModelShape.from_config(models.model_config(checkpoint))
-    encoded = [training.encode(e, tokenizer, opts, prompts.ExemplarRetriever([])) for e in load_finqa(opts.train)]
+    encoded, shape = encoded_examples(opts, checkpoint)
     steps = [[encoded[i] for i in training.batch_indices(8, opts, step, rank=0, world=1)] for step in (0, 1)]
-    assert sorted(i for step in (0, 1) for i in training.batch_indices(8, opts, step, 0, 1)) == list(range(8))
+    assert sorted(id(e) for batch in steps for e in batch) == sorted(id(e) for e in encoded)  # one epoch
     assert record["flops"]["training_total"] == sum(training.step_flops(shape, batch, opts) for batch in steps)
     assert record["config"]["technique"] == "full" and record["curve"][-1]["outcomes"]
     assert record["model"]["trainable"] == record["model"]["params"]
@@ -140,7 +141,7 @@ def test_qlora_trains_on_a_4_bit_base(tmp_path, checkpoint, files):
     opts = options(checkpoint, files, method="qlora", max_steps=2, eval_every=None, eval_at_start=False)
     record = train(opts, tmp_path / "run", progress=False)
     assert record["config"]["quant"] == "4bit" and record["model"]["trainable"] > 0
-    assert record["flops"]["training_total"] == 2 * step_cost(opts, checkpoint, load_finqa(opts.train))[0]
+    assert record["flops"]["training_total"] == 2 * step_cost(opts, checkpoint)[0]
     adapter = json.loads((tmp_path / "run" / "adapter_config.json").read_text())
     assert adapter["base_model_name_or_path"] == checkpoint
     assert models.load_model(tmp_path / "run", dtype="fp32", quant="4bit").adapter is not None
@@ -195,7 +196,8 @@ train(TrainOptions(**json.loads(sys.argv[1])), Path(sys.argv[2]), progress=False
 
 
 def test_two_processes_train_data_parallel_and_their_flops_add_up(tmp_path, checkpoint, files):
-    torch = pytest.importorskip("torch")
+    import torch
+
     if not torch.distributed.is_available():
         pytest.skip("this torch build has no torch.distributed")
     opts = options(checkpoint, files, method="full", max_steps=2, eval_every=None, eval_at_start=False, batch_size=2,
@@ -210,8 +212,7 @@ def test_two_processes_train_data_parallel_and_their_flops_add_up(tmp_path, chec
     )
     assert launched.returncode == 0, launched.stderr[-3000:]
     record = json.loads((tmp_path / "run" / "run.json").read_text())
-    tokenizer, shape = training.load_tokenizer(checkpoint), flops.ModelShape.from_config(models.model_config(checkpoint))
-    encoded = [training.encode(e, tokenizer, opts, prompts.ExemplarRetriever([])) for e in load_finqa(opts.train)]
+    encoded, shape = encoded_examples(opts, checkpoint)
     batches = [[encoded[i] for i in training.batch_indices(8, opts, step, rank, world=2)]
                for step in (0, 1) for rank in (0, 1)]
     assert sorted(id(e) for batch in batches for e in batch) == sorted(id(e) for e in encoded)  # one epoch
@@ -231,9 +232,9 @@ def test_target_and_budget_stop_training(tmp_path, checkpoint, files, monkeypatc
                    progress=False)
     monkeypatch.setattr(training, "evaluate_model", real_evaluate)
     assert record["stopped"] == "target" and record["steps"] == 2 and len(record["curve"]) == 3
-    assert record["target"] == {"metric": "exact", "value": 0.75, "reached": True, "step": 2,
-                                "tokens": record["curve"][2]["tokens"], "train_flops": record["curve"][2]["train_flops"],
-                                "exact": 1.0}
+    reached = record["curve"][2]
+    assert record["target"] == {"metric": "exact", "value": 0.75, "reached": True, "step": 2, "exact": 1.0,
+                                "tokens": reached["tokens"], "train_flops": reached["train_flops"]}
 
     step = record["curve"][1]["train_flops"]
     budget = train(options(checkpoint, files, eval_every=1, budget_flops=1.5 * step, target=0.4), tmp_path / "budget",
@@ -243,7 +244,7 @@ def test_target_and_budget_stop_training(tmp_path, checkpoint, files, monkeypatc
 
 
 def test_prompts_are_cut_to_the_limit_the_same_way_for_training_and_evaluation(checkpoint):
-    tokenizer = training.load_tokenizer(checkpoint)
+    tokenizer = models.load_tokenizer(checkpoint)
     example = load_finqa(DEMO)[0]
     retriever = prompts.ExemplarRetriever([])
     full = TrainOptions(model=checkpoint, train="demo", eval="demo", mode="direct", max_prompt_tokens=None)
@@ -252,7 +253,7 @@ def test_prompts_are_cut_to_the_limit_the_same_way_for_training_and_evaluation(c
     short = training.encode(example, tokenizer, cut, retriever)
     assert len(whole.prompt) > 300 >= len(short.prompt) and short.target == whole.target
     assert tokenizer.decode(short.target) == "0.13636\n"  # the templated reply: exe_ans, then the turn's end
-    evaluated = tokenizer(training.build_prompt(example, tokenizer, cut, retriever), add_special_tokens=False)
+    evaluated = tokenizer(prompts.build_prompt(example, tokenizer, cut, retriever), add_special_tokens=False)
     assert evaluated["input_ids"] == short.prompt
     batch = training.collate([short, whole], tokenizer.pad_token_id, "cpu")
     assert batch["input_ids"].shape == (2, whole.length)
@@ -262,19 +263,19 @@ def test_prompts_are_cut_to_the_limit_the_same_way_for_training_and_evaluation(c
 
 def test_fit_context_drops_the_least_relevant_sentences_first():
     example = Example(id="x", pre_text=["alpha revenue rose .", "unrelated filler text ."],
-                      post_text=["more filler .", "revenue in 2008 was 5 ."], table=[["h", "1"], ["a", "2"], ["b", "3"]],
-                      question="what was revenue in 2008 ?")
+                      post_text=["more filler .", "revenue in 2008 was 5 ."],
+                      table=[["h", "1"], ["a", "2"], ["b", "3"]], question="what was revenue in 2008 ?")
 
     def size(e):
         return sum(len(t) for t in e.pre_text + e.post_text) + 10 * len(e.table)
 
-    assert training.fit_context(example, lambda e: size(e) <= 1000) is example
-    kept = training.fit_context(example, lambda e: size(e) <= 30 + 20 + 30)
+    assert prompts.fit_context(example, lambda e: size(e) <= 1000) is example
+    kept = prompts.fit_context(example, lambda e: size(e) <= 30 + 20 + 30)
     assert kept.pre_text == ["alpha revenue rose ."] and kept.post_text == ["revenue in 2008 was 5 ."]
     assert kept.table == example.table
-    bare = training.fit_context(example, lambda e: size(e) <= 20)
+    bare = prompts.fit_context(example, lambda e: size(e) <= 20)
     assert bare.pre_text == bare.post_text == [] and bare.table == [["h", "1"], ["a", "2"]]
-    assert training.fit_context(example, lambda e: False).table == [["h", "1"]]
+    assert prompts.fit_context(example, lambda e: False).table == [["h", "1"]]
 
 
 @pytest.fixture
