@@ -142,6 +142,8 @@ def _build_parser() -> argparse.ArgumentParser:
     count.add_argument("--new-tokens", type=int, default=16)
     count.add_argument("--method", choices=["full", "lora", "qlora"], default="lora")
     count.add_argument("--lora-rank", type=int, default=8)
+    count.add_argument("--lora-targets", default="q_proj,v_proj", help="comma-separated projections, or all-linear")
+    count.add_argument("--train-tokens", type=int, default=128, help="sequence length of the measured training steps")
     count.add_argument("--gradient-checkpointing", action="store_true")
     count.add_argument("--check", action="store_true", help="also measure with torch's FlopCounterMode and compare")
     count.add_argument("--json", action="store_true")
@@ -299,10 +301,11 @@ def _flops(args) -> int:
 
     shape = flops.ModelShape.from_config(model_config(args.model))
     result = flops.summary(shape, args.prompt_tokens, args.new_tokens, args.method, args.lora_rank,
-                           gradient_checkpointing=args.gradient_checkpointing)
+                           targets=args.lora_targets, gradient_checkpointing=args.gradient_checkpointing)
     if args.check:
-        result["check"] = flops.check(args.model, lora_rank=args.lora_rank,
-                                      gradient_checkpointing=args.gradient_checkpointing)
+        result["check"] = flops.check(args.model, prompt_tokens=args.prompt_tokens, new_tokens=args.new_tokens,
+                                      train_tokens=args.train_tokens, lora_rank=args.lora_rank,
+                                      targets=args.lora_targets, gradient_checkpointing=args.gradient_checkpointing)
     print(json.dumps(result, indent=2) if args.json else flops.format_summary(result))
     if args.check and not args.json:
         print(flops.format_check(result["check"]))

@@ -510,7 +510,9 @@ def _trainable_model(options: TrainOptions, device: str):
     if options.method == "qlora":
         from peft import prepare_model_for_kbit_training
 
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=options.gradient_checkpointing)
+        # non-reentrant, as flops.training_step_flops counts (reentrant also recomputes each layer's last matmul)
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=options.gradient_checkpointing,
+                                                gradient_checkpointing_kwargs={"use_reentrant": False})
     elif options.gradient_checkpointing:  # HF's switch, which flops.training_step_flops counts
         (getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable)()
     if options.method == "full":
