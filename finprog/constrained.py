@@ -168,7 +168,9 @@ class GrammarLogitsProcessor(LogitsProcessor):
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         rows = len(self.matchers)
         if input_ids.shape[0] != rows:
-            raise ConstrainedDecodingError(f"the processor holds {rows} grammars but the batch has {input_ids.shape[0]} rows")
+            raise ConstrainedDecodingError(
+                f"the processor holds {rows} grammars but the batch has {input_ids.shape[0]} rows"
+            )
         if self.started:
             self._consume(input_ids[:, -1].tolist())
         self.started = True

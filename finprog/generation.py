@@ -138,7 +138,8 @@ def iter_completions(
             batch = order[start : start + batch_size]
             batch_settings = settings
             if logits_processor_for is not None:
-                batch_settings = {**settings, "logits_processor": [*settings["logits_processor"], *logits_processor_for(batch)]}
+                processors = [*settings["logits_processor"], *logits_processor_for(batch)]
+                batch_settings = {**settings, "logits_processor": processors}
             completions = _generate_batch(model, tokenizer, [encoded[i] for i in batch], batch_index, stop, batch_settings)
             bar.update(len(batch))
             yield from zip(batch, completions)

@@ -7,6 +7,9 @@ import os
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# The tests' models are tiny: one thread beats several (thread start-up dominates), most of
+# all on a loaded machine, where the suite ran 5x faster this way.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 TINY_CHAT_TEMPLATE = (
     "{{ bos_token }}{% for message in messages %}<|{{ message['role'] }}|>\n{{ message['content'] }}\n{% endfor %}"

@@ -36,7 +36,7 @@ SALES = example(
 
 
 class PreferEnd(LogitsProcessor):
-    """Raises the end-of-sequence logit, so a random model ends once the grammar lets it (and does not loop to the limit)."""
+    """Raises the end-of-sequence logit: a random model then ends once the grammar lets it, not at the token limit."""
 
     def __init__(self, tokenizer, bias: float = 2.0):
         self.eos_id, self.bias = tokenizer.eos_token_id, bias
@@ -49,7 +49,8 @@ class PreferEnd(LogitsProcessor):
 
 def accepts(grammar: str, text: str, tokenizer) -> bool:
     """Whether `text` is a complete string of the grammar (token by token, as in decoding)."""
-    matcher = llguidance.LLMatcher(llguidance.hf.from_tokenizer(tokenizer), llguidance.LLMatcher.grammar_from_lark(grammar), log_level=0)
+    lltokenizer = llguidance.hf.from_tokenizer(tokenizer)
+    matcher = llguidance.LLMatcher(lltokenizer, llguidance.LLMatcher.grammar_from_lark(grammar), log_level=0)
     return matcher.consume_tokens(tokenizer(text, add_special_tokens=False)["input_ids"]) and matcher.is_accepting()
 
 
@@ -258,4 +259,7 @@ def test_each_batch_row_decodes_under_its_own_examples_grammar(tiny_llama, tiny_
 def test_unconstrained_generation_is_unchanged(tiny_model, tiny_tokenizer):
     prompts = [short_prompt(e) for e in dev_examples(5)]
     plain = generate(tiny_model, tiny_tokenizer, prompts, batch_size=2, max_new_tokens=10)
-    assert generate(tiny_model, tiny_tokenizer, prompts, batch_size=2, max_new_tokens=10, logits_processor_for=lambda indices: []) == plain
+    no_processors = generate(
+        tiny_model, tiny_tokenizer, prompts, batch_size=2, max_new_tokens=10, logits_processor_for=lambda indices: []
+    )
+    assert no_processors == plain
