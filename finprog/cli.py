@@ -195,6 +195,8 @@ def _add_solve_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--exemplar-choice", choices=EXEMPLAR_CHOICES, default="similar",
                         help="most similar question (TF-IDF) or the first k")
     parser.add_argument("--constrained", action="store_true", help="grammar-constrained decoding (program mode)")
+    parser.add_argument("--any-numbers", dest="restrict_numbers", action="store_false",
+                        help="with --constrained: allow any number, not only those in the example")
     parser.add_argument("--samples", type=int, default=1, help="self-consistency: N sampled programs, majority vote")
     parser.add_argument("--temperature", type=float, default=0.7, help="with --samples > 1")
     parser.add_argument("--top-p", type=float, default=0.95, help="with --samples > 1")
@@ -212,7 +214,7 @@ def _solve_options(args, mode: str):
     return SolveOptions(
         model=args.model, mode=mode, data=args.data, limit=args.limit, batch_size=args.batch_size,
         max_new_tokens=args.max_new_tokens, shots=args.shots, exemplar_choice=args.exemplar_choice,
-        exemplars=args.exemplars, constrained=args.constrained, samples=args.samples,
+        exemplars=args.exemplars, constrained=args.constrained, restrict_numbers=args.restrict_numbers, samples=args.samples,
         temperature=args.temperature, top_p=args.top_p, seed=args.seed, dtype=args.dtype, quant=args.quant,
         chat_template=args.chat_template,
     )

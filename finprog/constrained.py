@@ -1,10 +1,10 @@
 """Grammar-constrained decoding: per-example grammars of DSL programs and the logits processor that enforces them.
 
 `program_grammar(example)` writes a Lark grammar (llguidance's dialect) whose strings are
-exactly the one-line programs `finprog.dsl.parse` accepts, in FinQA's layout: an optional
-leading space, steps `op(a, b)` with ", " between arguments and between steps (never a
-bare ",", which could read as a thousands separator), references only to
-earlier steps, at most `dsl.MAX_STEPS` steps, and an optional final newline. With
+one-line programs that `finprog.dsl.parse` accepts, in FinQA's layout: an optional leading
+space, steps `op(a, b)` with ", " between arguments and between steps (never a bare ",",
+which could read as a thousands separator), references only to earlier steps, at most
+`dsl.MAX_STEPS` steps, and an optional final newline. With
 `restrict_numbers` (the default) the number literals are those that occur in the
 example's question, text and table (`example_numbers`), the constants are FinQA's
 closed list, and row labels are the table's first cells the DSL can express; without it,
@@ -32,7 +32,7 @@ from transformers import LogitsProcessor
 
 from finprog import dsl
 from finprog.data import Example
-from finprog.generation import _eos_token_ids
+from finprog.generation import eos_token_ids
 
 FINQA_CONSTANTS = (
     "const_1", "const_2", "const_3", "const_4", "const_5", "const_6", "const_7", "const_8", "const_9", "const_10",
@@ -128,7 +128,7 @@ def processor_factory(
     bad one fails before any decoding.
     """
     try:
-        lltokenizer = llguidance.hf.from_tokenizer(tokenizer, eos_token=_eos_token_ids(model, tokenizer))
+        lltokenizer = llguidance.hf.from_tokenizer(tokenizer, eos_token=eos_token_ids(model, tokenizer))
     except ValueError as error:  # llguidance reads only fast (Rust) tokenizers
         raise ConstrainedDecodingError(f"constrained decoding needs a fast tokenizer: {error}") from None
     grammars: dict[int, str] = {}  # id(example) -> grammar, shared by an example's repeated prompts

@@ -118,7 +118,7 @@ def iter_completions(
     for index, ids in enumerate(encoded):
         if not ids:
             raise GenerationError(f"prompt {index} is empty after tokenization; give it some text")
-    eos_ids = _eos_token_ids(model, tokenizer)
+    eos_ids = eos_token_ids(model, tokenizer)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_ids[0]
     settings = dict(
         max_new_tokens=max_new_tokens,
@@ -207,7 +207,7 @@ def _decode(tokenizer, ids: list[int]) -> str:
     return tokenizer.decode(ids, skip_special_tokens=True)
 
 
-def _eos_token_ids(model, tokenizer) -> list[int]:
+def eos_token_ids(model, tokenizer) -> list[int]:
     """End-of-sequence ids from the model's generation config (chat models list several) and the tokenizer."""
     configured = model.generation_config.eos_token_id
     ids = [configured] if isinstance(configured, int) else list(configured or [])

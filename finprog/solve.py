@@ -44,6 +44,7 @@ class SolveOptions:
     exemplar_choice: str = "similar"
     exemplars: str | None = None
     constrained: bool = False
+    restrict_numbers: bool = True  # with constrained: only numbers from the example's text and table, and constants
     samples: int = 1
     temperature: float = 0.7
     top_p: float = 0.95
@@ -60,6 +61,8 @@ class SolveOptions:
         for name in ("samples", "batch_size"):
             if getattr(self, name) < 1:
                 raise SolveError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if self.constrained and self.mode != "program":
+            raise SolveError("--constrained decodes programs: it needs --mode program")
         if self.exemplar_choice not in EXEMPLAR_CHOICES:
             raise SolveError(f"unknown exemplar choice {self.exemplar_choice!r}; choose {' or '.join(EXEMPLAR_CHOICES)}")
         if not self.technique:
@@ -172,13 +175,20 @@ def scored_rows(model, tokenizer, examples: list[Example], options: SolveOptions
     shape = flops.ModelShape.from_config(model.config.to_dict())
     texts = [prompts.build_prompt(e, tokenizer, options, retriever) for e in examples]
     repeated = [text for text in texts for _ in range(options.samples)]
+    grammar = None
+    if options.constrained:
+        from finprog import constrained
+
+        grammar = constrained.processor_factory(model, tokenizer, [e for e in examples for _ in range(options.samples)],
+                                                restrict_numbers=options.restrict_numbers)
     pending: dict[int, list] = {}  # example index -> its finished samples
     batch, seconds, clock = None, 0.0, time.perf_counter()
     for index, completion in generation.iter_completions(
         model, tokenizer, repeated,
         batch_size=options.batch_size, max_new_tokens=options.new_token_limit,
         do_sample=options.samples > 1, temperature=options.temperature, top_p=options.top_p, seed=options.seed,
-        add_special_tokens=prompts.adds_special_tokens(tokenizer, options), progress=progress,
+        add_special_tokens=prompts.adds_special_tokens(tokenizer, options), logits_processor_for=grammar,
+        progress=progress,
     ):
         if completion.batch_index != batch:  # a batch's completions arrive together, right after it ran
             batch = completion.batch_index

@@ -107,3 +107,11 @@ def test_compare_refuses_runs_on_different_examples(tmp_path, checkpoint):
 def test_bad_options_are_refused():
     with pytest.raises(SolveError, match="--samples"):
         SolveOptions(samples=0)
+
+
+def test_constrained_solve_writes_only_parseable_programs_or_cut_ones(tmp_path, checkpoint):
+    record = solve(options(checkpoint, constrained=True, max_new_tokens=40, limit=2), tmp_path / "c", progress=False)
+    assert record["config"]["constrained"] and record["metrics"]["n"] == 2
+    assert "no_program" not in record["metrics"]["outcomes"]  # the grammar forces a program to start
+    with pytest.raises(SolveError, match="--mode program"):
+        SolveOptions(mode="direct", constrained=True)
