@@ -115,3 +115,23 @@ def test_constrained_solve_writes_only_parseable_programs_or_cut_ones(tmp_path, 
     assert "no_program" not in record["metrics"]["outcomes"]  # the grammar forces a program to start
     with pytest.raises(SolveError, match="--mode program"):
         SolveOptions(mode="direct", constrained=True)
+
+
+def test_self_consistency_votes_over_samples_and_counts_their_flops(tmp_path, checkpoint):
+    single = solve(options(checkpoint, limit=1, max_new_tokens=5), tmp_path / "one", progress=False)
+    record = solve(options(checkpoint, limit=1, max_new_tokens=5, samples=3), tmp_path / "three", progress=False)
+    row = json.loads((tmp_path / "three" / "predictions.jsonl").read_text())
+    assert len(row["samples"]) == 3 and row["new_tokens"] >= 3
+    assert record["flops"]["inference_total"] > 2 * single["flops"]["inference_total"]
+
+
+def test_vote_prefers_the_most_frequent_value_and_breaks_ties_by_order():
+    from finprog.solve import _vote
+
+    def sample(value):
+        return (value, {"value": value})
+
+    assert _vote([sample(None), sample(2.0), sample(3.0), sample(3.0)])[1]["value"] == 3.0
+    assert _vote([sample(2.0), sample(3.0)])[1]["value"] == 2.0
+    assert _vote([sample(None), sample(None)])[1]["value"] is None
+    assert _vote([sample(1.000001), sample(1.0000012), sample(2.0)])[1]["value"] == 1.000001  # equal at 5 decimals
