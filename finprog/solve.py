@@ -137,6 +137,7 @@ def solve(options: SolveOptions, out: Path, resume: bool = False, progress: bool
         "config": {**asdict(options), "data": str(data_path)},
         "eval_set": eval_set(data_path.stem, [e.id for e in examples]),
     }
+    models.resolve_model(options.model)  # an unknown model fails here, before a run folder is made
     recorder = RunRecorder(out, record, resume=resume)
     todo = [e for e in examples if e.id not in recorder.done_ids]
     _say(progress, f"data: {described}; {len(examples)} examples, {len(todo)} to run")

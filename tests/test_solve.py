@@ -135,3 +135,11 @@ def test_vote_prefers_the_most_frequent_value_and_breaks_ties_by_order():
     assert _vote([sample(2.0), sample(3.0)])[1]["value"] == 2.0
     assert _vote([sample(None), sample(None)])[1]["value"] is None
     assert _vote([sample(1.000001), sample(1.0000012), sample(2.0)])[1]["value"] == 1.000001  # equal at 5 decimals
+
+
+def test_an_unknown_model_fails_before_a_run_folder_is_made(tmp_path):
+    from finprog.models import ModelNotFoundError
+
+    with pytest.raises(ModelNotFoundError, match="smollm2-135m"):
+        solve(SolveOptions(model="no-such-model", data=str(DEMO), limit=1), tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()
