@@ -188,7 +188,7 @@ def _add_solve_options(parser: argparse.ArgumentParser) -> None:
                         help=f"zoo name, hub id or checkpoint folder (default: {DEFAULT_MODEL})")
     parser.add_argument("--data", help="FinQA file, split or sample name, or demo (default: official dev, else demo)")
     parser.add_argument("--limit", type=int, help="only the first N examples")
-    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--batch-size", type=int, help="default: 1 on a CPU, 8 on a GPU")
     parser.add_argument("--max-new-tokens", type=int, help="default: 24 direct, 96 program")
     parser.add_argument("--shots", type=int, default=4, help="few-shot exemplars in program mode (default: 4)")
     parser.add_argument("--exemplars", help="FinQA file the exemplars come from (default: official train, else demo)")

@@ -38,7 +38,7 @@ class SolveOptions:
     mode: str = "program"
     data: str | None = None
     limit: int | None = None
-    batch_size: int = 8
+    batch_size: int | None = None  # None: 8 on a GPU, 1 on a CPU (see default_batch_size)
     max_new_tokens: int | None = None
     shots: int = 4
     exemplar_choice: str = "similar"
@@ -59,7 +59,7 @@ class SolveOptions:
         if self.mode not in MODES:
             raise SolveError(f"unknown mode {self.mode!r}; choose one of {', '.join(MODES)}")
         for name in ("samples", "batch_size"):
-            if getattr(self, name) < 1:
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise SolveError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         if self.constrained and self.mode != "program":
             raise SolveError("--constrained decodes programs: it needs --mode program")
@@ -164,6 +164,12 @@ def solve(options: SolveOptions, out: Path, resume: bool = False, progress: bool
     )
 
 
+def default_batch_size(device) -> int:
+    """8 on a GPU; 1 on a CPU, where generation is compute-bound and a batch's padding and
+    masked attention cost more than batching saves (evals/bench_solve.txt measures both)."""
+    return 8 if device.type == "cuda" else 1
+
+
 def scored_rows(model, tokenizer, examples: list[Example], options: SolveOptions,
                 retriever: prompts.ExemplarRetriever, progress: bool = False) -> Iterator[dict]:
     """Generate for every example and yield its scored row as soon as its batch is done (longest prompts first).
@@ -186,7 +192,7 @@ def scored_rows(model, tokenizer, examples: list[Example], options: SolveOptions
     batch, seconds, clock = None, 0.0, time.perf_counter()
     for index, completion in generation.iter_completions(
         model, tokenizer, repeated,
-        batch_size=options.batch_size, max_new_tokens=options.new_token_limit,
+        batch_size=options.batch_size or default_batch_size(model.device), max_new_tokens=options.new_token_limit,
         do_sample=options.samples > 1, temperature=options.temperature, top_p=options.top_p, seed=options.seed,
         add_special_tokens=prompts.adds_special_tokens(tokenizer, options), logits_processor_for=grammar,
         progress=progress,
