@@ -392,7 +392,7 @@ def train(options: TrainOptions, out: Path, resume: bool = False, progress: bool
     state = saved["state"] if saved else {"step": 0, "train_flops": 0, "tokens": 0, "curve": [], "target": None,
                                           "training_seconds": 0.0, "evaluation_seconds": 0.0}
     counts = flops.parameter_counts(shape, options.method, options.lora_r, options.lora_targets)
-    record["model"] = {"name": options.model, "checkpoint": loaded.checkpoint, "dtype": str(loaded.dtype),
+    record["model"] = {"name": options.model, "source": models.resolve_model(options.model).kind, "dtype": str(loaded.dtype),
                        "device": str(loaded.device), "params": counts["total"], "trainable": counts["trainable"]}
     record["timing"] = {"model_load_seconds": time.perf_counter() - started}
     if main:
