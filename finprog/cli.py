@@ -204,6 +204,8 @@ def _add_solve_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", choices=["auto", "bf16", "fp16", "fp32"], default="auto")
     parser.add_argument("--quant", choices=["none", "4bit", "8bit"], default="none")
     parser.add_argument("--no-chat-template", dest="chat_template", action="store_false")
+    parser.add_argument("--max-prompt-tokens", type=int,
+                        help="cut the report's least relevant sentences to fit (as `finprog train` does)")
     parser.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     parser.add_argument("--json", action="store_true", help="print the summary as one JSON object")
 
@@ -216,7 +218,7 @@ def _solve_options(args, mode: str):
         max_new_tokens=args.max_new_tokens, shots=args.shots, exemplar_choice=args.exemplar_choice,
         exemplars=args.exemplars, constrained=args.constrained, restrict_numbers=args.restrict_numbers, samples=args.samples,
         temperature=args.temperature, top_p=args.top_p, seed=args.seed, dtype=args.dtype, quant=args.quant,
-        chat_template=args.chat_template,
+        chat_template=args.chat_template, max_prompt_tokens=args.max_prompt_tokens,
     )
 
 
