@@ -27,6 +27,45 @@ def eval_set(name: str, ids: list[str]) -> dict:
     return {"name": name, "n": len(ids), "ids_sha256": digest}
 
 
+def open_run(out: Path, config: dict, resume: bool) -> dict | None:
+    """The run.json already in `out` when resuming it (None for a new folder).
+
+    Refuses to write over an existing run without `resume`, and to resume a run that
+    was made with another config.
+    """
+    path = Path(out) / RUN
+    if not path.exists():
+        return None
+    if not resume:
+        raise RunError(f"{out} already holds a run; pass --resume to continue it, or choose another --out")
+    try:
+        saved = json.loads(path.read_text())
+        saved_config = saved["config"]
+    except (OSError, ValueError, KeyError):
+        raise RunError(f"{path} is unreadable; cannot resume this run") from None
+    changed = sorted(k for k in set(saved_config) | set(config) if saved_config.get(k) != config.get(k))
+    if changed:
+        details = ", ".join(f"{k}: {saved_config.get(k)!r} -> {config.get(k)!r}" for k in changed)
+        raise RunError(f"{out} was run with another config ({details}); resume with the same options")
+    return saved
+
+
+def read_rows(path: Path) -> list[dict]:
+    """The rows of a predictions file; a last line cut short by an interruption is dropped."""
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            break
+    return rows
+
+
+def write_rows(path: Path, rows: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+
+
 class RunRecorder:
     """Writes one run folder; with `resume`, continues a folder that an earlier call started."""
 
@@ -35,12 +74,9 @@ class RunRecorder:
         self.record = record
         self.rows: list[dict] = []
         predictions = self.out / PREDICTIONS
-        if predictions.exists() and not resume:
-            raise RunError(f"{self.out} already holds a run; pass --resume to continue it, or choose another --out")
-        if resume and predictions.exists():
-            self._check_same_config()
-            self.rows = _read_rows(predictions)
-            predictions.write_text("".join(json.dumps(row) + "\n" for row in self.rows), encoding="utf-8")
+        if open_run(self.out, record["config"], resume) is not None and predictions.exists():
+            self.rows = read_rows(predictions)
+            write_rows(predictions, self.rows)  # without a half-written last line
         self.out.mkdir(parents=True, exist_ok=True)
         self.record.update(status="running", created=now(), machine=machine(), versions=versions())
         self._write_record()
@@ -65,25 +101,3 @@ class RunRecorder:
 
     def _write_record(self) -> None:
         (self.out / RUN).write_text(json.dumps(self.record, indent=2) + "\n")
-
-    def _check_same_config(self) -> None:
-        path = self.out / RUN
-        try:
-            saved = json.loads(path.read_text())["config"]
-        except (OSError, ValueError, KeyError):
-            raise RunError(f"{path} is missing or unreadable; cannot resume this run") from None
-        changed = sorted(k for k in set(saved) | set(self.record["config"]) if saved.get(k) != self.record["config"].get(k))
-        if changed:
-            details = ", ".join(f"{k}: {saved.get(k)!r} -> {self.record['config'].get(k)!r}" for k in changed)
-            raise RunError(f"{self.out} was run with another config ({details}); resume with the same options")
-
-
-def _read_rows(path: Path) -> list[dict]:
-    """Finished rows; a last line cut short by an interruption is dropped (its example runs again)."""
-    rows = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            break
-    return rows

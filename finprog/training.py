@@ -40,7 +40,7 @@ from finprog.data import Example, load_finqa, resolve_data
 from finprog.evaluation import gold_value
 from finprog.models import DTYPES
 from finprog.provenance import machine, now, versions
-from finprog.runs import PREDICTIONS, RUN, RunError, eval_set
+from finprog.runs import PREDICTIONS, RUN, RunError, eval_set, open_run, read_rows, write_rows
 from finprog.solve import EXEMPLAR_CHOICES, MODES, SolveOptions, flop_totals, metrics, scored_rows
 
 METHODS = flops.METHODS
@@ -369,7 +369,8 @@ def train(options: TrainOptions, out: Path, resume: bool = False, progress: bool
     from finprog.models import resolve_device
 
     accelerator = Accelerator(cpu=resolve_device("auto").type == "cpu")  # cpu: data parallel over processes (gloo)
-    finished = _open_run(out, config, resume)
+    saved = open_run(out, config, resume)
+    finished = saved if saved and saved.get("status") == "finished" else None
     accelerator.wait_for_everyone()  # every process has read the folder before the main one writes to it
     if finished:
         return finished
@@ -424,7 +425,7 @@ def train(options: TrainOptions, out: Path, resume: bool = False, progress: bool
                      "training_seconds": state["training_seconds"]}
             state["curve"].append(point)
             state["final"] = {"metrics": result, "flops": cost, "seconds": sum(r["seconds"] for r in rows)}
-            _write_rows(out / EVALS / f"step-{state['step']:06d}.jsonl", rows)
+            write_rows(out / EVALS / f"step-{state['step']:06d}.jsonl", rows)
             say(format_point(point))
             metric = options.target_metric
             if options.target is not None and state["target"] is None and point[metric] >= options.target:
@@ -474,7 +475,7 @@ def train(options: TrainOptions, out: Path, resume: bool = False, progress: bool
     if main:
         _save_model(out, accelerator.unwrap_model(model), tokenizer)
         record = _final_record(record, state, options, stop)
-        _write_rows(out / PREDICTIONS, _read_rows(out / EVALS / f"step-{state['step']:06d}.jsonl"))
+        write_rows(out / PREDICTIONS, read_rows(out / EVALS / f"step-{state['step']:06d}.jsonl"))
         _write_record(out, record, status="finished")
         (out / CHECKPOINT).unlink(missing_ok=True)
     accelerator.wait_for_everyone()
@@ -547,25 +548,6 @@ def _reseed(seed: int, step: int, rank: int) -> None:
 # ---------------------------------------------------------------- files
 
 
-def _open_run(out: Path, config: dict, resume: bool) -> dict | None:
-    """Refuse to overwrite a run or to resume it with another config; a finished run's record is returned."""
-    path = out / RUN
-    if not path.exists():
-        return None
-    if not resume:
-        raise RunError(f"{out} already holds a run; pass --resume to continue it, or choose another --out")
-    try:
-        saved = json.loads(path.read_text())
-        saved_config = saved["config"]
-    except (OSError, ValueError, KeyError):
-        raise RunError(f"{path} is missing or unreadable; cannot resume this run") from None
-    changed = sorted(k for k in set(saved_config) | set(config) if saved_config.get(k) != config.get(k))
-    if changed:
-        details = ", ".join(f"{k}: {saved_config.get(k)!r} -> {config.get(k)!r}" for k in changed)
-        raise RunError(f"{out} was run with another config ({details}); resume with the same options")
-    return saved if saved.get("status") == "finished" else None
-
-
 def _write_record(out: Path, record: dict, status: str) -> None:
     record.setdefault("created", now())
     record.update(status=status, machine=machine(), versions=versions())
@@ -573,15 +555,6 @@ def _write_record(out: Path, record: dict, status: str) -> None:
         record["finished"] = now()
     out.mkdir(parents=True, exist_ok=True)
     (out / RUN).write_text(json.dumps(record, indent=2) + "\n")
-
-
-def _write_rows(path: Path, rows: list[dict]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
-
-
-def _read_rows(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
 
 
 def _save_checkpoint(out: Path, model, optimizer, state: dict) -> None:
