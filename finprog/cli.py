@@ -40,6 +40,7 @@ USER_ERRORS = {
     "finprog.flops": ("UnsupportedModelError",),
     "finprog.models": ("ModelError",),
     "finprog.generation": ("GenerationError",),
+    "finprog.constrained": ("ConstrainedDecodingError",),
 }
 
 
