@@ -74,7 +74,8 @@ def main() -> None:
     parser.add_argument("--exemplars", default="train_100", help="FinQA file or sample name for few-shot exemplars")
     args = parser.parse_args()
     records = run_grid(args.grid, args.models, args.exemplars)
-    text = f"{header()}\n\nGrid `{args.grid}` ({GRIDS[args.grid][0]}), produced by `python evals/grid.py {args.grid}`.\n\n"
+    command = f"python evals/grid.py {args.grid}" + ("" if args.models == list(ZOO) else f" --models {' '.join(args.models)}")
+    text = f"{header()}\n\nGrid `{args.grid}` ({GRIDS[args.grid][0]}), produced by `{command}`.\n\n"
     text += table(records) + "\n"
     (HERE / f"{args.grid}.md").write_text(text)
     print(text)
