@@ -96,7 +96,7 @@ def _build_parser() -> argparse.ArgumentParser:
     train.add_argument("--model", default=DEFAULT_MODEL)
     train.add_argument("--method", choices=["lora", "qlora", "full"], default="lora")
     train.add_argument("--mode", choices=MODES, default="program")
-    train.add_argument("--train", required=True, help="FinQA file or split name to train on")
+    train.add_argument("--train", required=True, nargs="+", help="FinQA file(s) or split name(s) to train on")
     train.add_argument("--eval", required=True, help="FinQA file or split name to evaluate on (no shared ids)")
     train.add_argument("--eval-every", type=int, help="steps between evaluations (default: start and end only)")
     train.add_argument("--eval-limit", type=int, help="evaluate on the eval file's first N examples")

@@ -31,6 +31,7 @@ import os
 import random
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -61,7 +62,7 @@ class TrainOptions:
     """Everything that shapes a training run; saved as `config` in run.json (a resumed run must match it)."""
 
     model: str
-    train: str  # FinQA file or split name
+    train: str | list[str]  # FinQA file(s) or split name(s), concatenated in order
     eval: str  # FinQA file or split name, no id shared with `train`
     method: str = "lora"  # lora | qlora (4-bit NF4 base + LoRA) | full
     mode: str = "program"
@@ -102,6 +103,8 @@ class TrainOptions:
     def __post_init__(self):
         def fail(message: str) -> None:
             raise TrainingError(message)
+
+        self.train = [self.train] if isinstance(self.train, str) else list(self.train)
 
         if self.method not in METHODS:
             fail(f"unknown training method {self.method!r}; choose one of {', '.join(METHODS)}")
@@ -150,7 +153,7 @@ class TrainOptions:
 class TrainData:
     """The checked examples of a run: what it trains on and what it is evaluated on."""
 
-    train_path: Path
+    train_paths: list[Path]
     eval_path: Path
     train: list[Example]
     eval: list[Example]
@@ -166,25 +169,31 @@ def validate(options: TrainOptions) -> TrainData:
     """
     from finprog import models
 
-    train_path, _ = resolve_data(options.train, default_split="train")
+    train_paths = [resolve_data(name, default_split="train")[0] for name in options.train]
     eval_path, _ = resolve_data(options.eval)
     eval_file = load_finqa(eval_path)
-    data = TrainData(train_path, eval_path, load_finqa(train_path), eval_file[: options.eval_limit])
+    data = TrainData(train_paths, eval_path, [e for path in train_paths for e in load_finqa(path)],
+                     eval_file[: options.eval_limit])
+    train_name = " + ".join(map(str, train_paths))
     if not data.train or not data.eval:
-        raise TrainingError(f"{train_path if not data.train else eval_path} holds no examples")
+        raise TrainingError(f"{train_name if not data.train else eval_path} holds no examples")
+    repeated = sorted(i for i, n in Counter(e.id for e in data.train).items() if n > 1)
+    if repeated:
+        raise TrainingError(f"{train_name}: {len(repeated)} id(s) occur more than once (first: "
+                            f"{', '.join(repeated[:3])}); give each training file once")
     untrainable = [e.id for e in data.train if target_text(e, options.mode) is None]
     if untrainable:
         what = "gold program" if options.mode == "program" else "gold answer (exe_ans, program or answer)"
         advice = ("use a FinQA file with programs, or --mode direct" if options.mode == "program"
                   else "remove those records")
         raise TrainingError(
-            f"{train_path}: {len(untrainable)} of {len(data.train)} training records have no {what} "
+            f"{train_name}: {len(untrainable)} of {len(data.train)} training records have no {what} "
             f"(first: {', '.join(untrainable[:3])}); {options.mode} mode trains on it: {advice}"
         )
     shared = sorted({e.id for e in data.train} & {e.id for e in eval_file})
     if shared:
         raise TrainingError(
-            f"the eval file {eval_path} shares {len(shared)} id(s) with the training file {train_path} "
+            f"the eval file {eval_path} shares {len(shared)} id(s) with the training data {train_name} "
             f"(first: {', '.join(shared[:3])}); evaluate on questions the model is not trained on"
         )
     source = models.resolve_model(options.model)
@@ -359,7 +368,7 @@ def train(options: TrainOptions, out: Path, resume: bool = False, progress: bool
     """
     out = Path(out)
     data = validate(options)
-    config = {**asdict(options), "train": str(data.train_path), "eval": str(data.eval_path)}
+    config = {**asdict(options), "train": list(map(str, data.train_paths)), "eval": str(data.eval_path)}
 
     import torch
     from accelerate import Accelerator

@@ -54,7 +54,8 @@ def options(checkpoint, files, **changes):
 def encoded_examples(opts, checkpoint) -> tuple[list, flops.ModelShape]:
     """The training examples as the loop encodes them, and the model's shape: what a FLOP count is made of."""
     tokenizer = models.load_tokenizer(checkpoint)
-    encoded = [training.encode(e, tokenizer, opts, prompts.ExemplarRetriever([])) for e in load_finqa(opts.train)]
+    encoded = [training.encode(e, tokenizer, opts, prompts.ExemplarRetriever([]))
+               for path in opts.train for e in load_finqa(path)]
     return encoded, flops.ModelShape.from_config(models.model_config(checkpoint))
 
 
@@ -278,6 +279,15 @@ def test_fit_context_drops_the_least_relevant_sentences_first():
     assert prompts.fit_context(example, lambda e: False).table == [["h", "1"]]
 
 
+def test_several_training_files_are_trained_on_in_order(tmp_path, checkpoint, files):
+    records = json.loads((files / "train.json").read_text())
+    (tmp_path / "a.json").write_text(json.dumps(records[:3]))
+    (tmp_path / "b.json").write_text(json.dumps(records[3:]))
+    data = training.validate(options(checkpoint, files, train=[str(tmp_path / "a.json"), str(tmp_path / "b.json")]))
+    assert [e.id for e in data.train] == [r["id"] for r in records]
+    assert data.train_paths == [tmp_path / "a.json", tmp_path / "b.json"]
+
+
 @pytest.fixture
 def no_model_loads(monkeypatch):
     def refuse(*args, **kwargs):
@@ -290,6 +300,7 @@ def no_model_loads(monkeypatch):
     ("method", "unknown training method 'dora'"),
     ("no_programs", "8 of 8 training records have no gold program"),
     ("shared_ids", "shares 5 id"),
+    ("repeated_ids", "8 id\\(s\\) occur more than once"),
     ("budget", "does not pay for one training step"),
     ("adapter", "is a PEFT adapter"),
 ])
@@ -305,6 +316,8 @@ def test_bad_input_fails_before_any_model_loads(tmp_path, checkpoint, files, no_
         changes.update(mode="program", train=str(tmp_path / "direct_only.json"))
     elif case == "shared_ids":
         changes["train"] = str(DEMO)
+    elif case == "repeated_ids":
+        changes["train"] = [str(files / "train.json")] * 2
     elif case == "budget":
         changes["budget_flops"] = 1e6
     else:
