@@ -191,7 +191,8 @@ def _add_solve_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--limit", type=int, help="only the first N examples")
     parser.add_argument("--batch-size", type=int, help="default: 1 on a CPU, 8 on a GPU")
     parser.add_argument("--max-new-tokens", type=int, help="default: 24 direct, 96 program")
-    parser.add_argument("--shots", type=int, default=4, help="few-shot exemplars in program mode (default: 4)")
+    parser.add_argument("--shots", type=int,
+                        help="few-shot exemplars in program mode (default: 4, or as a finprog-trained model was trained)")
     parser.add_argument("--exemplars", help="FinQA file the exemplars come from (default: official train, else demo)")
     parser.add_argument("--exemplar-choice", choices=EXEMPLAR_CHOICES, default="similar",
                         help="most similar question (TF-IDF) or the first k")
@@ -206,7 +207,8 @@ def _add_solve_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quant", choices=["none", "4bit", "8bit"], default="none")
     parser.add_argument("--no-chat-template", dest="chat_template", action="store_false")
     parser.add_argument("--max-prompt-tokens", type=int,
-                        help="cut the report's least relevant sentences to fit (as `finprog train` does)")
+                        help="cut the report's least relevant sentences to fit (default: no cut, or as a "
+                             "finprog-trained model was trained)")
     parser.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     parser.add_argument("--json", action="store_true", help="print the summary as one JSON object")
 

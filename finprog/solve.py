@@ -27,6 +27,7 @@ class SolveError(ValueError):
     """A run was asked for with options that cannot work together."""
 
 DEFAULT_MODEL = "qwen2.5-coder-0.5b"
+DEFAULT_SHOTS = 4
 
 
 @dataclass
@@ -40,7 +41,7 @@ class SolveOptions:
     limit: int | None = None
     batch_size: int | None = None  # None: 8 on a GPU, 1 on a CPU (see default_batch_size)
     max_new_tokens: int | None = None
-    shots: int = 4
+    shots: int | None = None  # None: 4, or the shots of the `finprog train` run that wrote `model`
     exemplar_choice: str = "similar"
     exemplars: str | None = None
     constrained: bool = False
@@ -52,7 +53,7 @@ class SolveOptions:
     dtype: str = "auto"
     quant: str = "none"
     chat_template: bool = True
-    max_prompt_tokens: int | None = None  # cut the report's least relevant sentences to fit (training does the same)
+    max_prompt_tokens: int | None = None  # cut the report's least relevant sentences to fit; None: no cut, or as trained
     technique: str = ""  # derived unless given: few-shot or zero-shot; training sets lora, qlora or full
 
     def __post_init__(self):
@@ -65,8 +66,14 @@ class SolveOptions:
             raise SolveError("--constrained decodes programs: it needs --mode program")
         if self.exemplar_choice not in EXEMPLAR_CHOICES:
             raise SolveError(f"unknown exemplar choice {self.exemplar_choice!r}; choose {' or '.join(EXEMPLAR_CHOICES)}")
+        trained = training_record(self.model)
+        if trained:  # a fine-tuned model is prompted as it was trained, unless told otherwise
+            self.shots = trained["config"]["shots"] if self.shots is None else self.shots
+            self.max_prompt_tokens = self.max_prompt_tokens or trained["config"]["max_prompt_tokens"]
+        self.shots = DEFAULT_SHOTS if self.shots is None else self.shots
+        if self.shots < 0:
+            raise SolveError(f"--shots must be at least 0, got {self.shots}")
         if not self.technique:
-            trained = training_record(self.model)
             self.technique = (trained["config"]["technique"] if trained
                               else "few-shot" if self.mode == "program" and self.shots else "zero-shot")
 

@@ -91,12 +91,13 @@ def test_lora_run_records_a_curve_whose_flops_are_the_sum_of_its_steps(tmp_path,
 
 
 def test_a_trained_adapter_loads_and_solve_reproduces_its_final_evaluation(tmp_path, checkpoint, files):
-    opts = options(checkpoint, files, max_steps=2, eval_every=None, eval_at_start=False)
+    opts = options(checkpoint, files, max_steps=2, eval_every=None, eval_at_start=False, max_prompt_tokens=300)
     train(opts, tmp_path / "run", progress=False)
     loaded = models.load_model(tmp_path / "run", dtype="fp32")
     assert loaded.adapter == (tmp_path / "run").resolve() and loaded.name == checkpoint
-    solved = solve(SolveOptions(model=str(tmp_path / "run"), mode="direct", data=opts.eval, limit=3, shots=0,
+    solved = solve(SolveOptions(model=str(tmp_path / "run"), mode="direct", data=opts.eval, limit=3,
                                 batch_size=3, max_new_tokens=4, dtype="fp32"), tmp_path / "solve", progress=False)
+    assert (solved["config"]["shots"], solved["config"]["max_prompt_tokens"]) == (0, 300)  # prompted as trained
     trained = [json.loads(line) for line in (tmp_path / "run" / PREDICTIONS).read_text().splitlines()]
     again = [json.loads(line) for line in (tmp_path / "solve" / PREDICTIONS).read_text().splitlines()]
     assert sorted((r["id"], r["completion"]) for r in trained) == sorted((r["id"], r["completion"]) for r in again)
