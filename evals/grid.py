@@ -2,23 +2,31 @@
 
 Each cell is an ordinary run folder under evals/runs/GRID/ (predictions.jsonl + run.json),
 so an interrupted grid continues where it stopped, and `finprog report evals/runs/GRID`
-and `finprog compare` read the same folders. The table goes to evals/GRID.md.
+and `finprog compare` read the same folders. The table of every finished cell goes to
+evals/GRID.md.
 
     python evals/grid.py direct-dev      # direct answers, the four zoo models, dev_200
     python evals/grid.py program-dev     # few-shot programs, the four zoo models, dev_200
-    python evals/grid.py test            # direct, program, program constrained on test_100
+    python evals/grid.py train           # LoRA fine-tuning (learning curves on dev_200's first 50)
+    python evals/grid.py test            # direct, program, program constrained (and LoRA) on test_100
     python evals/grid.py test --models smollm2-135m gemma3-270m   # a subset of the models
+
+Run from the repository root with FINPROG_DATA_DIR=../shared/finqa (relative, so that
+the run records name no machine's folders).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 
 from finprog.provenance import header
 from finprog.solve import SolveOptions, solve
+from finprog.training import TrainOptions, train
 
+TRAINED = ("lora", "qlora", "full")
 ZOO = ("smollm2-135m", "gemma3-270m", "qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b")
 TECHNIQUES = {
     "direct": dict(mode="direct"),
@@ -31,32 +39,59 @@ GRIDS = {
     "test": ("test_100", ["direct", "program", "program-constrained"]),
 }
 HERE = Path(__file__).resolve().parent
+TRAINING = {
+    "smollm2-135m": dict(method="lora", mode="program", train=["train_100", "train3"], eval="dev_200", eval_limit=50,
+                         eval_every=10, epochs=2, lr=5e-4, lora_r=16, lora_targets="all-linear", dtype="bf16"),
+}
+"""LoRA runs (2 epochs over train_100 + train3, 122 records) that fit a 2-core CPU; the test
+grid then solves test_100 with each trained model (technique "program-lora")."""
 
 
-def run_grid(name: str, models: list[str], exemplars: str) -> list[dict]:
-    data, techniques = GRIDS[name]
-    records = []
-    for model in models:
-        for technique in techniques:
-            out = HERE / "runs" / name / f"{model}_{technique}"
-            options = SolveOptions(model=model, data=data, exemplars=exemplars, **TECHNIQUES[technique])
-            finished = (out / "run.json").is_file() and json.loads((out / "run.json").read_text())["status"] == "finished"
-            if finished:
-                records.append(json.loads((out / "run.json").read_text()))
-                continue
-            print(f"== {model} {technique} on {data}", flush=True)
-            records.append(solve(options, out, resume=(out / "predictions.jsonl").exists(), progress=True))
-    return records
+def trained_model(model: str) -> Path:
+    return HERE / "runs" / "train" / f"{model}_lora_program"
+
+
+def finished(out: Path) -> dict | None:
+    path = out / "run.json"
+    record = json.loads(path.read_text()) if path.is_file() else None
+    return record if record and record["status"] == "finished" else None
+
+
+def cells(name: str, models: list[str]) -> list[tuple[str, str, Path]]:
+    """(model, technique, run folder) of the grid `name`, in table order."""
+    if name == "train":
+        return [(model, "lora", trained_model(model)) for model in models if model in TRAINING]
+    techniques = GRIDS[name][1] + (["program-lora"] if name == "test" else [])
+    return [(model, technique, HERE / "runs" / name / f"{model}_{technique}") for model in models
+            for technique in techniques if technique != "program-lora" or model in TRAINING]
+
+
+def run_grid(name: str, models: list[str], exemplars: str) -> None:
+    for model, technique, out in cells(name, models):
+        if finished(out):
+            continue
+        print(f"== {model} {technique}", flush=True)
+        resume = (out / "run.json").exists()
+        if name == "train":
+            train(TrainOptions(model=model, **TRAINING[model]), out, resume=resume, progress=True)
+        elif technique == "program-lora":
+            solve(SolveOptions(model=os.path.relpath(trained_model(model)), data=GRIDS[name][0]), out,
+                  resume=resume, progress=True)
+        else:
+            options = SolveOptions(model=model, data=GRIDS[name][0], exemplars=exemplars, **TECHNIQUES[technique])
+            solve(options, out, resume=resume, progress=True)
 
 
 def table(records: list[dict]) -> str:
+    """One row per run: EmAcc, outcomes, tokens, time and FLOPs per example (a training run: its last evaluation)."""
     lines = [
         "| model | technique | n | exact | tolerant | program acc. | outcomes | prompt tok/ex | new tok/ex | s/ex | GFLOPs/ex |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in records:
         m, config = r["metrics"], r["config"]
-        technique = config["mode"] + (" constrained" if config["constrained"] else "")
+        technique = config["mode"] + (" constrained" if config.get("constrained") else "")
+        technique += f" {config['technique']}" if config["technique"] in TRAINED else ""
         outcomes = ", ".join(f"{k} {v}" for k, v in sorted(m["outcomes"].items()))
         program = "-" if m["program_accuracy"] is None else f"{m['program_accuracy']:.1%}"
         lines.append(
@@ -69,14 +104,15 @@ def table(records: list[dict]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("grid", choices=GRIDS)
+    parser.add_argument("grid", choices=[*GRIDS, "train"])
     parser.add_argument("--models", nargs="+", default=list(ZOO))
     parser.add_argument("--exemplars", default="train_100", help="FinQA file or sample name for few-shot exemplars")
     args = parser.parse_args()
-    records = run_grid(args.grid, args.models, args.exemplars)
-    command = f"python evals/grid.py {args.grid}" + ("" if args.models == list(ZOO) else f" --models {' '.join(args.models)}")
-    text = f"{header()}\n\nGrid `{args.grid}` ({GRIDS[args.grid][0]}), produced by `{command}`.\n\n"
-    text += table(records) + "\n"
+    run_grid(args.grid, args.models, args.exemplars)
+    records = [record for _, _, out in cells(args.grid, list(ZOO)) if (record := finished(out))]
+    data = "dev_200's first 50" if args.grid == "train" else GRIDS[args.grid][0]
+    text = f"{header()}\n\nGrid `{args.grid}` ({data}), produced by `python evals/grid.py {args.grid}` "
+    text += "(resumed cell by cell; every run folder is under evals/runs/).\n\n" + table(records) + "\n"
     (HERE / f"{args.grid}.md").write_text(text)
     print(text)
 

@@ -16,6 +16,7 @@ forwards of `batch_size` positions each (the last token is sampled, never fed ba
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Literal
 
@@ -133,7 +134,7 @@ def iter_completions(
         settings.update(temperature=temperature, top_p=top_p, top_k=0)
         torch.manual_seed(seed)
     order = sorted(range(len(encoded)), key=lambda index: -len(encoded[index]))
-    with tqdm(total=len(order), disable=not progress, unit="prompt", desc="generating") as bar:
+    with float32_logits(model), tqdm(total=len(order), disable=not progress, unit="prompt", desc="generating") as bar:
         for batch_index, start in enumerate(range(0, len(order), batch_size)):
             batch = order[start : start + batch_size]
             batch_settings = settings
@@ -143,6 +144,42 @@ def iter_completions(
             completions = _generate_batch(model, tokenizer, [encoded[i] for i in batch], batch_index, stop, batch_settings)
             bar.update(len(batch))
             yield from zip(batch, completions)
+
+
+@contextmanager
+def float32_logits(model):
+    """While generating with a 16-bit model, compute its logits in fp32 (a temporary fp32 output layer).
+
+    bf16 keeps 8 significant bits: logits around 20 are rounded to multiples of 0.125, so
+    near-tied tokens tie exactly and greedy decoding picks the lower token id (on
+    qwen2.5-coder-0.5b the reply "Yes" became "No" that way). Upcasting the last hidden
+    state and the output layer costs little, because only the positions being decoded
+    reach it; the FLOP count is unchanged.
+    """
+    head = model.get_output_embeddings()
+    if not isinstance(head, torch.nn.Linear) or head.weight.dtype == torch.float32:
+        yield
+        return
+    model.set_output_embeddings(_Float32Linear(head))
+    try:
+        yield
+    finally:
+        model.set_output_embeddings(head)
+
+
+class _Float32Linear(torch.nn.Linear):
+    """An fp32 copy of a linear layer that upcasts its input."""
+
+    def __init__(self, layer: torch.nn.Linear):
+        super().__init__(layer.in_features, layer.out_features, bias=layer.bias is not None,
+                         device=layer.weight.device, dtype=torch.float32)
+        self.requires_grad_(False)
+        self.weight.copy_(layer.weight)
+        if layer.bias is not None:
+            self.bias.copy_(layer.bias)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return super().forward(hidden.float())
 
 
 def _generate_batch(model, tokenizer, batch, batch_index, stop, settings) -> list[Completion]:

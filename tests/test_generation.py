@@ -188,3 +188,18 @@ def test_empty_inputs(tiny_llama, tiny_tokenizer):
 def test_first_line(text, cut):
     assert first_line(text) == cut
 
+
+
+def test_a_16_bit_model_decodes_from_fp32_logits_and_keeps_its_tied_output_layer(fresh_tiny_llama, tiny_tokenizer):
+    model = fresh_tiny_llama.to(torch.bfloat16)
+    head = model.get_output_embeddings()
+    seen = []
+
+    class Record(LogitsProcessor):
+        def __call__(self, input_ids, scores):
+            seen.append(bool((scores.to(torch.bfloat16).float() != scores).any()))
+            return scores
+
+    generate(model, tiny_tokenizer, PROMPTS[:2], max_new_tokens=3, stop=None, logits_processor=[Record()])
+    assert seen and all(seen), "some logits were rounded to bf16"
+    assert model.get_output_embeddings() is head and head.weight is model.get_input_embeddings().weight
