@@ -59,8 +59,10 @@ def finished(out: Path) -> dict | None:
 
 def cells(name: str, models: list[str]) -> list[tuple[str, str, Path]]:
     """(model, technique, run folder) of the grid `name`, in table order."""
-    if name == "train":
-        return [(model, "lora", trained_model(model)) for model in models if model in TRAINING]
+    if name == "train":  # each training run, and the same model few-shot on the same questions (the baseline)
+        return [cell for model in models if model in TRAINING for cell in (
+            (model, "program few-shot", trained_model(model).with_name(f"{model}_program_few-shot")),
+            (model, "lora", trained_model(model)))]
     techniques = GRIDS[name][1] + (["program-lora"] if name == "test" else [])
     return [(model, technique, HERE / "runs" / name / f"{model}_{technique}") for model in models
             for technique in techniques if technique != "program-lora" or model in TRAINING]
@@ -72,8 +74,12 @@ def run_grid(name: str, models: list[str], exemplars: str) -> None:
             continue
         print(f"== {model} {technique}", flush=True)
         resume = (out / "run.json").exists()
-        if name == "train":
+        if technique == "lora":
             train(TrainOptions(model=model, **TRAINING[model]), out, resume=resume, progress=True)
+        elif name == "train":
+            settings = TRAINING[model]
+            solve(SolveOptions(model=model, data=settings["eval"], limit=settings["eval_limit"], exemplars=exemplars),
+                  out, resume=resume, progress=True)
         elif technique == "program-lora":
             solve(SolveOptions(model=os.path.relpath(trained_model(model)), data=GRIDS[name][0]), out,
                   resume=resume, progress=True)
