@@ -10,6 +10,7 @@ evals/GRID.md.
     python evals/grid.py train           # LoRA fine-tuning (learning curves on dev_200's first 50)
     python evals/grid.py test            # direct, program, program constrained (and LoRA) on test_100
     python evals/grid.py test --models smollm2-135m gemma3-270m   # a subset of the models
+    python evals/grid.py test --models meta-llama/Llama-3.1-8B-Instruct   # any model solve takes (a GPU)
 
 Run from the repository root with FINPROG_DATA_DIR=../shared/finqa (relative, so that
 the run records name no machine's folders).
@@ -64,7 +65,7 @@ def cells(name: str, models: list[str]) -> list[tuple[str, str, Path]]:
             (model, "program few-shot", trained_model(model).with_name(f"{model}_program_few-shot")),
             (model, "lora", trained_model(model)))]
     techniques = GRIDS[name][1] + (["program-lora"] if name == "test" else [])
-    return [(model, technique, HERE / "runs" / name / f"{model}_{technique}") for model in models
+    return [(model, technique, HERE / "runs" / name / f"{model.replace('/', '--')}_{technique}") for model in models
             for technique in techniques if technique != "program-lora" or model in TRAINING]
 
 
@@ -115,7 +116,8 @@ def main() -> None:
     parser.add_argument("--exemplars", default="train_100", help="FinQA file or sample name for few-shot exemplars")
     args = parser.parse_args()
     run_grid(args.grid, args.models, args.exemplars)
-    records = [record for _, _, out in cells(args.grid, list(ZOO)) if (record := finished(out))]
+    records = [record for _, _, out in cells(args.grid, list(dict.fromkeys([*ZOO, *args.models])))
+               if (record := finished(out))]
     data = "dev_200's first 50" if args.grid == "train" else GRIDS[args.grid][0]
     text = f"{header()}\n\nGrid `{args.grid}` ({data}), produced by `python evals/grid.py {args.grid}` "
     text += "(resumed cell by cell; every run folder is under evals/runs/).\n\n" + table(records) + "\n"
