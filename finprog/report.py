@@ -144,6 +144,7 @@ class Report:
     questions: int
     metric: str
     groups: tuple[Group, ...]
+    unfinished: tuple[Path, ...] = ()  # runs found in folders but not finished: left out, and said so
 
     def to_dict(self) -> dict:
         """The report as plain JSON-ready data (for `--json`)."""
@@ -151,6 +152,7 @@ class Report:
             "target": self.target,
             "questions": self.questions,
             "metric": self.metric,
+            "unfinished": [str(path) for path in self.unfinished],
             "groups": [
                 {
                     "eval_set": vars(group.eval_set),
@@ -190,9 +192,14 @@ def _row_dict(row: Row) -> dict:
 # ---------------------------------------------------------------- reading runs
 
 
-def find_run_files(paths: list[str | Path]) -> list[Path]:
-    """The run.json files named by `paths`: a run.json itself, a run folder, or any folder holding runs below it."""
+def find_run_files(paths: list[str | Path]) -> tuple[list[Path], list[Path]]:
+    """The run.json files named by `paths`: a run.json itself, a run folder, or any folder holding runs below it.
+
+    Returns (runs, unfinished): runs found below a folder that are still running or were
+    interrupted are set aside as unfinished; a run named itself is always returned.
+    """
     found: list[Path] = []
+    unfinished: list[Path] = []
     for path in map(Path, paths):
         if path.is_file():
             found.append(path)
@@ -202,15 +209,24 @@ def find_run_files(paths: list[str | Path]) -> list[Path]:
             below = sorted(path.rglob("run.json"))
             if not below:
                 raise ReportError(f"{path}: no run.json in this folder or below it")
-            found.extend(below)
+            for file in below:
+                (unfinished if _status(file) not in (None, "finished") else found).append(file)
         else:
             raise ReportError(f"{path}: no such file or folder")
-    return list({file.resolve(): file for file in found}.values())
+    return list({file.resolve(): file for file in found}.values()), unfinished
+
+
+def _status(path: Path) -> object:
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None  # load_run says what is wrong with it
+    return record.get("status") if isinstance(record, dict) else None
 
 
 def load_runs(paths: list[str | Path]) -> list[RunSummary]:
-    """Every run found under `paths` (see `find_run_files`), read and checked."""
-    return [load_run(file) for file in find_run_files(paths)]
+    """Every finished run found under `paths` (see `find_run_files`), read and checked."""
+    return [load_run(file) for file in find_run_files(paths)[0]]
 
 
 def load_run(path: str | Path) -> RunSummary:
@@ -230,6 +246,9 @@ def load_run(path: str | Path) -> RunSummary:
     kind = fields.text("kind")
     if kind not in ("solve", "train"):
         raise ReportError(f"{path}: field 'kind' must be 'solve' or 'train', got {kind!r}")
+    if record.get("status", "finished") != "finished":
+        raise ReportError(f"{path}: the run is not finished (status {record['status']!r}); "
+                          "continue it with --resume, or leave it out")
     return RunSummary(
         path=path,
         kind=kind,
@@ -483,6 +502,13 @@ def _mixing_warning(report: Report) -> str | None:
     )
 
 
+def _unfinished_note(report: Report) -> str | None:
+    if not report.unfinished:
+        return None
+    return (f"Left out {len(report.unfinished)} unfinished run(s): "
+            + ", ".join(str(path.parent) for path in report.unfinished) + ".")
+
+
 def _notes(report: Report) -> list[str]:
     return [
         f"Total FLOPs = training FLOPs + {report.questions} questions x inference FLOPs per question. "
@@ -508,8 +534,8 @@ def _markdown_table(headers: list[str], cells: list[list[str]]) -> str:
 
 def format_table(report: Report) -> str:
     """The report for the terminal: per eval set, the table, the cheapest run and the frontier."""
-    warning = _mixing_warning(report)
-    parts = [warning, ""] if warning else []
+    parts = [line for line in (_mixing_warning(report), _unfinished_note(report)) if line]
+    parts += [""] if parts else []
     for group in report.groups:
         parts += [f"Eval set {group.eval_set.describe()}", _aligned(*_table(report, group))]
         parts += [*_summary(report, group), ""]
@@ -525,9 +551,8 @@ def format_markdown(report: Report, plot_name: str = REPORT_PNG) -> str:
         f"Target {_percent(report.target)} {report.metric} EmAcc, Q = {report.questions} questions, "
         f"{runs} runs on {len(report.groups)} eval set{'s' if len(report.groups) > 1 else ''}.",
     ]
-    warning = _mixing_warning(report)
-    if warning:
-        parts += ["", f"**{warning}**"]
+    for line in (_mixing_warning(report), _unfinished_note(report)):
+        parts += ["", f"**{line}**"] if line else []
     parts += ["", f"![{report.metric} EmAcc against total FLOPs]({plot_name})"]
     for group in report.groups:
         parts += ["", f"## Eval set {group.eval_set.describe()}", ""]
@@ -714,5 +739,7 @@ def report(
 
     Returns the report and the files written (none when `out` is None).
     """
-    result = build_report(load_runs(paths), target, questions, metric)
+    files, unfinished = find_run_files(paths)
+    result = replace(build_report([load_run(file) for file in files], target, questions, metric),
+                     unfinished=tuple(unfinished))
     return result, write_report(result, out) if out is not None else []

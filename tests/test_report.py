@@ -212,6 +212,18 @@ def test_runs_are_found_in_run_folders_files_and_parents_once_each(tmp_path):
     assert sorted(run.name for run in runs) == ["x", "y", "z"]
 
 
+def test_unfinished_runs_in_a_folder_are_left_out_and_named(tmp_path):
+    write_run(tmp_path / "runs" / "done", exact=0.1)
+    running = tmp_path / "runs" / "running"
+    running.mkdir(parents=True)
+    (running / "run.json").write_text(json.dumps({"kind": "solve", "status": "running", "config": {}}))
+    result, _ = report([tmp_path / "runs"], target=0.3)
+    assert [row.run.name for row in result.groups[0].rows] == ["done"]
+    assert "Left out 1 unfinished run(s): " + str(running) in format_table(result)
+    with pytest.raises(ReportError, match="not finished .status 'running'.; continue it with --resume"):
+        load_runs([running])
+
+
 def test_folder_without_runs_is_an_error(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ReportError, match="empty: no run.json"):
