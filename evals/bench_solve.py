@@ -2,8 +2,8 @@
 
 The prototype generated one example at a time in fp32 with `model.generate(**inputs,
 max_new_tokens=20)` (greedy) and read the answer from the decoded text. finprog stops
-each sequence at the end of its answer line, uses bf16 where the CPU supports it, and
-batches prompts of similar length (left padding) on a GPU; it is timed with its
+each sequence at the end of its answer line, uses bf16 where the CPU supports it (with
+fp32 logits), and batches prompts of similar length (left padding) on a GPU; it is timed with its
 defaults and with each default changed alone. All completions are scored by the same
 finprog rules, so any accuracy difference comes from generation alone.
 
