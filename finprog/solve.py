@@ -145,6 +145,7 @@ def solve(options: SolveOptions, out: Path, resume: bool = False, progress: bool
         "eval_set": eval_set(data_path.stem, [e.id for e in examples]),
     }
     source = models.resolve_model(options.model)  # an unknown model fails here, before a run folder is made
+    shape = flops.ModelShape.from_config(models.model_config(options.model))  # so does one whose FLOPs cannot be counted
     recorder = RunRecorder(out, record, resume=resume)
     todo = [e for e in examples if e.id not in recorder.done_ids]
     _say(progress, f"data: {described}; {len(examples)} examples, {len(todo)} to run")
@@ -153,7 +154,6 @@ def solve(options: SolveOptions, out: Path, resume: bool = False, progress: bool
 
     started = time.perf_counter()
     loaded = models.load_model(options.model, dtype=options.dtype, quant=options.quant)
-    shape = flops.ModelShape.from_config(loaded.config)
     record["model"] = {"name": options.model, "source": source.kind, "dtype": str(loaded.dtype),
                        "device": str(loaded.device), "params": flops.parameter_counts(shape)["total"]}
     load_seconds = time.perf_counter() - started

@@ -206,16 +206,16 @@ def validate(options: TrainOptions) -> TrainData:
         import torch
 
         models.check_bitsandbytes("4bit", models.resolve_device("auto"), torch.bfloat16)
+    shape = flops.ModelShape.from_config(models.model_config(options.model))  # FLOPs that cannot be counted fail here
     if options.budget_flops is not None:
-        _check_budget(options, data)
+        _check_budget(options, data, shape)
     return data
 
 
-def _check_budget(options: TrainOptions, data: TrainData) -> None:
+def _check_budget(options: TrainOptions, data: TrainData, shape: flops.ModelShape) -> None:
     """The budget must pay for the first step (on one process; more processes only make it dearer)."""
     from finprog import models
 
-    shape = flops.ModelShape.from_config(models.model_config(options.model))
     tokenizer = models.load_tokenizer(options.model)
     retriever = prompts.ExemplarRetriever(data.train if options.shots else [])
     first = [encode(data.train[i], tokenizer, options, retriever)

@@ -143,3 +143,19 @@ def test_an_unknown_model_fails_before_a_run_folder_is_made(tmp_path):
     with pytest.raises(ModelNotFoundError, match="smollm2-135m"):
         solve(SolveOptions(model="no-such-model", data=str(DEMO), limit=1), tmp_path / "run", progress=False)
     assert not (tmp_path / "run").exists()
+
+
+def test_a_model_whose_flops_cannot_be_counted_fails_before_loading(tmp_path, checkpoint, monkeypatch):
+    import shutil
+
+    from finprog import models
+    from finprog.flops import UnsupportedModelError
+
+    folder = tmp_path / "phi"
+    shutil.copytree(checkpoint, folder)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "model_type": "phi3", "architectures": ["Phi3ForCausalLM"]}))
+    monkeypatch.setattr(models, "load_model", lambda *args, **kwargs: pytest.fail("the model was loaded"))
+    with pytest.raises(UnsupportedModelError, match="model_type 'phi3'"):
+        solve(SolveOptions(model=str(folder), data=str(DEMO), limit=1), tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()
