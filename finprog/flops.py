@@ -19,8 +19,9 @@ from dataclasses import dataclass
 
 METHODS = ("full", "lora", "qlora")
 PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+FUSED_PROJECTIONS = ("qkv_proj", "o_proj", "gate_up_proj", "down_proj")  # phi3: q, k, v and gate, up in one matmul
 LORA_TARGETS = ("q_proj", "v_proj")
-MODEL_TYPES = ("llama", "qwen2", "gemma3_text")
+MODEL_TYPES = ("llama", "qwen2", "gemma3_text", "phi3")
 
 
 class UnsupportedModelError(ValueError):
@@ -46,10 +47,11 @@ class ModelShape:
     biases: tuple[str, ...]  # projections with a bias: parameters, but no matmul FLOPs
     post_norms: bool  # RMSNorms after attention and after the MLP too, not only before (gemma3)
     qk_norm: bool  # a head_dim RMSNorm on queries and keys (gemma3)
+    fused: bool = False  # qkv_proj and gate_up_proj instead of separate projections (phi3)
 
     @classmethod
     def from_config(cls, config: dict) -> ModelShape:
-        """Read a transformers config.json dict (llama, qwen2 or gemma3_text), with transformers' defaults."""
+        """Read a transformers config.json dict (llama, qwen2, gemma3_text or phi3), with transformers' defaults."""
         model_type = config.get("model_type")
         if model_type not in MODEL_TYPES:
             raise UnsupportedModelError(
@@ -66,6 +68,10 @@ class ModelShape:
             biases = ("q_proj", "k_proj", "v_proj", "o_proj") if config.get("attention_bias") else ()
             biases += ("gate_proj", "up_proj", "down_proj") if config.get("mlp_bias") else ()
             layer_types = ["full_attention"] * layers
+        elif model_type == "phi3":  # llama's shapes with fused projections; a sliding window applies to every layer
+            tied, post_norms, qk_norm, biases = config.get("tie_word_embeddings", False), False, False, ()
+            window = config.get("sliding_window")
+            layer_types = ["sliding_attention" if window else "full_attention"] * layers
         elif model_type == "qwen2":
             tied, post_norms, qk_norm = config.get("tie_word_embeddings", False), False, False
             biases = ("q_proj", "k_proj", "v_proj")  # always on in Qwen2Attention
@@ -107,11 +113,15 @@ class ModelShape:
             biases=biases,
             post_norms=post_norms,
             qk_norm=qk_norm,
+            fused=model_type == "phi3",
         )
 
     def projections(self) -> dict[str, tuple[int, int]]:
         """Each decoder layer's linear layers: name -> (in_features, out_features)."""
         q, kv = self.heads * self.head_dim, self.kv_heads * self.head_dim
+        if self.fused:
+            return {"qkv_proj": (self.hidden, q + 2 * kv), "o_proj": (q, self.hidden),
+                    "gate_up_proj": (self.hidden, 2 * self.mlp), "down_proj": (self.mlp, self.hidden)}
         shapes = {
             "q_proj": (self.hidden, q),
             "k_proj": (self.hidden, kv),
@@ -140,14 +150,21 @@ class ModelShape:
 
 # ---------------------------------------------------------------- parameters
 
-def lora_targets(targets: str | tuple[str, ...] | list[str] = LORA_TARGETS) -> tuple[str, ...]:
-    """LoRA target modules as a tuple of projection names; accepts "q_proj,v_proj" and "all-linear"."""
+def lora_targets(targets: str | tuple[str, ...] | list[str] = LORA_TARGETS,
+                 shape: ModelShape | None = None) -> tuple[str, ...]:
+    """LoRA target modules as a tuple of projection names; accepts "q_proj,v_proj" and "all-linear".
+
+    With `shape`, the names must be that model's projections; without, any model's.
+    """
+    known = tuple(shape.projections()) if shape else PROJECTIONS + FUSED_PROJECTIONS
     if isinstance(targets, str):
-        targets = PROJECTIONS if targets == "all-linear" else tuple(t.strip() for t in targets.split(",") if t.strip())
-    unknown = [t for t in targets if t not in PROJECTIONS]
+        all_linear = known if shape else PROJECTIONS
+        targets = all_linear if targets == "all-linear" else tuple(t.strip() for t in targets.split(",") if t.strip())
+    unknown = [t for t in targets if t not in known]
     if unknown or not targets:
-        raise ValueError(f"LoRA targets {unknown or targets} are not decoder projections: choose from "
-                         f"{', '.join(PROJECTIONS)} or all-linear")
+        model = f"{shape.model_type} " if shape else "decoder "
+        raise ValueError(f"LoRA targets {unknown or targets} are not {model}projections: choose from "
+                         f"{', '.join(dict.fromkeys(known))} or all-linear")
     return tuple(targets)
 
 
@@ -167,7 +184,7 @@ def parameter_counts(shape: ModelShape, method: str = "full", lora_rank: int = 8
     if method == "full":
         trainable = total
     else:
-        trainable = shape.layers * lora_rank * sum(sum(proj[t]) for t in lora_targets(targets))
+        trainable = shape.layers * lora_rank * sum(sum(proj[t]) for t in lora_targets(targets, shape))
     return {"total": total, "embedding": embedding, "lm_head": lm_head,
             "non_embedding": total - embedding - lm_head, "trainable": trainable}
 
@@ -242,7 +259,7 @@ def training_step_flops(shape: ModelShape, seq_len: int, batch: int = 1, method:
     """
     _check_method(method)
     full = method == "full"
-    adapted = () if full else lora_targets(targets)
+    adapted = () if full else lora_targets(targets, shape)
     if inputs_require_grad is None:
         inputs_require_grad = full or gradient_checkpointing
     tokens = batch * seq_len
@@ -277,13 +294,16 @@ def _layer_backward(shape, tokens, attention, adapted, rank, full, x_grad) -> in
             macs += tokens * rank * (i + 2 * o + (i if input_grad else 0))
         return input_grad or full or name in adapted
 
-    q, k, v = (linear(n, x_grad) for n in ("q_proj", "k_proj", "v_proj"))
+    if shape.fused:
+        q = k = v = linear("qkv_proj", x_grad)
+    else:
+        q, k, v = (linear(n, x_grad) for n in ("q_proj", "k_proj", "v_proj"))
     half = attention // 2  # one attention matmul; each operand's gradient costs as much
     macs += half * (q + k)  # scores = Q K^T: dQ, dK
     p = q or k
     macs += half * (p + v)  # out = P V: dP, dV
     h = linear("o_proj", p or v) or x_grad
-    mlp_in = [linear(n, h) for n in proj if n in ("gate_proj", "up_proj")]
+    mlp_in = [linear(n, h) for n in proj if n in ("gate_proj", "up_proj", "gate_up_proj")]
     linear("down_proj", any(mlp_in))
     return macs
 
@@ -294,7 +314,7 @@ def _not_recomputed(shape, tokens, adapted, rank) -> int:
     HF checkpoints with torch's non-reentrant checkpoint, which stops recomputing as
     soon as the last tensor saved for backward has been re-saved. An op saves its
     inputs before it runs, so the layer's last matmul is skipped when nothing after it
-    saves its output: down_proj (or its LoRA B) in llama and qwen2, where only a
+    saves its output: down_proj (or its LoRA B) in llama, qwen2 and phi3, where only a
     residual add follows; nothing in gemma3, whose post-MLP norm saves it.
     """
     if shape.post_norms:
@@ -333,7 +353,7 @@ def summary(shape: ModelShape, prompt_tokens: int = 512, new_tokens: int = 16, m
         "new_tokens": new_tokens,
         "method": method,
         "lora_rank": lora_rank if method != "full" else None,
-        "lora_targets": list(lora_targets(targets)) if method != "full" else None,
+        "lora_targets": list(lora_targets(targets, shape)) if method != "full" else None,
         "gradient_checkpointing": gradient_checkpointing,
         "params": parameter_counts(shape, method, lora_rank, targets),
         "flops": {
@@ -391,7 +411,7 @@ def check(model, prompt_tokens: int = 128, new_tokens: int = 8, train_tokens: in
     else:
         name = model.config.name_or_path or model.config.model_type
     shape = ModelShape.from_config(model.config.to_dict())
-    targets = lora_targets(targets)
+    targets = lora_targets(targets, shape)
     train_tokens = train_tokens or prompt_tokens
     generator = torch.Generator().manual_seed(0)
     tokens = torch.randint(shape.vocab, (1, max(prompt_tokens, train_tokens)), generator=generator)

@@ -207,6 +207,11 @@ def validate(options: TrainOptions) -> TrainData:
 
         models.check_bitsandbytes("4bit", models.resolve_device("auto"), torch.bfloat16)
     shape = flops.ModelShape.from_config(models.model_config(options.model))  # FLOPs that cannot be counted fail here
+    if options.method != "full":
+        try:
+            flops.lora_targets(options.lora_targets, shape)
+        except ValueError as error:
+            raise TrainingError(f"--lora-targets: {error}") from None
     if options.budget_flops is not None:
         _check_budget(options, data, shape)
     return data
@@ -533,7 +538,8 @@ def _trainable_model(options: TrainOptions, device: str):
         torch.manual_seed(options.seed)  # the adapters' initial A matrices
         model = get_peft_model(model, LoraConfig(
             r=options.lora_r, lora_alpha=options.lora_alpha, lora_dropout=options.lora_dropout,
-            target_modules=list(flops.lora_targets(options.lora_targets)), task_type="CAUSAL_LM",
+            target_modules=list(flops.lora_targets(options.lora_targets, flops.ModelShape.from_config(loaded.config))),
+            task_type="CAUSAL_LM",
         ))
     model.train()
     return loaded, model

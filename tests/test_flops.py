@@ -118,6 +118,10 @@ def test_unsupported_configs_fail_clearly():
         flops.lora_targets("q_proj,lm_head")
     assert flops.lora_targets("q_proj, v_proj") == ("q_proj", "v_proj")
     assert flops.lora_targets("all-linear") == flops.PROJECTIONS
+    phi3 = flops.ModelShape.from_config({**TRIVIAL, "model_type": "phi3"})
+    assert flops.lora_targets("all-linear", phi3) == flops.FUSED_PROJECTIONS
+    with pytest.raises(ValueError, match="not phi3 projections: choose from qkv_proj, o_proj, gate_up_proj"):
+        flops.lora_targets("q_proj,v_proj", phi3)
 
 
 def test_parameter_counts_by_hand():
@@ -152,38 +156,41 @@ def tiny_model(arch):
         "gemma3": lambda: transformers.Gemma3TextConfig(
             **common, head_dim=32, sliding_window=16,
             layer_types=["sliding_attention", "full_attention", "sliding_attention"]),
+        "phi3": lambda: transformers.Phi3Config(**common, sliding_window=16, pad_token_id=0),
     }[arch]()
     import torch
     torch.manual_seed(0)
     return transformers.AutoModelForCausalLM.from_config(config, attn_implementation="eager")
 
 
-@pytest.mark.parametrize("arch", ["llama", "qwen2", "gemma3"])
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "gemma3", "phi3"])
 @pytest.mark.parametrize("checkpointing", [False, True])
 def test_check_agrees_with_flop_counter(arch, checkpointing):
-    result = flops.check(tiny_model(arch), prompt_tokens=20, new_tokens=6, train_tokens=40,
+    targets = "qkv_proj" if arch == "phi3" else flops.LORA_TARGETS
+    result = flops.check(tiny_model(arch), prompt_tokens=20, new_tokens=6, train_tokens=40, targets=targets,
                          gradient_checkpointing=checkpointing)  # the generation crosses the window of 16
     assert [r["what"] for r in result["rows"]] == ["prefill", "generation", "forward", "full step", "lora step"]
     for row in result["rows"]:
         assert abs(row["rel_error"]) < 0.01, flops.format_check(result)
 
 
-@pytest.mark.parametrize("targets", ["k_proj", "o_proj,up_proj", "down_proj", "all-linear"])
-def test_check_lora_targets(targets):
+@pytest.mark.parametrize("arch, targets", [("llama", "k_proj"), ("llama", "o_proj,up_proj"), ("llama", "down_proj"),
+                                           ("llama", "all-linear"), ("phi3", "gate_up_proj"), ("phi3", "all-linear")])
+def test_check_lora_targets(arch, targets):
     for checkpointing in (False, True):
-        result = flops.check(tiny_model("llama"), prompt_tokens=24, new_tokens=2, lora_rank=4, targets=targets,
+        result = flops.check(tiny_model(arch), prompt_tokens=24, new_tokens=2, lora_rank=4, targets=targets,
                              gradient_checkpointing=checkpointing)
         assert abs(result["rows"][-1]["rel_error"]) < 0.01, flops.format_check(result)
 
 
-@pytest.mark.parametrize("arch", ["llama", "qwen2", "gemma3"])
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "gemma3", "phi3"])
 def test_parameter_counts_match_the_model(arch):
     model = tiny_model(arch)
     shape = flops.ModelShape.from_config(model.config.to_dict())
     assert flops.parameter_counts(shape)["total"] == sum(p.numel() for p in model.parameters())
 
 
-@pytest.mark.parametrize("arch", ["qwen2", "gemma3"])
+@pytest.mark.parametrize("arch", ["qwen2", "gemma3", "phi3"])
 def test_padded_batch_generation_across_the_window(arch):
     import torch
     from torch.utils.flop_counter import FlopCounterMode
