@@ -1,0 +1,41 @@
+"""Seconds per question of few-shot program mode for each zoo model, with `finprog solve`'s defaults.
+
+The default model of `finprog solve` must run at no more than about 10 s per question on
+a 2-core CPU; the grid's own timings are not fit for that, since its jobs share the cores.
+This times each model alone, one after the other, on the same first questions of dev_200.
+
+    python evals/program_speed.py [--limit 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+
+from finprog.provenance import header
+from finprog.solve import SolveOptions, solve
+
+ZOO = ("smollm2-135m", "gemma3-270m", "qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--limit", type=int, default=8)
+    parser.add_argument("--exemplars", default="train_100")
+    args = parser.parse_args()
+    print(header())
+    print(f"program mode, 4 similar exemplars from {args.exemplars}, first {args.limit} questions of dev_200, "
+          "defaults otherwise (bf16, batch 1, all cores)")
+    print(f"{'model':<22}{'prompt tok/q':>14}{'new tok/q':>12}{'s/q':>8}")
+    for model in ZOO:
+        with tempfile.TemporaryDirectory() as folder:
+            record = solve(SolveOptions(model=model, data="dev_200", limit=args.limit, exemplars=args.exemplars),
+                           Path(folder), progress=False)
+        m = record["metrics"]
+        print(f"{model:<22}{m['prompt_tokens_per_example']:>14.0f}{m['new_tokens_per_example']:>12.1f}"
+              f"{record['timing']['seconds_per_example']:>8.2f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
