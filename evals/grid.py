@@ -6,7 +6,7 @@ and `finprog compare` read the same folders. The table of every finished cell go
 evals/GRID.md.
 
     python evals/grid.py direct-dev      # direct answers, the four zoo models, dev_200
-    python evals/grid.py program-dev     # few-shot programs, the four zoo models, dev_200
+    python evals/grid.py program-dev --limit 100   # few-shot programs on dev_200's first 100
     python evals/grid.py train           # LoRA fine-tuning (learning curves on dev_200's first 50)
     python evals/grid.py test            # direct, program, program constrained (and LoRA) on test_100
     python evals/grid.py test --models smollm2-135m gemma3-270m   # a subset of the models
@@ -69,7 +69,7 @@ def cells(name: str, models: list[str]) -> list[tuple[str, str, Path]]:
             for technique in techniques if technique != "program-lora" or model in TRAINING]
 
 
-def run_grid(name: str, models: list[str], exemplars: str) -> None:
+def run_grid(name: str, models: list[str], exemplars: str, limit: int | None) -> None:
     for model, technique, out in cells(name, models):
         if finished(out):
             continue
@@ -85,7 +85,8 @@ def run_grid(name: str, models: list[str], exemplars: str) -> None:
             solve(SolveOptions(model=os.path.relpath(trained_model(model)), data=GRIDS[name][0]), out,
                   resume=resume, progress=True)
         else:
-            options = SolveOptions(model=model, data=GRIDS[name][0], exemplars=exemplars, **TECHNIQUES[technique])
+            options = SolveOptions(model=model, data=GRIDS[name][0], limit=limit, exemplars=exemplars,
+                                   **TECHNIQUES[technique])
             solve(options, out, resume=resume, progress=True)
 
 
@@ -114,12 +115,15 @@ def main() -> None:
     parser.add_argument("grid", choices=[*GRIDS, "train"])
     parser.add_argument("--models", nargs="+", default=list(ZOO))
     parser.add_argument("--exemplars", default="train_100", help="FinQA file or sample name for few-shot exemplars")
+    parser.add_argument("--limit", type=int, help="only the data's first N questions")
     args = parser.parse_args()
-    run_grid(args.grid, args.models, args.exemplars)
+    run_grid(args.grid, args.models, args.exemplars, args.limit)
     records = [record for _, _, out in cells(args.grid, list(dict.fromkeys([*ZOO, *args.models])))
                if (record := finished(out))]
     data = "dev_200's first 50" if args.grid == "train" else GRIDS[args.grid][0]
-    text = f"{header()}\n\nGrid `{args.grid}` ({data}), produced by `python evals/grid.py {args.grid}` "
+    data += f"'s first {args.limit}" if args.limit else ""
+    command = f"python evals/grid.py {args.grid}" + (f" --limit {args.limit}" if args.limit else "")
+    text = f"{header()}\n\nGrid `{args.grid}` ({data}), produced by `{command}` "
     text += "(resumed cell by cell; every run folder is under evals/runs/).\n\n" + table(records) + "\n"
     (HERE / f"{args.grid}.md").write_text(text)
     print(text)
