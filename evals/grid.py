@@ -69,9 +69,9 @@ def cells(name: str, models: list[str]) -> list[tuple[str, str, Path]]:
             for technique in techniques if technique != "program-lora" or model in TRAINING]
 
 
-def run_grid(name: str, models: list[str], exemplars: str, limit: int | None) -> None:
+def run_grid(name: str, models: list[str], exemplars: str, limit: int | None, techniques: list[str] | None) -> None:
     for model, technique, out in cells(name, models):
-        if finished(out):
+        if finished(out) or (techniques and technique not in techniques):
             continue
         print(f"== {model} {technique}", flush=True)
         resume = (out / "run.json").exists()
@@ -116,8 +116,9 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=list(ZOO))
     parser.add_argument("--exemplars", default="train_100", help="FinQA file or sample name for few-shot exemplars")
     parser.add_argument("--limit", type=int, help="only the data's first N questions")
+    parser.add_argument("--techniques", nargs="+", help="run only these cells (e.g. program direct)")
     args = parser.parse_args()
-    run_grid(args.grid, args.models, args.exemplars, args.limit)
+    run_grid(args.grid, args.models, args.exemplars, args.limit, args.techniques)
     records = [record for _, _, out in cells(args.grid, list(dict.fromkeys([*ZOO, *args.models])))
                if (record := finished(out))]
     data = "dev_200's first 50" if args.grid == "train" else GRIDS[args.grid][0]
