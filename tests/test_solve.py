@@ -151,11 +151,11 @@ def test_a_model_whose_flops_cannot_be_counted_fails_before_loading(tmp_path, ch
     from finprog import models
     from finprog.flops import UnsupportedModelError
 
-    folder = tmp_path / "phi"
+    folder = tmp_path / "moe"
     shutil.copytree(checkpoint, folder)
     config = json.loads((folder / "config.json").read_text())
-    (folder / "config.json").write_text(json.dumps({**config, "model_type": "phi3", "architectures": ["Phi3ForCausalLM"]}))
+    (folder / "config.json").write_text(json.dumps({**config, "model_type": "mixtral", "architectures": ["MixtralForCausalLM"]}))
     monkeypatch.setattr(models, "load_model", lambda *args, **kwargs: pytest.fail("the model was loaded"))
-    with pytest.raises(UnsupportedModelError, match="model_type 'phi3'"):
+    with pytest.raises(UnsupportedModelError, match="model_type .mixtral."):
         solve(SolveOptions(model=str(folder), data=str(DEMO), limit=1), tmp_path / "run", progress=False)
     assert not (tmp_path / "run").exists()
