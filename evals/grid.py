@@ -103,7 +103,7 @@ def table(records: list[dict]) -> str:
         outcomes = ", ".join(f"{k} {v}" for k, v in sorted(m["outcomes"].items()))
         program = "-" if m["program_accuracy"] is None else f"{m['program_accuracy']:.1%}"
         lines.append(
-            f"| {r['model']['name']} | {technique} | {m['n']} | {m['exact']:.1%} | {m['tolerant']:.1%} | {program} "
+            f"| {Path(r['model']['name']).name} | {technique} | {m['n']} | {m['exact']:.1%} | {m['tolerant']:.1%} | {program} "
             f"| {outcomes} | {m['prompt_tokens_per_example']:.0f} | {m['new_tokens_per_example']:.1f} "
             f"| {r['timing']['seconds_per_example']:.2f} | {r['flops']['inference_per_example'] / 1e9:,.0f} |"
         )
