@@ -252,7 +252,7 @@ def load_run(path: str | Path) -> RunSummary:
     return RunSummary(
         path=path,
         kind=kind,
-        model=fields.text("model.name"),
+        model=_model_name(fields.text("model.name"), fields.value("model.source", default=None)),
         params=int(fields.number("model.params", low=1)),
         technique=fields.text("config.technique"),
         mode=fields.text("config.mode"),
@@ -272,6 +272,11 @@ def load_run(path: str | Path) -> RunSummary:
         seconds_per_question=fields.number("timing.seconds_per_example"),
         curve=_read_curve(path, fields.value("curve")) if kind == "train" else (),
     )
+
+
+def _model_name(name: str, source: object) -> str:
+    """A local checkpoint or adapter by its folder's name (a trained run's), anything else as given."""
+    return Path(name).name if source in ("checkpoint", "adapter") else name
 
 
 def _read_curve(path: Path, curve: object) -> tuple[CurvePoint, ...]:

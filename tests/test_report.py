@@ -212,6 +212,14 @@ def test_runs_are_found_in_run_folders_files_and_parents_once_each(tmp_path):
     assert sorted(run.name for run in runs) == ["x", "y", "z"]
 
 
+def test_a_local_model_is_named_by_its_folder(tmp_path):
+    folder = write_run(tmp_path / "lora_solve", exact=0.1)
+    record = json.loads((folder / "run.json").read_text())
+    record["model"].update(name="evals/runs/train/tiny_lora", source="adapter")
+    (folder / "run.json").write_text(json.dumps(record))
+    assert load_run(folder / "run.json").model == "tiny_lora"
+
+
 def test_unfinished_runs_in_a_folder_are_left_out_and_named(tmp_path):
     write_run(tmp_path / "runs" / "done", exact=0.1)
     running = tmp_path / "runs" / "running"
