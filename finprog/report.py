@@ -577,7 +577,7 @@ _MARKERS = {"program": "o", "direct": "s"}
 _OTHER_MARKER = "D"
 # Label positions tried around a point, nearest first, as offsets in typographic points.
 _DIRECTIONS = ((1, 1), (1, -1), (-1, 1), (-1, -1), (1, 0), (-1, 0), (0, 1.4), (0, -1.4))
-_OFFSETS = [(dx * radius, dy * radius) for radius in (7, 16, 28, 42) for dx, dy in _DIRECTIONS]
+_OFFSETS = [(dx * radius, dy * radius) for radius in (7, 16, 28, 42, 58, 76) for dx, dy in _DIRECTIONS]
 
 
 def plot_report(report: Report, path: str | Path) -> Path:
@@ -663,6 +663,8 @@ def _place_labels(axis, group: Group) -> None:
     """Label each point with its run at the nearby spot that covers the least of the other marks."""
     import numpy as np
 
+    from matplotlib.text import Text
+
     renderer = axis.figure.canvas.get_renderer()
     heavy = []  # markers (with a margin), the legend and the labels placed so far, as pixel boxes
     for collection in axis.collections:
@@ -685,7 +687,8 @@ def _place_labels(axis, group: Group) -> None:
                 va="bottom" if dy > 0 else "top" if dy < 0 else "center",
                 arrowprops={"arrowstyle": "-", "color": "gray", "linewidth": 0.6} if far else None,
             )
-            box = text.get_window_extent(renderer).extents
+            text.update_positions(renderer)
+            box = Text.get_window_extent(text, renderer).extents  # the text alone: its arrow may cross marks
             outside = (box[2] - box[0]) * (box[3] - box[1]) - _overlap(box, frame[None])
             cost = 10 * (_overlap(box, np.array(heavy)) + outside) + _overlap(box, light)
             if best is None or cost < best[0]:
