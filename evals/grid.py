@@ -31,7 +31,7 @@ TRAINED = ("lora", "qlora", "full")
 ZOO = ("smollm2-135m", "gemma3-270m", "qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b")
 TECHNIQUES = {
     "direct": dict(mode="direct"),
-    "program": dict(mode="program"),
+    "program": dict(mode="program", constrained=False),
     "program-constrained": dict(mode="program", constrained=True),
 }
 GRIDS = {
@@ -79,8 +79,8 @@ def run_grid(name: str, models: list[str], exemplars: str, limit: int | None, te
             train(TrainOptions(model=model, **TRAINING[model]), out, resume=resume, progress=True)
         elif name == "train":
             settings = TRAINING[model]
-            solve(SolveOptions(model=model, data=settings["eval"], limit=settings["eval_limit"], exemplars=exemplars),
-                  out, resume=resume, progress=True)
+            solve(SolveOptions(model=model, data=settings["eval"], limit=settings["eval_limit"], exemplars=exemplars,
+                               constrained=False), out, resume=resume, progress=True)
         elif technique == "program-lora":
             solve(SolveOptions(model=os.path.relpath(trained_model(model)), data=GRIDS[name][0]), out,
                   resume=resume, progress=True)

@@ -196,7 +196,9 @@ def _add_solve_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--exemplars", help="FinQA file the exemplars come from (default: official train, else demo)")
     parser.add_argument("--exemplar-choice", choices=EXEMPLAR_CHOICES, default="similar",
                         help="most similar question (TF-IDF) or the first k")
-    parser.add_argument("--constrained", action="store_true", help="grammar-constrained decoding (program mode)")
+    parser.add_argument("--constrained", action=argparse.BooleanOptionalAction,
+                        help="grammar-constrained decoding of programs (default: on in program mode, "
+                             "off for a model finprog trained)")
     parser.add_argument("--any-numbers", dest="restrict_numbers", action="store_false",
                         help="with --constrained: allow any number, not only those in the example")
     parser.add_argument("--samples", type=int, default=1, help="self-consistency: N sampled programs, majority vote")
@@ -213,13 +215,13 @@ def _add_solve_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print the summary as one JSON object")
 
 
-def _solve_options(args, mode: str):
+def _solve_options(args, mode: str, constrained: bool | None = None):
     from finprog.solve import SolveOptions
 
     return SolveOptions(
         model=args.model, mode=mode, data=args.data, limit=args.limit, batch_size=args.batch_size,
         max_new_tokens=args.max_new_tokens, shots=args.shots, exemplar_choice=args.exemplar_choice,
-        exemplars=args.exemplars, constrained=args.constrained, restrict_numbers=args.restrict_numbers, samples=args.samples,
+        exemplars=args.exemplars, constrained=constrained, restrict_numbers=args.restrict_numbers, samples=args.samples,
         temperature=args.temperature, top_p=args.top_p, seed=args.seed, dtype=args.dtype, quant=args.quant,
         chat_template=args.chat_template, max_prompt_tokens=args.max_prompt_tokens,
     )
@@ -234,8 +236,8 @@ def _default_out(model: str, label: str, data: str | None = None) -> Path:
 def _solve(args) -> int:
     from finprog.solve import solve, summary, summary_lines
 
-    record = solve(_solve_options(args, args.mode), args.out or _default_out(args.model, args.mode, args.data),
-                   resume=args.resume, progress=not args.json)
+    out = args.out or _default_out(args.model, args.mode, args.data)
+    record = solve(_solve_options(args, args.mode, args.constrained), out, resume=args.resume, progress=not args.json)
     if args.json:
         print(json.dumps(summary(record)))
     else:
@@ -275,7 +277,10 @@ def _compare(args) -> int:
     else:
         modes = args.modes or ["direct", "program"]
         out = args.out or _default_out(args.model, "compare", args.data)
-        result = compare_modes(_solve_options(args, modes[0]), modes, out, resume=args.resume, progress=not args.json)
+        # --constrained and --no-constrained apply to the program run
+        runs = [_solve_options(args, mode, args.constrained if mode == "program" else None)
+                for mode in dict.fromkeys(modes)]
+        result = compare_modes(runs, out, resume=args.resume, progress=not args.json)
     print(json.dumps(result) if args.json else format_comparison(result))
     return 0
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 from pathlib import Path
 
 from finprog.runs import PREDICTIONS, RUN, RunError
@@ -11,13 +10,13 @@ from finprog.runs import PREDICTIONS, RUN, RunError
 COMPARISON = "comparison.json"
 
 
-def compare_modes(options, modes: list[str], out: Path, resume: bool = False, progress: bool = True) -> dict:
-    """Run `options` once per mode (same model, same examples) into `out/MODE/`, then compare the runs."""
+def compare_modes(runs: list, out: Path, resume: bool = False, progress: bool = True) -> dict:
+    """Solve with each of `runs` (SolveOptions of one model and data, a mode each) into `out/MODE/`; compare them."""
     from finprog.solve import solve
 
-    for mode in modes:
-        solve(replace(options, mode=mode, technique=""), out / mode, resume=resume, progress=progress)
-    result = compare_runs([out / mode for mode in modes])
+    for options in runs:
+        solve(options, out / options.mode, resume=resume, progress=progress)
+    result = compare_runs([out / options.mode for options in runs])
     (out / COMPARISON).write_text(json.dumps(result, indent=2) + "\n")
     return result
 

@@ -44,7 +44,7 @@ class SolveOptions:
     shots: int | None = None  # None: 4, or the shots of the `finprog train` run that wrote `model`
     exemplar_choice: str = "similar"
     exemplars: str | None = None
-    constrained: bool = False
+    constrained: bool | None = None  # None: on in program mode (off for a model finprog trained), off in direct mode
     restrict_numbers: bool = True  # with constrained: only numbers from the example's text and table, and constants
     samples: int = 1
     temperature: float = 0.7
@@ -62,14 +62,17 @@ class SolveOptions:
         for name in ("samples", "batch_size"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise SolveError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
-        if self.constrained and self.mode != "program":
-            raise SolveError("--constrained decodes programs: it needs --mode program")
         if self.exemplar_choice not in EXEMPLAR_CHOICES:
             raise SolveError(f"unknown exemplar choice {self.exemplar_choice!r}; choose {' or '.join(EXEMPLAR_CHOICES)}")
         trained = training_record(self.model)
-        if trained:  # a fine-tuned model is prompted as it was trained, unless told otherwise
+        if trained:  # a fine-tuned model is prompted and decoded as its training evaluated it, unless told otherwise
             self.shots = trained["config"]["shots"] if self.shots is None else self.shots
             self.max_prompt_tokens = self.max_prompt_tokens or trained["config"]["max_prompt_tokens"]
+            self.constrained = False if self.constrained is None else self.constrained
+        if self.constrained is None:
+            self.constrained = self.mode == "program"
+        if self.constrained and self.mode != "program":
+            raise SolveError("--constrained decodes programs: it needs --mode program")
         self.shots = DEFAULT_SHOTS if self.shots is None else self.shots
         if self.shots < 0:
             raise SolveError(f"--shots must be at least 0, got {self.shots}")

@@ -358,7 +358,7 @@ def solve_options(options: TrainOptions) -> SolveOptions:
         model=options.model, mode=options.mode, shots=options.shots, exemplar_choice=options.exemplar_choice,
         chat_template=options.chat_template, max_prompt_tokens=options.max_prompt_tokens,
         batch_size=options.eval_batch_size, max_new_tokens=options.max_new_tokens, dtype=options.dtype,
-        technique=options.method,
+        technique=options.method, constrained=False,  # the curve measures the programs the model writes itself
     )
 
 

@@ -107,6 +107,14 @@ def test_compare_refuses_runs_on_different_examples(tmp_path, checkpoint):
 def test_bad_options_are_refused():
     with pytest.raises(SolveError, match="--samples"):
         SolveOptions(samples=0)
+    with pytest.raises(SolveError, match="--constrained decodes programs"):
+        SolveOptions(mode="direct", constrained=True)
+
+
+def test_programs_are_decoded_constrained_unless_told_otherwise():
+    assert SolveOptions(mode="program").constrained is True
+    assert SolveOptions(mode="program", constrained=False).constrained is False
+    assert SolveOptions(mode="direct").constrained is False
 
 
 def test_constrained_solve_writes_only_parseable_programs_or_cut_ones(tmp_path, checkpoint):

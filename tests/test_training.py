@@ -97,7 +97,8 @@ def test_a_trained_adapter_loads_and_solve_reproduces_its_final_evaluation(tmp_p
     assert loaded.adapter == (tmp_path / "run").resolve() and loaded.name == checkpoint
     solved = solve(SolveOptions(model=str(tmp_path / "run"), mode="direct", data=opts.eval, limit=3,
                                 batch_size=3, max_new_tokens=4, dtype="fp32"), tmp_path / "solve", progress=False)
-    assert (solved["config"]["shots"], solved["config"]["max_prompt_tokens"]) == (0, 300)  # prompted as trained
+    config = solved["config"]
+    assert (config["shots"], config["max_prompt_tokens"], config["constrained"]) == (0, 300, False)  # as trained
     trained = [json.loads(line) for line in (tmp_path / "run" / PREDICTIONS).read_text().splitlines()]
     again = [json.loads(line) for line in (tmp_path / "solve" / PREDICTIONS).read_text().splitlines()]
     assert sorted((r["id"], r["completion"]) for r in trained) == sorted((r["id"], r["completion"]) for r in again)
