@@ -14,6 +14,9 @@ import math
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from finprog import __version__
+from finprog.provenance import now
+
 METRICS = ("exact", "tolerant")
 DEFAULT_METRIC = "exact"
 DEFAULT_QUESTIONS = 1147  # the size of the FinQA test split
@@ -554,7 +557,9 @@ def format_markdown(report: Report, plot_name: str = REPORT_PNG) -> str:
         "# finprog report",
         "",
         f"Target {_percent(report.target)} {report.metric} EmAcc, Q = {report.questions} questions, "
-        f"{runs} runs on {len(report.groups)} eval set{'s' if len(report.groups) > 1 else ''}.",
+        f"{runs} runs on {len(report.groups)} eval set{'s' if len(report.groups) > 1 else ''}. "
+        f"Written {now()} by finprog {__version__}; each run's run.json records its own date, machine and "
+        "package versions.",
     ]
     for line in (_mixing_warning(report), _unfinished_note(report)):
         parts += ["", f"**{line}**"] if line else []
