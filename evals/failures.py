@@ -1,6 +1,6 @@
 """Why program-mode runs fail: each wrong answer of a run sorted into a kind of mistake, with examples.
 
-    python evals/failures.py evals/runs/test/qwen2.5-coder-0.5b_program [RUN_DIR ...]
+    python evals/failures.py evals/runs/test/*_program* > evals/failures.txt
 
 For every example a run got wrong, the predicted program is compared with the gold one:
 - no program / parse error / execution error: the run's own outcome;
@@ -22,6 +22,7 @@ from pathlib import Path
 from finprog import dsl
 from finprog.constrained import example_numbers
 from finprog.data import load_finqa
+from finprog.provenance import header
 from finprog.runs import read_rows
 
 KINDS = ("no program", "parse error", "execution error", "percent scale", "right operations, wrong numbers",
@@ -77,6 +78,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", type=Path, help="program-mode run folders")
     args = parser.parse_args()
+    print(header())
     print("\n\n".join(analyse(run) for run in args.runs))
 
 
