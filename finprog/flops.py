@@ -47,7 +47,6 @@ class ModelShape:
     biases: tuple[str, ...]  # projections with a bias: parameters, but no matmul FLOPs
     post_norms: bool  # RMSNorms after attention and after the MLP too, not only before (gemma3)
     qk_norm: bool  # a head_dim RMSNorm on queries and keys (gemma3)
-    fused: bool = False  # qkv_proj and gate_up_proj instead of separate projections (phi3)
 
     @classmethod
     def from_config(cls, config: dict) -> ModelShape:
@@ -113,8 +112,12 @@ class ModelShape:
             biases=biases,
             post_norms=post_norms,
             qk_norm=qk_norm,
-            fused=model_type == "phi3",
         )
+
+    @property
+    def fused(self) -> bool:
+        """qkv_proj and gate_up_proj instead of separate projections (phi3)."""
+        return self.model_type == "phi3"
 
     def projections(self) -> dict[str, tuple[int, int]]:
         """Each decoder layer's linear layers: name -> (in_features, out_features)."""
