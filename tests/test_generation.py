@@ -7,7 +7,7 @@ import pytest
 import torch
 from transformers import LogitsProcessor
 
-from finprog.generation import GenerationError, first_line, generate
+from finprog.generation import GenerationError, first_line, generate, grouped_decode_attention
 
 PROMPTS = [
     "What is the sum?",
@@ -203,3 +203,21 @@ def test_a_16_bit_model_decodes_from_fp32_logits_and_keeps_its_tied_output_layer
     generate(model, tiny_tokenizer, PROMPTS[:2], max_new_tokens=3, stop=None, logits_processor=[Record()])
     assert seen and all(seen), "some logits were rounded to bf16"
     assert model.get_output_embeddings() is head and head.weight is model.get_input_embeddings().weight
+
+
+def test_grouped_decode_attention_gives_the_same_logits_and_is_undone(fresh_tiny_llama, tiny_tokenizer):
+    model = fresh_tiny_llama
+    assert model.config._attn_implementation == "sdpa" and model.config.num_key_value_heads < model.config.num_attention_heads
+    ids = tiny_tokenizer(PROMPTS[1], return_tensors="pt")["input_ids"]
+
+    def decode_logits():
+        with torch.no_grad():
+            prefill = model(ids[:, :-1], use_cache=True)
+            return model(ids[:, -1:], cache=prefill.past_key_values).logits
+
+    plain = decode_logits()
+    with grouped_decode_attention(model):
+        assert model.config._attn_implementation != "sdpa"
+        grouped = decode_logits()
+    assert model.config._attn_implementation == "sdpa"
+    torch.testing.assert_close(grouped, plain)
