@@ -36,8 +36,7 @@ def step_seconds(model, ids, steps: int, tries: int = 3) -> float:
     def run(new_tokens: int) -> float:
         start = time.perf_counter()
         with torch.no_grad():
-            model.generate(ids, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
-                           pad_token_id=model.generation_config.eos_token_id)
+            model.generate(ids, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
         return time.perf_counter() - start
 
     return min((run(1 + steps) - run(1)) / steps for _ in range(tries))

@@ -6,7 +6,7 @@ and `finprog compare` read the same folders. The table of every finished cell go
 evals/GRID.md.
 
     python evals/grid.py direct-dev      # direct answers, the four zoo models, dev_200
-    python evals/grid.py program-dev --limit 100   # few-shot programs on dev_200's first 100
+    python evals/grid.py program-dev     # few-shot programs (free decoding), dev_200
     python evals/grid.py train           # LoRA fine-tuning (learning curves on dev_200's first 50)
     python evals/grid.py test            # direct, program, program constrained (and LoRA) on test_100
     python evals/grid.py test --models smollm2-135m gemma3-270m   # a subset of the models

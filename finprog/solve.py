@@ -34,7 +34,6 @@ DEFAULT_SHOTS = 4
 class SolveOptions:
     """Everything that shapes a run; saved as `config` in run.json."""
 
-
     model: str = DEFAULT_MODEL
     mode: str = "program"
     data: str | None = None
