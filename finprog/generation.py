@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import cache
 from typing import Literal
 
 import torch
@@ -211,7 +212,9 @@ def grouped_decode_attention(model):
         model.set_attn_implementation("sdpa")
 
 
+@cache
 def _register_grouped_sdpa() -> None:
+    """Make GROUPED_SDPA known to transformers (once)."""
     from transformers import AttentionInterface
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
     from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
