@@ -18,7 +18,7 @@ import argparse
 import time
 from contextlib import ExitStack
 
-from finprog import prompts
+from finprog import flops, prompts
 from finprog.data import load_finqa, resolve_data
 from finprog.provenance import header
 
@@ -42,16 +42,15 @@ def step_seconds(model, ids, steps: int, tries: int = 3) -> float:
     return min((run(1 + steps) - run(1)) / steps for _ in range(tries))
 
 
-def kernel_seconds(config, keys: int, stacked: bool, calls: int = 200) -> float:
+def kernel_seconds(shape: flops.ModelShape, keys: int, stacked: bool, calls: int = 200) -> float:
     """Seconds of one decode step's attention in one layer (bf16), the best of three tries."""
     import torch
     from torch.nn.functional import scaled_dot_product_attention as attention
 
-    heads, groups = config.num_attention_heads, config.num_attention_heads // config.num_key_value_heads
-    dim = getattr(config, "head_dim", None) or config.hidden_size // heads
-    key = torch.randn(1, heads // groups, keys, dim, dtype=torch.bfloat16)
-    query = torch.randn(1, heads // groups, groups, dim, dtype=torch.bfloat16) if stacked \
-        else torch.randn(1, heads, 1, dim, dtype=torch.bfloat16)
+    groups = shape.heads // shape.kv_heads
+    key = torch.randn(1, shape.kv_heads, keys, shape.head_dim, dtype=torch.bfloat16)
+    query = torch.randn(1, shape.kv_heads, groups, shape.head_dim, dtype=torch.bfloat16) if stacked \
+        else torch.randn(1, shape.heads, 1, shape.head_dim, dtype=torch.bfloat16)
 
     def run() -> float:
         start = time.perf_counter()
@@ -92,12 +91,12 @@ def main() -> None:
             baseline.setdefault(name, seconds)
             cells.append(f"{seconds * 1000:.1f} ms ({baseline[name] / seconds:.2f}x)")
         print(f"{label:<42}" + "".join(f"{cell:>32}" for cell in cells))
-    print(f"attention kernel per layer and step (us), {loaded.model.config.num_attention_heads} query heads, "
-          f"{loaded.model.config.num_key_value_heads} key/value heads")
+    shape = flops.ModelShape.from_config(loaded.model.config.to_dict())
+    print(f"attention kernel per layer and step (us), {shape.heads} query heads, {shape.kv_heads} key/value heads")
     for stacked in (False, True):
         label = "stacked per key/value head" if stacked else "one row per head, enable_gqa"
         print(f"{label:<42}" + "".join(
-            f"{kernel_seconds(loaded.model.config, ids.shape[1], stacked) * 1e6:>32.0f}" for ids in encoded.values()))
+            f"{kernel_seconds(shape, ids.shape[1], stacked) * 1e6:>32.0f}" for ids in encoded.values()))
 
 
 if __name__ == "__main__":

@@ -3,8 +3,8 @@
 Generates the direct answers of train3.json's 22 records as `finprog solve --mode direct`
 does by default (bf16, batch 1), then runs the same prompts' prefill alone, first timed,
 then under the torch profiler. Matrix-product GFLOP/s come from the profiler's FLOP
-counts; attention GFLOP/s from the causal attention's 2 x 2 x T^2 / 2 x head_dim FLOPs
-per head and layer.
+counts; attention GFLOP/s from flops.py's attention count (Q K^T and P V over every key),
+halved because the flash kernel skips the causal mask's upper half.
 
     python evals/profile_direct.py [--model qwen2.5-coder-0.5b]
 """
@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from finprog import prompts
+from finprog import flops, prompts
 from finprog.data import load_finqa, resolve_data
 from finprog.provenance import header
 
@@ -34,7 +34,7 @@ def main() -> None:
     args = parser.parse_args()
     examples = load_finqa(resolve_data("train3")[0])
     loaded = load_model(args.model, dtype="bf16")
-    model, tokenizer, config = loaded.model, loaded.tokenizer, loaded.model.config
+    model, tokenizer = loaded.model, loaded.tokenizer
     texts = [prompts.apply_chat_template(tokenizer, prompts.direct_prompt(e)) for e in examples]
     ids = [tokenizer(t, add_special_tokens=False, return_tensors="pt")["input_ids"] for t in texts]
     lengths = [i.shape[1] for i in ids]
@@ -58,9 +58,8 @@ def main() -> None:
     matmul_us = sum(e.self_cpu_time_total for e in events if e.key in MATMULS)
     matmul_flops = sum(e.flops for e in events if e.key in MATMULS)
     attention_us = sum(e.self_cpu_time_total for e in events if e.key == ATTENTION)
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-    attention_flops = sum(2 * 2 * t * t / 2 * head_dim * config.num_attention_heads * config.num_hidden_layers
-                          for t in lengths)
+    shape = flops.ModelShape.from_config(model.config.to_dict())
+    attention_flops = sum(2 * 2 * shape.heads * shape.head_dim * t * shape.keys(0, t) / 2 for t in lengths)
 
     print(header())
     print(f"model {args.model} (bf16), {len(ids)} direct prompts of train3.json, "
