@@ -5,24 +5,45 @@ from __future__ import annotations
 import datetime
 import os
 import platform
+import sys
 from importlib import metadata
 
 PACKAGES = ("finprog", "torch", "transformers", "peft", "accelerate", "bitsandbytes", "lark", "sympy")
 
 
+CPUINFO = "/proc/cpuinfo"
+BF16_FLAGS = (("AVX512-BF16", "avx512_bf16"), ("AMX-BF16", "amx_bf16"))  # (shown as, cpuinfo flag)
+
+
 def machine() -> str:
-    """CPU model and core count (and the GPU when torch is already loaded and sees one)."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as info:
-            cpu = next(line.split(":", 1)[1].strip() for line in info if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    described = f"{cpu}, {os.cpu_count()} cores, {platform.system()}"
-    torch = __import__("sys").modules.get("torch")
+    """CPU model, core count and vector capability (and the GPU when torch is already loaded and sees one)."""
+    cpu, flags = _cpuinfo()
+    described = f"{cpu or platform.processor() or platform.machine()}, {os.cpu_count()} cores, {platform.system()}"
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        described += f", torch CPU capability {torch.backends.cpu.get_cpu_capability()}"
+    if flags:  # what `--dtype auto` and CPU speed hinge on: the same model name has shipped with and without these
+        described += ", " + ", ".join(f"{name} {'yes' if flag in flags else 'no'}" for name, flag in BF16_FLAGS)
     if torch is not None and torch.cuda.is_available():
         described += f", {torch.cuda.get_device_name(0)}"
     return described
+
+
+def _cpuinfo() -> tuple[str, set[str]]:
+    """The first CPU's model name and instruction-set flags from /proc/cpuinfo (empty where there is none)."""
+    model, flags = "", set()
+    try:
+        with open(CPUINFO) as info:
+            for line in info:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name" and not model:
+                    model = value.strip()
+                elif key.strip() == "flags":
+                    flags = set(value.split())
+                    break
+    except OSError:
+        pass
+    return model, flags
 
 
 def versions(packages: tuple[str, ...] = PACKAGES) -> dict[str, str]:
