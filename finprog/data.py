@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -175,13 +177,22 @@ def split_of(path: Path) -> str:
     return DEMO if stem == DEMO else "unknown"
 
 
-OFFICIAL_URL = "https://raw.githubusercontent.com/czyssrs/FinQA/main/dataset/{split}.json"
-OFFICIAL_COUNTS = {"train": 6251, "dev": 883, "test": 1147}
+OFFICIAL_COMMIT = "0f16e2867befa6840783e58be38c9efb9229d742"  # czyssrs/FinQA, 2022-06-05
+OFFICIAL_URL = f"https://raw.githubusercontent.com/czyssrs/FinQA/{OFFICIAL_COMMIT}/dataset/{{split}}.json"
+OFFICIAL_BLOBS = {  # git blob SHA-1 of each file at that commit (train 6,251 / dev 883 / test 1,147 records)
+    "train": "a6c2c5a60f9abe3fba5a793cc4d9e1dee2e09209",
+    "dev": "970f239f591c782b17df420c0d343b780737f3da",
+    "test": "59958c7c3bb3b21f4dff6bc912a0fe0ae710aee0",
+}
 
 
 def download_finqa(splits: list[str], directory: Path, timeout: float = 20.0) -> Path:
-    """Fetch official FinQA splits into `directory`, check record counts, write `manifest.json` (sha256)."""
-    import hashlib
+    """Fetch official FinQA splits at the pinned commit into `directory`; write `manifest.json`.
+
+    Each file is downloaded under a temporary name, checked against its git blob SHA-1
+    and only then renamed into place, so a failed or tampered download leaves nothing
+    behind (and an earlier good file stays).
+    """
     import urllib.error
     import urllib.request
 
@@ -190,24 +201,37 @@ def download_finqa(splits: list[str], directory: Path, timeout: float = 20.0) ->
     manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
     for split in splits:
         url = OFFICIAL_URL.format(split=split)
+        partial = directory / f".{split}.json.partial"
         try:
-            with urllib.request.urlopen(url, timeout=timeout) as response:
-                payload = response.read()
+            with urllib.request.urlopen(url, timeout=timeout) as response, partial.open("wb") as out:
+                shutil.copyfileobj(response, out)
+            found = git_blob_sha1(partial)
+            if found != OFFICIAL_BLOBS[split]:
+                raise DataValidationError(
+                    f"{url}: git blob SHA-1 {found}, expected {OFFICIAL_BLOBS[split]}: not FinQA's {split}.json "
+                    f"at commit {OFFICIAL_COMMIT[:12]}; nothing was kept"
+                )
+            partial.replace(directory / f"{split}.json")
         except (urllib.error.URLError, TimeoutError, OSError) as error:
             raise DataValidationError(
                 f"cannot download FinQA {split} from {url} ({getattr(error, 'reason', error)}). "
                 f"Offline, put the official {split}.json from the FinQA repository (dataset/) into {directory} "
                 "by hand, or point FINPROG_DATA_DIR at a folder that holds it."
             ) from None
-        target = directory / f"{split}.json"
-        target.write_bytes(payload)
-        count = len(load_finqa(target))
-        if count != OFFICIAL_COUNTS[split]:
-            target.unlink()
-            raise DataValidationError(f"{url}: {count} records, expected {OFFICIAL_COUNTS[split]}; file discarded")
-        manifest[split] = {"url": url, "records": count, "sha256": hashlib.sha256(payload).hexdigest()}
+        finally:
+            partial.unlink(missing_ok=True)
+        manifest[split] = {"url": url, "git_blob_sha1": found}
     manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest_path
+
+
+def git_blob_sha1(path: Path) -> str:
+    """The SHA-1 git gives a file's contents: sha1 of `b"blob <size>\\0"` and the bytes."""
+    digest = hashlib.sha1(b"blob %d\0" % path.stat().st_size)
+    with path.open("rb") as contents:
+        for chunk in iter(lambda: contents.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def describe(paths: list[Path]) -> list[dict]:

@@ -78,6 +78,46 @@ def test_offline_download_fails_fast_with_a_hint(tmp_path, capsys, monkeypatch):
     assert code == 2 and "put the official dev.json" in err and str(tmp_path) in err
 
 
+@pytest.fixture
+def upstream(tmp_path, monkeypatch):
+    """A stand-in upstream folder served by file:// URL; its dev.json is the demo sample, pinned by its blob SHA-1."""
+    folder = tmp_path / "upstream"
+    folder.mkdir()
+    (folder / "dev.json").write_bytes((REPO / "data" / "demo.json").read_bytes())
+    monkeypatch.setattr(data, "OFFICIAL_URL", folder.as_uri() + "/{split}.json")
+    monkeypatch.setitem(data.OFFICIAL_BLOBS, "dev", data.git_blob_sha1(folder / "dev.json"))
+    return folder
+
+
+def test_download_keeps_a_file_whose_git_blob_sha1_matches(tmp_path, upstream, capsys):
+    target = tmp_path / "cache"
+    code, out, _ = run_cli("data", "download", "--split", "dev", "--dir", target, capsys=capsys)
+    assert code == 0 and "manifest" in out
+    assert (target / "dev.json").read_bytes() == (upstream / "dev.json").read_bytes()
+    manifest = json.loads((target / "manifest.json").read_text())
+    assert manifest["dev"]["git_blob_sha1"] == data.OFFICIAL_BLOBS["dev"]
+    assert sorted(p.name for p in target.iterdir()) == ["dev.json", "manifest.json"]
+
+
+def test_download_with_the_wrong_git_blob_sha1_keeps_nothing(tmp_path, upstream, capsys):
+    target = tmp_path / "cache"
+    target.mkdir()
+    (target / "dev.json").write_text("an earlier good file")
+    (upstream / "dev.json").write_bytes((upstream / "dev.json").read_bytes().replace(b"revenue", b"Revenue", 1))
+    code, _, err = run_cli("data", "download", "--split", "dev", "--dir", target, capsys=capsys)
+    assert code == 2 and "git blob SHA-1" in err and data.OFFICIAL_BLOBS["dev"] in err and "nothing was kept" in err
+    assert sorted(p.name for p in target.iterdir()) == ["dev.json"]
+    assert (target / "dev.json").read_text() == "an earlier good file"
+
+
+def test_git_blob_sha1_is_the_id_git_gives_a_file(tmp_path):
+    path = tmp_path / "file"
+    path.write_bytes(b"")
+    assert data.git_blob_sha1(path) == "e69de29bb2d1d6434b8b29ae775ad8c2e48c5391"  # git's empty blob
+    path.write_bytes(b"hello\n")
+    assert data.git_blob_sha1(path) == "ce013625030ba8dba906f756967f9e9ca394464a"  # `echo hello | git hash-object --stdin`
+
+
 def test_demo_sample_covers_every_operation():
     demo = data.load_finqa(REPO / "data" / "demo.json")
     ops = {step.op for e in demo for step in dsl.parse(e.program).steps}
