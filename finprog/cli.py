@@ -72,7 +72,9 @@ def _build_parser() -> argparse.ArgumentParser:
     info.add_argument("paths", nargs="+", type=Path, help="FinQA files or folders of them")
     info.add_argument("--json", action="store_true")
     info.set_defaults(run=_data_info)
-    download = data_commands.add_parser("download", help="fetch the official FinQA files (pinned commit, SHA-1 checked) into the cache")
+    download = data_commands.add_parser(
+        "download", help="fetch the official FinQA files (pinned commit, SHA-1 checked) into the cache"
+    )
     download.add_argument("--split", choices=["train", "dev", "test", "all"], default="all")
     download.add_argument("--dir", type=Path, help="target folder (default: the cache's finqa/ folder)")
     download.set_defaults(run=_data_download)
