@@ -189,7 +189,8 @@ def _evaluate(args) -> int:
 def _add_solve_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=DEFAULT_MODEL,
                         help=f"zoo name, hub id or checkpoint folder (default: {DEFAULT_MODEL})")
-    parser.add_argument("--data", help="FinQA file, split or sample name, or demo (default: official dev, else demo)")
+    parser.add_argument("--data", help="FinQA file, dataset folder, split or sample name, hf:NAME, or demo "
+                                       "(default: official dev, else demo)")
     parser.add_argument("--limit", type=int, help="only the first N examples")
     parser.add_argument("--batch-size", type=int, help="default: 1 on a CPU, 8 on a GPU")
     parser.add_argument("--max-new-tokens", type=int, help="default: 24 direct, 96 program")
@@ -339,11 +340,14 @@ def _report(args) -> int:
 
 
 def _data_info(args) -> int:
-    from finprog.data import DataValidationError, describe
+    from finprog.data import DataValidationError, describe, is_dataset_folder
 
     files = []
     for path in args.paths:
-        found = sorted(p for p in path.glob("*.json") if p.name != "manifest.json") if path.is_dir() else [path]
+        if path.is_dir() and not is_dataset_folder(path):
+            found = sorted(p for p in path.glob("*.json") if p.name != "manifest.json")
+        else:
+            found = [path]
         if path.is_dir() and not found:
             raise DataValidationError(f"{path}: no FinQA .json files in this folder")
         files += found

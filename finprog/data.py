@@ -8,7 +8,7 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from finprog.paths import finqa_dirs, resource
+from finprog.paths import cache_dir, finqa_dirs, resource
 
 SPLITS = ("train", "dev", "test")
 DEMO = "demo"
@@ -34,9 +34,9 @@ class Example:
 
 
 def load_finqa(path: str | Path) -> list[Example]:
-    """Read a FinQA file: the official JSON list (either release) or JSON Lines, one record per line."""
+    """Read FinQA records: the official JSON list (either release), JSON Lines, or a `datasets` folder."""
     path = Path(path)
-    examples = [_to_example(path, index, record) for index, record in enumerate(read_records(path))]
+    examples = [_to_example(path, index, record) for index, record in enumerate(_records(path))]
     seen: dict[str, int] = {}
     for index, example in enumerate(examples):
         if example.id in seen:
@@ -69,6 +69,51 @@ def read_records(path: Path, error: type[ValueError] = DataValidationError) -> l
                 + ("" if len(lines) == 1 and first_line == 1 else " (expected a JSON list or one JSON object per line)")
             ) from None
     return records[0] if text.lstrip().startswith("[") else records
+
+
+def _records(path: Path) -> list:
+    return dataset_records(path) if is_dataset_folder(path) else read_records(path)
+
+
+def is_dataset_folder(path: Path) -> bool:
+    """Whether `path` is a folder the `datasets` package wrote (`save_to_disk`) or one of parquet files."""
+    markers = ("state.json", "dataset_dict.json")
+    return path.is_dir() and (any((path / m).is_file() for m in markers) or any(path.glob("*.parquet")))
+
+
+def dataset_records(folder: Path) -> list[dict]:
+    """The rows of one split saved by `datasets` (`save_to_disk`, or parquet files), as official records.
+
+    Rows may hold the official nested `qa` or flat `question`, `answer`, `program`,
+    `exe_ans` and `gold_inds` columns. A columnar file holds one type per column, so an
+    `exe_ans` stored as text is read back as a number unless it is "yes" or "no".
+    """
+    import datasets
+
+    if (folder / "dataset_dict.json").is_file():
+        splits = ", ".join(str(folder / name) for name in datasets.load_from_disk(str(folder)))
+        raise DataValidationError(f"{folder} holds several splits; give one of the folders {splits}")
+    if (folder / "state.json").is_file():
+        rows = datasets.load_from_disk(str(folder))
+    else:
+        files = [str(f) for f in sorted(folder.glob("*.parquet"))]
+        rows = datasets.load_dataset("parquet", data_files=files, split="train")
+    return [_official_record(row) for row in rows]
+
+
+QA_COLUMNS = ("question", "answer", "program", "exe_ans", "gold_inds")
+
+
+def _official_record(row: dict) -> dict:
+    qa = dict(row["qa"]) if isinstance(row.get("qa"), dict) else {k: row[k] for k in QA_COLUMNS if k in row}
+    if isinstance(qa.get("exe_ans"), str) and qa["exe_ans"] not in ("yes", "no"):
+        try:
+            qa["exe_ans"] = float(qa["exe_ans"])
+        except ValueError:
+            pass  # left as text: scoring then reports the mismatch, as for a JSON file
+    if isinstance(qa.get("gold_inds"), dict):  # a struct column has every record's keys, None where absent
+        qa["gold_inds"] = {k: v for k, v in qa["gold_inds"].items() if v is not None}
+    return {**{k: v for k, v in row.items() if k not in QA_COLUMNS}, "qa": qa}
 
 
 def _to_example(path: Path, index: int, record: object) -> Example:
@@ -131,8 +176,9 @@ def _kind_name(kind: type | tuple) -> str:
 def resolve_data(spec: str | None, default_split: str = "dev") -> tuple[Path, str]:
     """Turn `--data` into a file and a sentence saying which data that is.
 
-    `spec` is a path, a name such as `dev` or `dev_200` looked up as `NAME.json` in
-    `$FINPROG_DATA_DIR` and the download cache, or `demo`. With no spec, the official
+    `spec` is a path (a file, or a `datasets` folder), a name such as `dev` or `dev_200`
+    looked up as `NAME.json` in `$FINPROG_DATA_DIR` and the download cache, `demo`, or
+    `hf:NAME[:SPLIT]`, a dataset on the Hugging Face hub. With no spec, the official
     `default_split` is used when it is in the cache, else the demo sample.
     """
     if spec is None:
@@ -145,17 +191,46 @@ def resolve_data(spec: str | None, default_split: str = "dev") -> tuple[Path, st
         )
     if spec == DEMO:
         return resource("data", "demo.json"), "the built-in demo sample"
+    if spec.startswith(HUB):
+        return _from_hub(spec[len(HUB):], default_split)
     path = Path(spec).expanduser()
-    if path.is_file():
+    if path.is_file() or is_dataset_folder(path):
         return path, str(path)
     found = _find_named(spec)
     if found:
         return found, str(found)
     searched = ", ".join(str(d) for d in finqa_dirs())
     raise DataValidationError(
-        f"data {spec!r} is neither a file nor a split found in {searched}; "
-        "give a path, run `finprog data download`, or use `demo`"
+        f"data {spec!r} is neither a file, a dataset folder nor a split found in {searched}; "
+        "give a path, run `finprog data download`, use `hf:NAME` or `demo`"
     )
+
+
+HUB = "hf:"
+HUB_SPLITS = {"train": ("train",), "dev": ("dev", "validation"), "test": ("test",)}  # our name -> the hub's
+
+
+def _from_hub(spec: str, default_split: str) -> tuple[Path, str]:
+    """A hub dataset's split, saved once into the cache (`save_to_disk`) and read from there afterwards."""
+    name, _, split = spec.partition(":")
+    folder = cache_dir() / "hub" / name.replace("/", "--") / (split or default_split)
+    if not is_dataset_folder(folder):
+        import datasets
+
+        try:
+            splits = datasets.load_dataset(name)
+        except (OSError, ValueError, RuntimeError) as error:  # RuntimeError: a dataset that needs a loading script
+            raise DataValidationError(f"cannot load dataset {name!r} from the hub: {error}") from None
+        found = [s for s in ((split,) if split else HUB_SPLITS.get(default_split, (default_split,))) if s in splits]
+        if not found:
+            raise DataValidationError(
+                f"hub dataset {name!r} has the splits {', '.join(splits)}; name one: hf:{name}:SPLIT"
+            )
+        partial = folder.with_name(folder.name + ".partial")
+        shutil.rmtree(partial, ignore_errors=True)  # left by an interrupted earlier save
+        splits[found[0]].save_to_disk(str(partial))
+        partial.replace(folder)
+    return folder, f"hub dataset {name}, {split or default_split} split (saved in {folder})"
 
 
 def _find_named(name: str) -> Path | None:
@@ -239,7 +314,7 @@ def describe(paths: list[Path]) -> list[dict]:
     rows = []
     for path in paths:
         examples = load_finqa(path)
-        records = read_records(path)
+        records = _records(path)
         fields = sorted({key for record in records for key in record})
         qa_fields = sorted({key for record in records for key in record["qa"]})
         rows.append(

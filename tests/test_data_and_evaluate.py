@@ -199,3 +199,76 @@ def test_light_commands_do_not_import_torch():
            "assert 'torch' not in sys.modules and 'transformers' not in sys.modules, 'heavy import'"
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+def dev_records(indices=(0, 1, 2, 28)):
+    records = json.loads(finqa_file("dev_200.json").read_text())
+    return [records[i] for i in indices]
+
+
+def flat(record):
+    """A record as hub datasets often hold it: qa's fields as top-level columns, exe_ans as text."""
+    qa = record["qa"]
+    return {"id": record["id"], "pre_text": record["pre_text"], "post_text": record["post_text"],
+            "table": record["table"], "question": qa["question"], "answer": qa["answer"],
+            "program": qa["program"], "exe_ans": str(qa["exe_ans"]), "gold_inds": qa["gold_inds"]}
+
+
+def from_json(records, tmp_path):
+    path = tmp_path / "records.json"
+    path.write_text(json.dumps(records))
+    return data.load_finqa(path)
+
+
+def test_dataset_folders_load_like_the_json_file(tmp_path, capsys):
+    import datasets
+
+    expected = from_json(dev_records(), tmp_path)
+    nested = datasets.Dataset.from_list(dev_records((0, 1, 2)))  # one column type: yes/no and numbers do not mix
+    nested.save_to_disk(str(tmp_path / "saved"))
+    (tmp_path / "parquet").mkdir()
+    datasets.Dataset.from_list([flat(r) for r in dev_records()]).to_parquet(str(tmp_path / "parquet" / "dev.parquet"))
+    assert data.load_finqa(tmp_path / "saved") == expected[:3]
+    assert data.load_finqa(tmp_path / "parquet") == expected
+    assert expected[3].exe_ans in ("yes", "no") and isinstance(expected[0].exe_ans, float)
+
+    gold = [{"id": r["id"], "program": r["qa"]["program"]} for r in dev_records()]
+    (tmp_path / "predictions.jsonl").write_text("\n".join(json.dumps(g) for g in gold))
+    code, out, _ = run_cli("evaluate", tmp_path / "predictions.jsonl", tmp_path / "parquet", "--json", capsys=capsys)
+    assert code == 0 and json.loads(out)["n"] == 4 and json.loads(out)["execution_accuracy"] == 1.0
+    code, out, _ = run_cli("data", "info", tmp_path / "saved", "--json", capsys=capsys)
+    assert code == 0 and json.loads(out)[0]["records"] == 3
+
+
+def test_a_folder_of_several_splits_asks_for_one(tmp_path, capsys):
+    import datasets
+
+    splits = datasets.DatasetDict({"validation": datasets.Dataset.from_list(dev_records((0,)))})
+    splits.save_to_disk(str(tmp_path / "finqa"))
+    code, _, err = run_cli("evaluate", REPO / "data" / "demo_predictions.jsonl", tmp_path / "finqa", capsys=capsys)
+    assert code == 2 and "holds several splits" in err and str(tmp_path / "finqa" / "validation") in err
+
+
+def test_a_hub_dataset_is_fetched_once_and_its_split_chosen(tmp_path, monkeypatch, capsys):
+    import datasets
+
+    calls = []
+
+    def load_dataset(name):
+        calls.append(name)
+        if name != "someone/finqa":
+            raise datasets.exceptions.DatasetNotFoundError(f"Dataset '{name}' doesn't exist on the Hub")
+        return datasets.DatasetDict({"train": datasets.Dataset.from_list([flat(r) for r in dev_records((1,))]),
+                                     "validation": datasets.Dataset.from_list([flat(r) for r in dev_records()])})
+
+    monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+    monkeypatch.setenv("FINPROG_CACHE", str(tmp_path / "cache"))
+    path, described = data.resolve_data("hf:someone/finqa")  # dev is the hub's "validation"
+    assert data.load_finqa(path) == from_json(dev_records(), tmp_path) and "someone/finqa" in described
+    assert data.resolve_data("hf:someone/finqa")[0] == path and calls == ["someone/finqa"]
+    assert [e.id for e in data.load_finqa(data.resolve_data("hf:someone/finqa:train")[0])] == [dev_records()[1]["id"]]
+
+    with pytest.raises(data.DataValidationError, match="has the splits train, validation; name one"):
+        data.resolve_data("hf:someone/finqa", default_split="test")
+    code, _, err = run_cli("evaluate", REPO / "data" / "demo_predictions.jsonl", "hf:nobody/nothing", capsys=capsys)
+    assert code == 2 and "cannot load dataset 'nobody/nothing' from the hub" in err and "Traceback" not in err
