@@ -177,7 +177,7 @@ def _evaluate(args) -> int:
         return 0
     print(f"n                   {result.n}")
     print(f"execution accuracy  {result.execution_accuracy:.2%}")
-    print(f"program accuracy    {result.program_accuracy:.2%}")
+    print("program accuracy    " + ("-" if result.program_accuracy is None else f"{result.program_accuracy:.2%}"))
     print("outcomes            " + ", ".join(f"{k} {v}" for k, v in result.outcomes.items()))
     for side, ids in result.missing.items():
         if ids:

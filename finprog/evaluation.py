@@ -1,20 +1,24 @@
-"""Scoring predictions against FinQA gold: execution accuracy, program accuracy, outcome categories.
+"""The one scoring path: outcomes, grading a completion or a predicted program, execution and program accuracy, run metrics.
 
 `evaluate_programs` computes exactly what FinQA's official `evaluate.py` computes
 on the same inputs: execution accuracy is the share of predictions whose executed
 value equals the gold `exe_ans` (after `round(x, 5)`); program accuracy is the
 share whose program is symbolically equivalent to the gold program (the official
 script asserts that such a program also executes to the gold value, so both
-conditions are checked here). The denominator is the number of predictions that
-have a gold record; ids present on one side only are reported, not scored.
+conditions are checked here). Execution accuracy's denominator is the number of
+predictions that have a gold record; program accuracy's is those whose gold record
+has a program (all of them in the official files). Ids present on one side only are
+reported, not scored. `score` and `metrics` grade a model's completions with the
+same rules, for `solve`, `compare` and training's evaluations.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from finprog import dsl
+from finprog import answers, dsl
 from finprog.data import Example, read_records
 
 CORRECT = "correct"
@@ -22,7 +26,11 @@ WRONG_VALUE = "wrong_value"
 EXECUTION_ERROR = "execution_error"
 PARSE_ERROR = "parse_error"
 NO_PROGRAM = "no_program"
-OUTCOMES = (CORRECT, WRONG_VALUE, EXECUTION_ERROR, PARSE_ERROR, NO_PROGRAM)
+PROGRAM_OUTCOMES = (CORRECT, WRONG_VALUE, EXECUTION_ERROR, PARSE_ERROR, NO_PROGRAM)
+ANSWERED = "answered"  # direct mode: a number was read from the completion (right or wrong)
+NO_NUMBER = "no_number"  # direct mode: the completion holds no number
+DIRECT_OUTCOMES = (ANSWERED, NO_NUMBER)
+OUTCOMES = PROGRAM_OUTCOMES + DIRECT_OUTCOMES
 
 
 class PredictionFileError(ValueError):
@@ -44,7 +52,7 @@ class ProgramOutcome:
 class Evaluation:
     n: int
     execution_accuracy: float
-    program_accuracy: float
+    program_accuracy: float | None  # None when no gold record has a program
     outcomes: dict[str, int]
     missing: dict[str, list[str]] = field(default_factory=dict)
 
@@ -112,17 +120,63 @@ def evaluate_programs(predictions: dict[str, Prediction], gold: list[Example]) -
     by_id = {example.id: example for example in gold}
     scored = [score_program(program, by_id[i]) for i, program in predictions.items() if i in by_id]
     n = len(scored)
-    counts = {name: sum(s.outcome == name for s in scored) for name in OUTCOMES}
+    counts = {name: sum(s.outcome == name for s in scored) for name in PROGRAM_OUTCOMES}
     return Evaluation(
         n=n,
         execution_accuracy=counts[CORRECT] / n if n else 0.0,
-        program_accuracy=sum(bool(s.program_correct) for s in scored) / n if n else 0.0,
+        program_accuracy=program_accuracy([s.program_correct for s in scored]),
         outcomes=counts,
         missing={
             "no_gold": sorted(i for i in predictions if i not in by_id),
             "no_prediction": sorted(i for i in by_id if i not in predictions),
         },
     )
+
+
+def score(example: Example, completion: str, mode: str) -> dict:
+    """Grade one completion: the value it gives, exact/tolerant match, and (program mode) the program's outcome."""
+    gold = gold_value(example)
+    if mode == "direct":
+        value = answers.read_answer(completion)
+        row = {"value": value, "outcome": ANSWERED if value is not None else NO_NUMBER}
+        row["similarity"] = answers.similarity(completion, example.answer)
+    else:
+        program = dsl.extract_program(completion)
+        outcome = score_program(program, example)
+        value = outcome.value
+        row = {"program": program, "value": value, "outcome": outcome.outcome, "error_kind": outcome.error_kind,
+               "error": outcome.error, "program_correct": outcome.program_correct}
+    row["exact"] = answers.exact_match(value, gold)
+    row["tolerant"] = answers.tolerant_match(value, example.answer, gold)
+    row["gold"] = gold
+    row["answer"] = example.answer
+    return row
+
+
+def metrics(rows: list[dict], mode: str) -> dict:
+    """Summary metrics over scored rows (fractions in [0, 1])."""
+    n = len(rows)
+    result = {
+        "n": n,
+        "exact": sum(r["exact"] for r in rows) / n if n else 0.0,
+        "tolerant": sum(r["tolerant"] for r in rows) / n if n else 0.0,
+        "outcomes": dict(Counter(r["outcome"] for r in rows)),
+        "prompt_tokens_per_example": sum(r["prompt_tokens"] for r in rows) / n if n else 0.0,
+        "new_tokens_per_example": sum(r["new_tokens"] for r in rows) / n if n else 0.0,
+    }
+    if mode == "direct":
+        result["similarity"] = sum(r["similarity"] for r in rows) / n if n else 0.0
+        result["program_accuracy"] = None
+    else:
+        result["program_accuracy"] = program_accuracy([r["program_correct"] for r in rows])
+    return result
+
+
+def program_accuracy(program_correct: list[bool | None]) -> float | None:
+    """FinQA's program accuracy: the share of scored predictions with a gold program whose program is
+    equivalent to it (`program_correct` is None where the gold record has no program); None if none has one."""
+    graded = [correct for correct in program_correct if correct is not None]
+    return sum(graded) / len(graded) if graded else None
 
 
 def load_predictions(path: str | Path) -> dict[str, Prediction]:

@@ -15,8 +15,9 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from finprog import answers, dsl, evaluation, flops, prompts
+from finprog import flops, prompts
 from finprog.data import Example, load_finqa, resolve_data
+from finprog.evaluation import metrics, score
 from finprog.runs import RUN, RunRecorder, eval_set
 
 MODES = ("program", "direct")
@@ -91,46 +92,6 @@ class SolveOptions:
 PROGRAM_MAX_NEW_TOKENS = 96
 """FinQA's longest gold programs (5 steps, e.g. `table_sum(...)` plus four arithmetic
 steps with 7-digit operands) take about 80 tokens in the zoo's tokenizers."""
-
-
-def score(example: Example, completion: str, mode: str) -> dict:
-    """Grade one completion: the value it gives, exact/tolerant match, and (program mode) the program's outcome."""
-    gold = evaluation.gold_value(example)
-    if mode == "direct":
-        value = answers.read_answer(completion)
-        row = {"value": value, "outcome": "answered" if value is not None else "no_number"}
-        row["similarity"] = answers.similarity(completion, example.answer)
-    else:
-        program = dsl.extract_program(completion)
-        outcome = evaluation.score_program(program, example)
-        value = outcome.value
-        row = {"program": program, "value": value, "outcome": outcome.outcome, "error_kind": outcome.error_kind,
-               "error": outcome.error, "program_correct": outcome.program_correct}
-    row["exact"] = answers.exact_match(value, gold)
-    row["tolerant"] = answers.tolerant_match(value, example.answer, gold)
-    row["gold"] = gold
-    row["answer"] = example.answer
-    return row
-
-
-def metrics(rows: list[dict], mode: str) -> dict:
-    """Summary metrics over scored rows (fractions in [0, 1])."""
-    n = len(rows)
-    result = {
-        "n": n,
-        "exact": sum(r["exact"] for r in rows) / n if n else 0.0,
-        "tolerant": sum(r["tolerant"] for r in rows) / n if n else 0.0,
-        "outcomes": dict(Counter(r["outcome"] for r in rows)),
-        "prompt_tokens_per_example": sum(r["prompt_tokens"] for r in rows) / n if n else 0.0,
-        "new_tokens_per_example": sum(r["new_tokens"] for r in rows) / n if n else 0.0,
-    }
-    if mode == "direct":
-        result["similarity"] = sum(r["similarity"] for r in rows) / n if n else 0.0
-        result["program_accuracy"] = None
-    else:
-        graded = [r for r in rows if r["program_correct"] is not None]
-        result["program_accuracy"] = sum(r["program_correct"] for r in graded) / len(graded) if graded else None
-    return result
 
 
 def solve(options: SolveOptions, out: Path, resume: bool = False, progress: bool = True) -> dict:

@@ -38,11 +38,11 @@ from pathlib import Path
 
 from finprog import flops, models, prompts
 from finprog.data import Example, load_finqa, resolve_data
-from finprog.evaluation import gold_value
+from finprog.evaluation import gold_value, metrics
 from finprog.models import DTYPES
 from finprog.provenance import machine, now, versions
 from finprog.runs import PREDICTIONS, RUN, RunError, eval_set, open_run, read_rows, write_rows
-from finprog.solve import EXEMPLAR_CHOICES, MODES, SolveOptions, flop_totals, metrics, scored_rows
+from finprog.solve import EXEMPLAR_CHOICES, MODES, SolveOptions, flop_totals, scored_rows
 
 METHODS = flops.METHODS
 DEFAULT_LR = {"full": 1e-5, "lora": 2e-4, "qlora": 2e-4}

@@ -1,5 +1,6 @@
 """Loading FinQA files, bad-input errors through the CLI, and `finprog evaluate`."""
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -8,7 +9,10 @@ import pytest
 
 from finprog import data, dsl
 from finprog.cli import main
-from finprog.evaluation import evaluate_programs, gold_value, load_predictions, score_program
+from finprog.evaluation import (
+    ANSWERED, NO_NUMBER, OUTCOMES, PROGRAM_OUTCOMES, evaluate_programs, gold_value, load_predictions, metrics, score,
+    score_program,
+)
 from shared_data import REPO, finqa_file
 
 
@@ -162,6 +166,24 @@ def test_demo_predictions(capsys):
     assert code == 0 and result["n"] == 13
     assert result["outcomes"] == {"correct": 7, "wrong_value": 2, "execution_error": 2, "parse_error": 1, "no_program": 1}
     assert result["execution_accuracy"] == pytest.approx(7 / 13) and result["program_accuracy"] == pytest.approx(6 / 13)
+
+
+def test_program_accuracy_has_one_definition_over_predictions_with_a_gold_program():
+    gold = data.load_finqa(REPO / "data" / "demo.json")[:4]
+    predicted = {e.id: e.program for e in gold[:3]} | {gold[3].id: "add(1, 2"}
+    gold[0] = dataclasses.replace(gold[0], program=None)  # a record without a gold program is not graded
+    evaluated = evaluate_programs(predicted, gold)
+    rows = [score(e, predicted[e.id], "program") | {"prompt_tokens": 1, "new_tokens": 1} for e in gold]
+    assert evaluated.n == 4 and evaluated.execution_accuracy == 3 / 4
+    assert evaluated.program_accuracy == metrics(rows, "program")["program_accuracy"] == 2 / 3
+    assert evaluate_programs({gold[0].id: gold[0].program}, gold).program_accuracy is None
+
+
+def test_direct_outcomes_are_named_beside_the_program_outcomes():
+    example = data.load_finqa(REPO / "data" / "demo.json")[0]
+    assert score(example, "about 13.6%", "direct")["outcome"] == ANSWERED
+    assert score(example, "I cannot tell", "direct")["outcome"] == NO_NUMBER
+    assert set(OUTCOMES) == set(PROGRAM_OUTCOMES) | {ANSWERED, NO_NUMBER}
 
 
 def test_missing_ids_are_reported_not_scored(tmp_path):

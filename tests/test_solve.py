@@ -8,8 +8,9 @@ from finprog import prompts
 from finprog.cli import main
 from finprog.compare import compare_runs
 from finprog.data import load_finqa
+from finprog.evaluation import score
 from finprog.runs import RunError
-from finprog.solve import SolveOptions, SolveError, score, solve
+from finprog.solve import SolveOptions, SolveError, solve
 from shared_data import REPO, finqa_file
 
 DEMO = REPO / "data" / "demo.json"
