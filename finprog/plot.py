@@ -1,0 +1,154 @@
+"""The report's plot: per eval set, accuracy against total FLOPs, the target, the frontier, and run labels."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.text import Text
+from matplotlib.ticker import MaxNLocator, PercentFormatter
+
+from finprog.report import TECHNIQUE_NAMES, Group, Report, format_flops, format_percent
+
+_COLOURS = {
+    "zero-shot": "tab:gray", "few-shot": "tab:blue", "lora": "tab:orange", "qlora": "tab:green", "full": "tab:red",
+}
+_OTHER_COLOUR = "tab:purple"
+_MARKERS = {"program": "o", "direct": "s"}
+_OTHER_MARKER = "D"
+# Label positions tried around a point, nearest first, as offsets in typographic points.
+_DIRECTIONS = ((1, 1), (1, -1), (-1, 1), (-1, -1), (1, 0), (-1, 0), (0, 1.4), (0, -1.4))
+_OFFSETS = [(dx * radius, dy * radius) for radius in (7, 16, 28, 42, 58, 76) for dx, dy in _DIRECTIONS]
+
+
+def plot_report(report: Report, path: str | Path) -> Path:
+    """Write the PNG: per eval set, accuracy against total FLOPs (log), the target line and the frontier."""
+    figure = Figure(figsize=(12, 6.5 * len(report.groups)), dpi=130)
+    FigureCanvasAgg(figure)
+    axes = figure.subplots(len(report.groups), 1, squeeze=False)[:, 0]
+    for axis, group in zip(axes, report.groups):
+        _plot_group(axis, report, group)
+    figure.tight_layout()
+    for axis, group in zip(axes, report.groups):
+        _place_labels(axis, group)
+    path = Path(path)
+    figure.savefig(path)
+    return path
+
+
+def _plot_group(axis, report: Report, group: Group) -> None:
+    inference = {row.run.path: report.questions * row.run.inference_flops_per_question for row in group.rows}
+    for row in group.rows:
+        colour = _COLOURS.get(row.run.technique, _OTHER_COLOUR)
+        if row.run.curve:
+            xs = [point.train_flops + inference[row.run.path] for point in row.run.curve]
+            ys = [getattr(point, report.metric) for point in row.run.curve]
+            axis.plot(xs, ys, color=colour, alpha=0.35, linewidth=1, marker=".", markersize=4)
+        axis.scatter(
+            row.total_flops, row.accuracy, s=90 if row.on_frontier else 55, color=colour, zorder=3,
+            marker=_MARKERS.get(row.run.mode, _OTHER_MARKER), edgecolors="black" if row.on_frontier else "none",
+        )
+    frontier = group.frontier
+    axis.plot([row.total_flops for row in frontier], [row.accuracy for row in frontier],
+              color="black", linewidth=1.2, drawstyle="steps-post", zorder=2)
+    axis.axhline(report.target, color="crimson", linestyle="--", linewidth=1)
+    cheapest = group.cheapest
+    if cheapest is not None:
+        axis.scatter(cheapest.flops_to_target, report.target, marker="*", s=220, color="gold", edgecolors="black",
+                     zorder=2.5)  # under the run markers, so a run sitting on the target stays visible
+
+    costs = [row.total_flops for row in group.rows] + list(inference.values())
+    axis.set_xscale("log")
+    axis.set_xlim(min(costs) / 4, max(costs) * 4)
+    top = max([row.accuracy for row in group.rows] + [report.target])
+    axis.set_ylim(0, min(1.0, top + 0.1))
+    axis.yaxis.set_major_locator(MaxNLocator(steps=[1, 2, 5, 10]))  # whole percentages: ticks every 1, 2, 5, 10 ...
+    axis.yaxis.set_major_formatter(PercentFormatter(xmax=1, decimals=0))
+    axis.grid(True, which="major", alpha=0.3)
+    axis.set_xlabel(f"total FLOPs to answer {report.questions} questions (training + inference), log scale")
+    axis.set_ylabel(f"{report.metric} EmAcc")
+    axis.set_title(f"Eval set {group.eval_set.describe()}", loc="left")
+
+    present = {row.run.technique for row in group.rows}
+    techniques = [t for t in _COLOURS if t in present] + sorted(present - _COLOURS.keys())
+    modes = sorted({row.run.mode for row in group.rows})
+    handles = [
+        Line2D([], [], color=_COLOURS.get(technique, _OTHER_COLOUR), marker="o", linestyle="",
+               label=TECHNIQUE_NAMES.get(technique, technique))
+        for technique in techniques
+    ]
+    handles += [
+        Line2D([], [], color="dimgray", marker=_MARKERS.get(mode, _OTHER_MARKER), linestyle="", label=f"{mode} mode")
+        for mode in modes
+    ]
+    handles += [
+        Line2D([], [], color="black", linewidth=1.2, label="Pareto frontier (outlined)"),
+        Line2D([], [], color="crimson", linestyle="--",
+               label=f"target {format_percent(report.target)}" + ("" if cheapest else " (no run reaches it)")),
+    ]
+    if any(row.run.curve for row in group.rows):
+        handles.append(Line2D([], [], color="gray", alpha=0.5, marker=".", label="learning curve"))
+    if cheapest is not None:
+        handles.append(Line2D([], [], color="gold", marker="*", markersize=12, markeredgecolor="black", linestyle="",
+                              label=f"cheapest to target: {format_flops(cheapest.flops_to_target)}"))
+    axis.legend(handles=handles, loc="best", fontsize=8, framealpha=0.9)
+
+
+def _place_labels(axis, group: Group) -> None:
+    """Label each point with its run at the nearby spot that covers the least of the other marks."""
+    renderer = axis.figure.canvas.get_renderer()
+    heavy = []  # markers (with a margin), the legend and the labels placed so far, as pixel boxes
+    for collection in axis.collections:
+        radius = math.sqrt(collection.get_sizes()[0]) / 2 * axis.figure.dpi / 72 + 4
+        for centre in axis.transData.transform(collection.get_offsets()):
+            heavy.append(np.concatenate([centre - radius, centre + radius]))
+    heavy.append(axis.get_legend().get_window_extent(renderer).extents)
+    light = np.vstack([  # the lines, as small boxes along them
+        _line_boxes(line.get_transform().transform(line.get_path().vertices)) for line in axis.get_lines()
+    ])
+    frame = axis.get_window_extent(renderer).extents
+    for row in group.rows:
+        best = None
+        for dx, dy in _OFFSETS:
+            far = max(abs(dx), abs(dy)) > 10
+            text = axis.annotate(
+                f"{row.run.model}\n{row.run.technique_label} {row.run.mode}", (row.total_flops, row.accuracy),
+                xytext=(dx, dy), textcoords="offset points", fontsize=7.5,
+                ha="left" if dx > 0 else "right" if dx < 0 else "center",
+                va="bottom" if dy > 0 else "top" if dy < 0 else "center",
+                arrowprops={"arrowstyle": "-", "color": "gray", "linewidth": 0.6} if far else None,
+            )
+            text.update_positions(renderer)
+            box = Text.get_window_extent(text, renderer).extents  # the text alone: its arrow may cross marks
+            outside = (box[2] - box[0]) * (box[3] - box[1]) - _overlap(box, frame[None])
+            cost = 10 * (_overlap(box, np.array(heavy)) + outside) + _overlap(box, light)
+            if best is None or cost < best[0]:
+                if best is not None:
+                    best[1].remove()
+                best = (cost, text, box)
+            else:
+                text.remove()
+            if cost == 0:
+                break
+        heavy.append(best[2])
+
+
+def _line_boxes(vertices, spacing: float = 5.0, half: float = 1.5):
+    """Small boxes every `spacing` pixels along a polyline given in pixels."""
+    samples = [vertices[:1]]
+    for start, end in zip(vertices[:-1], vertices[1:]):
+        steps = max(1, int(np.hypot(*(end - start)) / spacing))
+        samples.append(start + (end - start) * np.linspace(0, 1, steps + 1)[1:, None])
+    points = np.vstack(samples)
+    return np.hstack([points - half, points + half])
+
+
+def _overlap(box, others) -> float:
+    """Total area that `box` shares with the rows of `others` (all boxes as x0, y0, x1, y1)."""
+    width = np.clip(np.minimum(box[2], others[:, 2]) - np.maximum(box[0], others[:, 0]), 0, None)
+    height = np.clip(np.minimum(box[3], others[:, 3]) - np.maximum(box[1], others[:, 1]), 0, None)
+    return float((width * height).sum())
