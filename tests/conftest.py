@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+from pathlib import Path
 
 import pytest
 
@@ -107,3 +109,13 @@ def tiny_checkpoint_dir(tmp_path_factory) -> str:
     build_tiny_model("llama", tokenizer).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return str(folder)
+
+
+@pytest.fixture(scope="session")
+def demo_split(tmp_path_factory) -> Path:
+    """A folder with the demo sample split in two: train.json (8 records) and eval.json (5), no shared ids."""
+    folder = tmp_path_factory.mktemp("demo-split")
+    records = json.loads((Path(__file__).resolve().parents[1] / "data" / "demo.json").read_text())
+    (folder / "train.json").write_text(json.dumps(records[:8]))
+    (folder / "eval.json").write_text(json.dumps(records[8:]))
+    return folder

@@ -34,13 +34,10 @@ def test_every_name_resolves_and_unknown_names_fail():
         finprog.nothing
 
 
-def test_the_readme_example_runs_on_a_tiny_model(tiny_checkpoint_dir, tmp_path, monkeypatch, capsys):
-    records = json.loads((REPO / "data" / "demo.json").read_text())
-    (tmp_path / "train.json").write_text(json.dumps(records[:8]))
-    (tmp_path / "dev.json").write_text(json.dumps(records[8:]))
+def test_the_readme_example_runs_on_a_tiny_model(tiny_checkpoint_dir, demo_split, tmp_path, monkeypatch, capsys):
     example = README_EXAMPLE.search((REPO / "README.md").read_text()).group(1)
-    settings = (f"MODEL, TRAIN, DEV, runs = {tiny_checkpoint_dir!r}, {str(tmp_path / 'train.json')!r}, "
-                f"{str(tmp_path / 'dev.json')!r}, Path({str(tmp_path / 'runs')!r})")
+    settings = (f"MODEL, TRAIN, DEV, runs = {tiny_checkpoint_dir!r}, {str(demo_split / 'train.json')!r}, "
+                f"{str(demo_split / 'eval.json')!r}, Path({str(tmp_path / 'runs')!r})")
     assert SETTINGS.search(example)
     monkeypatch.chdir(tmp_path)
     exec(SETTINGS.sub(lambda _: settings, example), {})

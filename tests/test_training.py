@@ -23,14 +23,9 @@ def checkpoint(tiny_checkpoint_dir):
     return tiny_checkpoint_dir
 
 
-@pytest.fixture(scope="module")
-def files(tmp_path_factory):
-    """The demo sample split in two: 8 records to train on, 5 to evaluate on."""
-    folder = tmp_path_factory.mktemp("data")
-    records = json.loads(DEMO.read_text())
-    (folder / "train.json").write_text(json.dumps(records[:8]))
-    (folder / "eval.json").write_text(json.dumps(records[8:]))
-    return folder
+@pytest.fixture
+def files(demo_split):
+    return demo_split
 
 
 @pytest.fixture(autouse=True)
@@ -198,6 +193,7 @@ train(TrainOptions(**json.loads(sys.argv[1])), Path(sys.argv[2]), progress=False
 """
 
 
+@pytest.mark.slow  # starts two Python processes that each load torch
 def test_two_processes_train_data_parallel_and_their_flops_add_up(tmp_path, checkpoint, files):
     import torch
 

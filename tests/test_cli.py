@@ -1,0 +1,131 @@
+"""The commands through `finprog.cli.main`: train, report, flops and models, on tiny models and synthetic runs."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from finprog import flops, models, training
+from finprog.cli import main
+from test_report import SET_B, write_run
+
+
+def run_cli(capsys, *args) -> tuple[int, str, str]:
+    code = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+# ---------------------------------------------------------------- train
+
+
+class Captured(Exception):
+    """Raised by the stand-in for `training.train`, carrying what the command passed it."""
+
+
+def train_options(monkeypatch, *args) -> tuple[training.TrainOptions, object, dict]:
+    """The TrainOptions, run folder and flags that `finprog train ARGS` hands to `training.train`."""
+    def capture(options, out, **flags):
+        raise Captured(options, out, flags)
+
+    monkeypatch.setattr(training, "train", capture)
+    with pytest.raises(Captured) as caught:
+        main(["train", *map(str, args)])
+    return caught.value.args
+
+
+def test_train_passes_every_option_to_the_library(monkeypatch, tmp_path):
+    options, out, flags = train_options(
+        monkeypatch, "--model", "m", "--method", "full", "--mode", "direct", "--train", "a.json", "b.json",
+        "--eval", "e.json", "--eval-every", 3, "--eval-limit", 7, "--no-eval-at-start", "--eval-batch-size", 2,
+        "--max-steps", 9, "--budget-flops", 1e15, "--target", "30%", "--target-metric", "tolerant", "--lr", 1e-4,
+        "--warmup-steps", 2, "--weight-decay", 0.1, "--batch-size", 5, "--gradient-checkpointing", "--lora-r", 4,
+        "--lora-alpha", 16, "--lora-dropout", 0.1, "--lora-targets", "all-linear", "--max-prompt-tokens", 300,
+        "--max-new-tokens", 12, "--no-chat-template", "--dtype", "bf16", "--seed", 7, "--out", tmp_path / "run",
+        "--resume", "--json",
+    )
+    expected = dict(
+        model="m", method="full", mode="direct", train=["a.json", "b.json"], eval="e.json", eval_every=3,
+        eval_limit=7, eval_at_start=False, eval_batch_size=2, max_steps=9, epochs=None, budget_flops=1e15,
+        target=0.3, target_metric="tolerant", lr=1e-4, warmup_steps=2, weight_decay=0.1, batch_size=5,
+        gradient_checkpointing=True, lora_r=4, lora_alpha=16, lora_dropout=0.1, lora_targets="all-linear",
+        max_prompt_tokens=300, max_new_tokens=12, chat_template=False, dtype="bf16", seed=7, shots=0,
+    )
+    assert {name: getattr(options, name) for name in expected} == expected
+    assert out == tmp_path / "run" and flags == {"resume": True, "progress": False}
+
+
+def test_train_defaults_and_epochs(monkeypatch):
+    options, out, flags = train_options(monkeypatch, "--model", "org/m", "--train", "t", "--eval", "e",
+                                        "--epochs", 2.5, "--shots", 2)
+    defaults = training.TrainOptions(model="org/m", train="t", eval="e", epochs=2.5, shots=2)
+    assert options == defaults and str(out) == "runs/org--m_lora_program" and flags == {"resume": False, "progress": True}
+
+
+def test_train_runs_a_tiny_model_and_prints_its_summary(tiny_checkpoint_dir, demo_split, tmp_path, capsys):
+    code, out, _ = run_cli(
+        capsys, "train", "--model", tiny_checkpoint_dir, "--train", demo_split / "train.json", "--eval", demo_split / "eval.json",
+        "--mode", "direct", "--max-steps", 2, "--batch-size", 4, "--eval-limit", 2, "--eval-batch-size", 2,
+        "--max-new-tokens", 4, "--lr", 1e-3, "--out", tmp_path / "run", "--json",
+    )
+    summary = json.loads(out)
+    record = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert code == 0 and record["status"] == "finished" and [p["step"] for p in record["curve"]] == [0, 2]
+    assert summary["exact"] == record["metrics"]["exact"]
+    code, _, err = run_cli(capsys, "train", "--model", tiny_checkpoint_dir, "--train", demo_split / "train.json",
+                           "--eval", demo_split / "train.json", "--out", tmp_path / "again")
+    assert code == 2 and err.startswith("finprog: error: ") and "Traceback" not in err
+
+
+# ---------------------------------------------------------------- report
+
+
+def test_report_prints_the_table_and_writes_its_files(tmp_path, capsys):
+    write_run(tmp_path / "runs" / "few", exact=0.2, inference=1e12)
+    write_run(tmp_path / "runs" / "lora", exact=0.4, training=3e16, curve=[(0, 0.1), (3e16, 0.4)])
+    write_run(tmp_path / "runs" / "other", exact=0.5, ids=SET_B)
+    code, out, _ = run_cli(capsys, "report", tmp_path / "runs", "--target", "30", "--questions", 100,
+                           "--out", tmp_path / "report")
+    assert code == 0 and "lora" in out and "few" in out and "wrote" in out
+    assert sorted(p.name for p in (tmp_path / "report").iterdir()) == ["report.md", "report.png"]
+    code, out, _ = run_cli(capsys, "report", tmp_path / "runs" / "lora", "--target", "0.3", "--metric", "tolerant",
+                           "--out", tmp_path / "report", "--json")
+    result = json.loads(out)
+    assert code == 0 and result["metric"] == "tolerant" and result["questions"] == 1147
+    code, _, err = run_cli(capsys, "report", tmp_path / "runs", "--target", "150%")
+    assert code == 2 and "target" in err and "Traceback" not in err
+
+
+# ---------------------------------------------------------------- flops
+
+
+def test_flops_prints_the_summary_of_a_checkpoint(tiny_checkpoint_dir, capsys):
+    code, out, _ = run_cli(capsys, "flops", tiny_checkpoint_dir, "--prompt-tokens", 64, "--new-tokens", 8,
+                           "--method", "full", "--gradient-checkpointing", "--json")
+    shape = flops.ModelShape.from_config(models.model_config(tiny_checkpoint_dir))
+    assert code == 0 and json.loads(out) == flops.summary(shape, 64, 8, "full", gradient_checkpointing=True)
+    code, out, _ = run_cli(capsys, "flops", tiny_checkpoint_dir, "--lora-rank", 4, "--lora-targets", "all-linear",
+                           "--check", "--train-tokens", 16, "--prompt-tokens", 16, "--new-tokens", 2)
+    assert code == 0 and "lora r=4 on" in out and "training step" in out
+    assert flops.format_check(flops.check(tiny_checkpoint_dir, prompt_tokens=16, new_tokens=2, train_tokens=16,
+                                          lora_rank=4, targets="all-linear")) in out
+    code, _, err = run_cli(capsys, "flops", "no-such-model")
+    assert code == 2 and "no-such-model" in err and "Traceback" not in err
+
+
+# ---------------------------------------------------------------- models
+
+
+def test_models_lists_the_zoo_and_fetches_by_name(monkeypatch, capsys):
+    code, out, _ = run_cli(capsys, "models", "list", "--json")
+    assert code == 0 and [row["name"] for row in json.loads(out)] == list(models.ZOO)
+    code, out, _ = run_cli(capsys, "models", "list")
+    assert code == 0 and all(name in out for name in models.ZOO) and "licence" in out.splitlines()[0]
+
+    monkeypatch.setattr(models, "fetch", lambda name: f"/cache/{name}")
+    code, out, _ = run_cli(capsys, "models", "fetch", "all")
+    assert code == 0 and out.splitlines() == [f"{name}: /cache/{name}" for name in models.ZOO]
+    monkeypatch.undo()
+    code, _, err = run_cli(capsys, "models", "fetch", "no-such-model")
+    assert code == 2 and "no-such-model" in err and "Traceback" not in err
