@@ -30,8 +30,10 @@ import tempfile
 import time
 import traceback
 from contextlib import redirect_stderr, redirect_stdout
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from finprog.runs import PREDICTIONS, RUN, read_rows
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # PEFT otherwise asks the hub when it saves an adapter
 
@@ -79,10 +81,10 @@ class Context:
     dev: str
     train: str
     device: str  # where finprog's "auto" device puts models: cuda or cpu
-    checkpoint: Path = field(init=False)
 
-    def __post_init__(self):
-        self.checkpoint = self.work / "checkpoint"
+    @property
+    def checkpoint(self) -> Path:
+        return self.work / "checkpoint"
 
 
 # ---------------------------------------------------------------- the checks
@@ -103,8 +105,6 @@ def build_checkpoint(ctx: Context) -> dict:
 
 def batched_vs_batch_1(ctx: Context) -> dict:
     """Batch-1 generation against the batch-8 run of `solve direct bf16`: the first answer lines must agree."""
-    from finprog.runs import PREDICTIONS, read_rows
-
     numbers = _solve(ctx, "direct-bf16-batch1", "direct", "--batch-size", 1, "--dtype", "bf16")
     batched, single = ({row["id"]: _first_line(row["completion"]) for row in read_rows(ctx.work / name / PREDICTIONS)}
                        for name in ("direct-bf16", "direct-bf16-batch1"))
@@ -117,7 +117,7 @@ def batched_vs_batch_1(ctx: Context) -> dict:
 def train(ctx: Context, method: str) -> dict:
     out = ctx.work / f"train-{method}"
     _finprog(*_train_args(ctx, method, out))
-    return _train_numbers(ctx, json.loads((out / "run.json").read_text()))
+    return _train_numbers(ctx, json.loads((out / RUN).read_text()))
 
 
 def flops_check(ctx: Context) -> dict:
@@ -142,7 +142,7 @@ def data_parallel(ctx: Context) -> dict:
     done = subprocess.run(command, capture_output=True, text=True, cwd=REPO)
     if done.returncode:
         raise RuntimeError(f"torchrun exited with {done.returncode}: {done.stderr.strip()[-2000:]}")
-    return _train_numbers(ctx, json.loads((out / "run.json").read_text()))
+    return _train_numbers(ctx, json.loads((out / RUN).read_text()))
 
 
 CHECKS = {
@@ -164,14 +164,25 @@ CHECKS = {
 # ---------------------------------------------------------------- finprog's command line, as the checks use it
 
 
+class _Echo(io.StringIO):
+    """Keeps what is written to it and passes it on to `stream` at once."""
+
+    def __init__(self, stream):
+        super().__init__()
+        self.stream = stream
+
+    def write(self, text: str) -> int:
+        self.stream.write(text)
+        return super().write(text)
+
+
 def _finprog(*args) -> str:
-    """Run the `finprog` command line in this process; returns its stdout, and echoes its stderr."""
+    """Run the `finprog` command line in this process; returns its stdout (its stderr shows as it comes)."""
     from finprog.cli import main
 
-    stdout, stderr = io.StringIO(), io.StringIO()
+    stdout, stderr = io.StringIO(), _Echo(sys.stderr)
     with redirect_stdout(stdout), redirect_stderr(stderr):
         status = main([str(arg) for arg in args])
-    sys.stderr.write(stderr.getvalue())
     if status:
         last = stderr.getvalue().strip().splitlines()[-1:]
         raise RuntimeError(f"finprog {args[0]} exited with {status}: {' '.join(last)}")
@@ -186,7 +197,7 @@ def _solve(ctx: Context, name: str, mode: str, *options) -> dict:
     args += ["--max-prompt-tokens", plan.max_prompt_tokens] if plan.max_prompt_tokens else []
     args += ["--max-new-tokens", plan.max_new_tokens] if plan.max_new_tokens else []
     _finprog(*args)
-    record = json.loads((out / "run.json").read_text())
+    record = json.loads((out / RUN).read_text())
     metrics, timing = record["metrics"], record["timing"]
     return {
         "passed": metrics["n"] == plan.questions and record["model"]["device"].startswith(ctx.device),
@@ -289,6 +300,7 @@ def markdown(report: dict) -> str:
         "",
         ", ".join(f"{name} {version}" for name, version in env["versions"].items()),
         "",
+        f"{len(report['checks'])} of {len(CHECKS)} checks run: "
         f"{report['passed']} passed, {report['failed']} failed, {report['skipped']} skipped in "
         f"{report['seconds']:.0f} s. The model is random: accuracies near zero are expected.",
         "",
@@ -326,19 +338,25 @@ def main(argv: list[str] | None = None) -> int:
 
     cuda = torch.cuda.is_available()
     plan = GPU if cuda and not args.dry_run else DRY
-    started = time.perf_counter()
+    started, env, results = time.perf_counter(), environment(plan), []
+    args.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="gpu_check-") as work:
         ctx = Context(plan, Path(work), args.dev, args.train, "cuda" if cuda else "cpu")
-        results = [run_check(name, check, ctx) for name, check in CHECKS.items()]
-    statuses = [result["status"] for result in results]
-    report = {"environment": environment(plan), "seconds": time.perf_counter() - started,
-              "passed": statuses.count("pass"), "failed": statuses.count("fail"),
-              "skipped": statuses.count("skipped"), "checks": results}
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"{REPORT}.json").write_text(json.dumps(report, indent=2) + "\n")
-    (args.out / f"{REPORT}.md").write_text(markdown(report))
+        for name, check in CHECKS.items():
+            results.append(run_check(name, check, ctx))
+            report = write_report(args.out, env, results, time.perf_counter() - started)  # a cut-off run keeps its checks
     print(markdown(report))
     return 1 if report["failed"] else 0
+
+
+def write_report(out: Path, env: dict, results: list[dict], seconds: float) -> dict:
+    """gpu_check.json and gpu_check.md for the checks done so far."""
+    statuses = [result["status"] for result in results]
+    report = {"environment": env, "seconds": seconds, "passed": statuses.count("pass"),
+              "failed": statuses.count("fail"), "skipped": statuses.count("skipped"), "checks": results}
+    (out / f"{REPORT}.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out / f"{REPORT}.md").write_text(markdown(report))
+    return report
 
 
 if __name__ == "__main__":

@@ -95,10 +95,11 @@ def main() -> int:
     carried = sum(path.stat().st_size for path in carry.rglob("*") if path.is_file())
     total = carried + checkout_bytes()
     print(f"{CARRY}/: {carried / 2**20:.1f} MiB; with the checkout: {total / 2**20:.1f} MiB of {LIMIT / 2**20:.0f} MiB")
-    print(f"\ncarry: [\"{CARRY}\"]\ncommand:\n"
-          f"python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site "
-          f"{CARRY}/wheels/*.whl && export PYTHONPATH=/tmp/site:$PWD FINPROG_DATA_DIR=$PWD/{CARRY}/finqa "
-          f"PYTHONUNBUFFERED=1 && python3 evals/gpu_check.py --out $OUT")
+    print(f"\ncarry: [\"{CARRY}\"]\ncommand (the report and a log land in $OUT):\n"
+          f"set -o pipefail; python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir "
+          f"--target /tmp/site {CARRY}/wheels/*.whl && export PYTHONPATH=/tmp/site:$PWD "
+          f"FINPROG_DATA_DIR=$PWD/{CARRY}/finqa PYTHONUNBUFFERED=1 && "
+          f"python3 evals/gpu_check.py --out $OUT 2>&1 | tee $OUT/gpu_check.log")
     return 0 if total <= LIMIT else 1
 
 
