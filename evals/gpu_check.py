@@ -55,7 +55,7 @@ class Plan:
     train_steps: int  # per training run: the loss of its first half is compared with its second
     train_prompt_tokens: int
     flops_tokens: int  # prompt and training tokens of `flops --check`
-    dtype: str = "bf16"
+    dtype: str = "bf16"  # for training (the bf16 and quantized `solve` runs say their own)
     train_examples: int = 8  # trained on again and again, so that the loss falls within a few steps
     batch_size: int = 4
 
@@ -246,8 +246,8 @@ def _train_numbers(ctx: Context, record: dict) -> dict:
     }
 
 
-def _first_line(text: str | None) -> str | None:
-    return None if text is None else (text.strip().splitlines() or [""])[0]
+def _first_line(text: str) -> str:
+    return (text.strip().splitlines() or [""])[0]
 
 
 # ---------------------------------------------------------------- running and reporting
