@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from finprog import flops, prompts
+from finprog import flops, prompts, retrieval
 from finprog.data import Example, load_finqa, resolve_data
 from finprog.evaluation import metrics, score
 from finprog.runs import RUN, RunRecorder, eval_set
@@ -46,6 +46,7 @@ class SolveOptions:
     exemplars: str | None = None
     constrained: bool | None = None  # None: on in program mode (off for a model finprog trained), off in direct mode
     restrict_numbers: bool = True  # with constrained: only numbers from the example's text and table, and constants
+    page_numbers: bool = False  # with restrict_numbers: numbers of the whole page, not only of the facts shown
     samples: int = 1
     temperature: float = 0.7
     top_p: float = 0.95
@@ -54,6 +55,9 @@ class SolveOptions:
     quant: str = "none"
     chat_template: bool = True
     max_prompt_tokens: int | None = None  # cut the report's least relevant sentences to fit; None: no cut, or as trained
+    context: str | None = None  # page, retrieved or gold (retrieval.CONTEXTS); None: retrieved, or as trained
+    top_k: int | None = None  # facts kept by the ranker; None: 5, or as trained
+    ranker: str | None = None  # retrieval.RANKERS; None: bm25, or as trained
     technique: str = ""  # derived unless given: few-shot or zero-shot; training sets lora, qlora or full
 
     def __post_init__(self):
@@ -69,6 +73,13 @@ class SolveOptions:
             self.shots = trained["config"]["shots"] if self.shots is None else self.shots
             self.max_prompt_tokens = self.max_prompt_tokens or trained["config"]["max_prompt_tokens"]
             self.constrained = False if self.constrained is None else self.constrained
+            for name in ("context", "top_k", "ranker"):
+                if getattr(self, name) is None:
+                    setattr(self, name, trained["config"].get(name, {"context": "page"}.get(name)))
+        self.context = self.context or retrieval.DEFAULT_CONTEXT
+        self.top_k = retrieval.DEFAULT_TOP_K if self.top_k is None else self.top_k
+        self.ranker = self.ranker or retrieval.DEFAULT_RANKER
+        retrieval.check_options(self.context, self.top_k, self.ranker)
         if self.constrained is None:
             self.constrained = self.mode == "program"
         if self.constrained and self.mode != "program":
@@ -100,6 +111,8 @@ def solve(options: SolveOptions, out: Path, resume: bool = False, progress: bool
 
     data_path, described = resolve_data(options.data)
     examples = load_finqa(data_path)[: options.limit]
+    if options.context == "gold":
+        retrieval.check_gold(examples, str(data_path))
     pool, pool_described = _exemplar_pool(options, {e.id for e in examples})
     retriever = prompts.ExemplarRetriever(pool)
     record = {
@@ -151,12 +164,14 @@ def scored_rows(model, tokenizer, examples: list[Example], options: SolveOptions
 
     shape = flops.ModelShape.from_config(model.config.to_dict())
     texts = [prompts.build_prompt(e, tokenizer, options, retriever) for e in examples]
+    ranking = [prompts.ranker_flops(e, options, retriever) for e in examples]
     repeated = [text for text in texts for _ in range(options.samples)]
     grammar = None
     if options.constrained:
         from finprog import constrained
 
-        grammar = constrained.processor_factory(model, tokenizer, [e for e in examples for _ in range(options.samples)],
+        shown = examples if options.page_numbers else [prompts.shown_example(e, options) for e in examples]
+        grammar = constrained.processor_factory(model, tokenizer, [e for e in shown for _ in range(options.samples)],
                                                 restrict_numbers=options.restrict_numbers)
     pending: dict[int, list] = {}  # example index -> its finished samples
     batch, seconds, clock = None, 0.0, time.perf_counter()
@@ -175,12 +190,12 @@ def scored_rows(model, tokenizer, examples: list[Example], options: SolveOptions
         samples.append((completion, seconds))
         if len(samples) == options.samples:
             del pending[example_index]
-            yield _row(examples[example_index], samples, options.mode, shape)
+            yield _row(examples[example_index], samples, options.mode, shape, ranking[example_index])
         clock = time.perf_counter()
 
 
-def _row(example: Example, samples: list, mode: str, shape) -> dict:
-    """One example's record: its completion(s), score, token counts, seconds and FLOPs."""
+def _row(example: Example, samples: list, mode: str, shape, ranker_flops: float = 0.0) -> dict:
+    """One example's record: its completion(s), score, token counts, seconds and FLOPs (the ranker's included)."""
     scored = [(completion, score(example, completion.text, mode)) for completion, _ in samples]
     completion, row = _vote(scored) if len(scored) > 1 else scored[0]
     cost = flops.inference_flops(shape, [c for c, _ in scored])
@@ -192,8 +207,9 @@ def _row(example: Example, samples: list, mode: str, shape) -> dict:
         "prompt_tokens": completion.prompt_tokens,
         "new_tokens": sum(c.new_tokens for c, _ in scored),
         "seconds": sum(s for _, s in samples),
-        "flops": cost["useful"],
-        "flops_executed": cost["executed"],
+        "flops": cost["useful"] + ranker_flops,
+        "flops_executed": cost["executed"] + ranker_flops,
+        "ranker_flops": ranker_flops,
     }
     if len(scored) > 1:
         row["samples"] = [{"completion": c.text, "value": r["value"], "outcome": r["outcome"]} for c, r in scored]

@@ -36,7 +36,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from finprog import flops, models, prompts
+from finprog import flops, models, prompts, retrieval
 from finprog.data import Example, load_finqa, resolve_data
 from finprog.evaluation import gold_value, metrics
 from finprog.models import DTYPES
@@ -71,6 +71,9 @@ class TrainOptions:
     exemplar_choice: str = "similar"
     chat_template: bool = True
     max_prompt_tokens: int | None = DEFAULT_MAX_PROMPT_TOKENS  # None: no cut
+    context: str = retrieval.DEFAULT_CONTEXT  # page, retrieved or gold: the same rule at training and evaluation
+    top_k: int = retrieval.DEFAULT_TOP_K
+    ranker: str = retrieval.DEFAULT_RANKER
     # when to stop (the first that happens); without max_steps and epochs, one epoch
     max_steps: int | None = None
     epochs: float | None = None
@@ -114,6 +117,10 @@ class TrainOptions:
             fail(f"unknown exemplar choice {self.exemplar_choice!r}; choose {' or '.join(EXEMPLAR_CHOICES)}")
         if self.shots and self.mode == "direct":
             fail("--shots applies to program mode only (the direct prompt has no exemplars)")
+        try:
+            retrieval.check_options(self.context, self.top_k, self.ranker)
+        except retrieval.RetrievalError as error:
+            fail(str(error))
         if self.dtype not in ("auto", *DTYPES):
             fail(f"unknown dtype {self.dtype!r}; use auto, {', '.join(DTYPES)}")
         if self.target_metric not in TARGET_METRICS:
@@ -190,6 +197,16 @@ def validate(options: TrainOptions) -> TrainData:
             f"{train_name}: {len(untrainable)} of {len(data.train)} training records have no {what} "
             f"(first: {', '.join(untrainable[:3])}); {options.mode} mode trains on it: {advice}"
         )
+    pageless = next((e.id for e in data.train if not (e.pre_text or e.post_text or e.table)), None)
+    if pageless and options.mode == "program":
+        raise TrainingError(f"{train_name}: record {pageless!r} has no page (no text, no table), so a program "
+                            "prompt has no numbers to use; train on a FinQA file with pages (such as train_2077)")
+    if options.context == "gold":
+        try:
+            retrieval.check_gold(data.train, train_name)
+            retrieval.check_gold(data.eval, str(eval_path))
+        except retrieval.RetrievalError as error:
+            raise TrainingError(str(error)) from None
     shared = sorted({e.id for e in data.train} & {e.id for e in eval_file})
     if shared:
         raise TrainingError(
@@ -357,7 +374,7 @@ def solve_options(options: TrainOptions) -> SolveOptions:
     return SolveOptions(
         model=options.model, mode=options.mode, shots=options.shots, exemplar_choice=options.exemplar_choice,
         chat_template=options.chat_template, max_prompt_tokens=options.max_prompt_tokens,
-        batch_size=options.eval_batch_size, max_new_tokens=options.max_new_tokens, dtype=options.dtype,
+        context=options.context, top_k=options.top_k, ranker=options.ranker, batch_size=options.eval_batch_size, max_new_tokens=options.max_new_tokens, dtype=options.dtype,
         technique=options.method, constrained=False,  # the curve measures the programs the model writes itself
     )
 
