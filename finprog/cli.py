@@ -209,6 +209,9 @@ def _add_solve_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--shots", type=int,
                         help="few-shot exemplars in program mode (default: 4, or as a finprog-trained model was trained)")
     parser.add_argument("--exemplars", help="FinQA file the exemplars come from (default: official train, else demo)")
+    parser.add_argument("--gold-exemplars", action="store_true",
+                        help="exemplars only from training records with annotated facts (the others are "
+                             "shown with retrieved facts)")
     parser.add_argument("--exemplar-choice", choices=EXEMPLAR_CHOICES, default="similar",
                         help="most similar question (TF-IDF) or the first k")
     parser.add_argument("--constrained", action=argparse.BooleanOptionalAction,
@@ -252,7 +255,7 @@ def _solve_options(args, mode: str, constrained: bool | None = None):
     return SolveOptions(
         model=args.model, mode=mode, data=args.data, limit=args.limit, batch_size=args.batch_size,
         max_new_tokens=args.max_new_tokens, shots=args.shots, exemplar_choice=args.exemplar_choice,
-        exemplars=args.exemplars, constrained=constrained, restrict_numbers=args.restrict_numbers, samples=args.samples,
+        exemplars=args.exemplars, gold_exemplars=args.gold_exemplars, constrained=constrained, restrict_numbers=args.restrict_numbers, samples=args.samples,
         temperature=args.temperature, top_p=args.top_p, seed=args.seed, dtype=args.dtype, quant=args.quant,
         chat_template=args.chat_template, max_prompt_tokens=args.max_prompt_tokens, page_numbers=args.page_numbers,
         context=args.context, top_k=args.top_k, ranker=args.ranker,

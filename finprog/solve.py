@@ -44,6 +44,7 @@ class SolveOptions:
     shots: int | None = None  # None: 4, or the shots of the `finprog train` run that wrote `model`
     exemplar_choice: str = "similar"
     exemplars: str | None = None
+    gold_exemplars: bool = False  # only training records with annotated facts (the others are shown with retrieved ones)
     constrained: bool | None = None  # None: on in program mode (off for a model finprog trained), off in direct mode
     restrict_numbers: bool = True  # with constrained: only numbers from the example's text and table, and constants
     page_numbers: bool = False  # with restrict_numbers: numbers of the whole page, not only of the facts shown
@@ -254,11 +255,13 @@ def flop_totals(rows: list[dict], training_flops: float) -> dict:
 
 
 def _exemplar_pool(options: SolveOptions, evaluated_ids: set[str]) -> tuple[list[Example], str]:
-    """Training examples with programs, never one of the evaluated ids, and which file they come from."""
+    """Training examples with programs (and gold facts, if asked), never an evaluated id, and their file."""
     if options.mode != "program" or not options.shots:
         return [], ""
     path, described = resolve_data(options.exemplars, default_split="train")
-    return [e for e in load_finqa(path) if e.program and e.id not in evaluated_ids], described
+    pool = [e for e in load_finqa(path) if e.program and e.id not in evaluated_ids
+            and (e.gold_inds or not options.gold_exemplars)]
+    return pool, described + (", records with gold facts" if options.gold_exemplars else "")
 
 
 def _say(enabled: bool, message: str) -> None:
