@@ -50,9 +50,13 @@ def read_records(path: Path, error: type[ValueError] = DataValidationError) -> l
 
     A missing file or invalid JSON raises `error` with the file, line and column.
     """
+    from finprog.runs import read_text
+
     if not path.is_file():
         raise error(f"{path}: no such file")
-    text = path.read_text(encoding="utf-8")
+    text = read_text(path, error)
+    if text.lstrip().startswith("{") and "\n" in text.strip() and not _is_json_lines(text):
+        raise error(f"{path}: holds one JSON object; expected a JSON list of records, or one JSON object per line")
     if text.lstrip().startswith("["):
         lines = [(1, text)]
     else:
@@ -67,6 +71,14 @@ def read_records(path: Path, error: type[ValueError] = DataValidationError) -> l
                 + ("" if len(lines) == 1 and first_line == 1 else " (expected a JSON list or one JSON object per line)")
             ) from None
     return records[0] if text.lstrip().startswith("[") else records
+
+
+def _is_json_lines(text: str) -> bool:
+    try:
+        json.loads(text.strip().splitlines()[0])
+        return True
+    except json.JSONDecodeError:
+        return False
 
 
 def _to_example(path: Path, index: int, record: object) -> Example:
