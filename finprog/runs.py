@@ -358,7 +358,7 @@ class RunRecorder:
 
     def finish(self, **fields) -> dict:
         """Close the predictions file, write the final run.json, release the folder."""
-        self._close(status="finished", finished=now(), **fields)
+        self._close(**{**fields, "status": "finished", "finished": now()})
         return self.record.data
 
     def fail(self, error: BaseException) -> None:
