@@ -28,9 +28,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
+class UsageError(ValueError):
+    """Options that no command can run with."""
+
+
 # Errors that describe bad input or an impossible request: printed as one line, exit status 2.
 # Anything else is a bug and keeps its traceback.
 USER_ERRORS = {
+    "finprog.cli": ("UsageError",),
     "finprog.data": ("DataValidationError",),
     "finprog.dsl": ("ProgramError",),
     "finprog.evaluation": ("PredictionFileError",),
@@ -252,7 +257,7 @@ def _add_context_options(parser: argparse.ArgumentParser, inherited: bool = Fals
 def _solve_options(args, mode: str, constrained: bool | None = None):
     from finprog.solve import SolveOptions
 
-    return SolveOptions(
+    return SolveOptions.for_model(
         model=args.model, mode=mode, data=args.data, limit=args.limit, batch_size=args.batch_size,
         max_new_tokens=args.max_new_tokens, shots=args.shots, exemplar_choice=args.exemplar_choice,
         exemplars=args.exemplars, gold_exemplars=args.gold_exemplars, constrained=constrained, restrict_numbers=args.restrict_numbers, samples=args.samples,
@@ -368,6 +373,9 @@ def _flops(args) -> int:
     from finprog import flops
     from finprog.models import model_config
 
+    for name in ("prompt_tokens", "new_tokens", "train_tokens", "lora_rank"):
+        if getattr(args, name) < 1:
+            raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
     shape = flops.ModelShape.from_config(model_config(args.model))
     result = flops.summary(shape, args.prompt_tokens, args.new_tokens, args.method, args.lora_rank,
                            targets=args.lora_targets, gradient_checkpointing=args.gradient_checkpointing)

@@ -7,18 +7,17 @@ the same thing wherever it appears.
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from finprog import flops, prompts, retrieval
 from finprog.data import Example, load_finqa, resolve_data
 from finprog.evaluation import metrics, score
-from finprog.runs import RUN, RunRecorder, eval_set
+from finprog.runs import RunRecord, RunRecorder, eval_set
 
 MODES = ("program", "direct")
 EXEMPLAR_CHOICES = ("similar", "first")
@@ -64,19 +63,15 @@ class SolveOptions:
     def __post_init__(self):
         if self.mode not in MODES:
             raise SolveError(f"unknown mode {self.mode!r}; choose one of {', '.join(MODES)}")
-        for name in ("samples", "batch_size"):
+        for name in ("samples", "batch_size", "limit", "max_new_tokens", "max_prompt_tokens"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise SolveError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if self.samples > 1 and not self.temperature > 0:
+            raise SolveError(f"--samples {self.samples} samples: --temperature must be above 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise SolveError(f"--top-p must be in (0, 1], got {self.top_p}")
         if self.exemplar_choice not in EXEMPLAR_CHOICES:
             raise SolveError(f"unknown exemplar choice {self.exemplar_choice!r}; choose {' or '.join(EXEMPLAR_CHOICES)}")
-        trained = training_record(self.model)
-        if trained:  # a fine-tuned model is prompted and decoded as its training evaluated it, unless told otherwise
-            self.shots = trained["config"]["shots"] if self.shots is None else self.shots
-            self.max_prompt_tokens = self.max_prompt_tokens or trained["config"]["max_prompt_tokens"]
-            self.constrained = False if self.constrained is None else self.constrained
-            for name in ("context", "top_k", "ranker"):
-                if getattr(self, name) is None:
-                    setattr(self, name, trained["config"].get(name, {"context": "page"}.get(name)))
         self.context = self.context or retrieval.DEFAULT_CONTEXT
         self.top_k = retrieval.DEFAULT_TOP_K if self.top_k is None else self.top_k
         self.ranker = self.ranker or retrieval.DEFAULT_RANKER
@@ -89,14 +84,29 @@ class SolveOptions:
         if self.shots < 0:
             raise SolveError(f"--shots must be at least 0, got {self.shots}")
         if not self.technique:
-            self.technique = (trained["config"]["technique"] if trained
-                              else "few-shot" if self.mode == "program" and self.shots else "zero-shot")
+            self.technique = "few-shot" if self.mode == "program" and self.shots else "zero-shot"
+
+    @classmethod
+    def for_model(cls, model: str = DEFAULT_MODEL, **settings) -> SolveOptions:
+        """Options for `model`; one that `finprog train` wrote is prompted and decoded as its training evaluated it
+        (shots, prompt cut, free decoding, technique), unless `settings` say otherwise."""
+        trained = RunRecord.trained(model)
+        if trained:
+            config = trained.data["config"]
+            settings["shots"] = config["shots"] if settings.get("shots") is None else settings["shots"]
+            settings["max_prompt_tokens"] = settings.get("max_prompt_tokens") or config["max_prompt_tokens"]
+            settings["constrained"] = False if settings.get("constrained") is None else settings["constrained"]
+            settings["technique"] = settings.get("technique") or config["technique"]
+            for name in ("context", "top_k", "ranker"):  # a run trained before retrieval showed the page
+                if settings.get(name) is None:
+                    settings[name] = config.get(name, "page" if name == "context" else None)
+        return cls(model=model, **settings)
 
     @property
     def new_token_limit(self) -> int:
         from finprog.generation import DIRECT_MAX_NEW_TOKENS
 
-        if self.max_new_tokens:
+        if self.max_new_tokens is not None:
             return self.max_new_tokens
         return PROGRAM_MAX_NEW_TOKENS if self.mode == "program" else DIRECT_MAX_NEW_TOKENS
 
@@ -112,6 +122,8 @@ def solve(options: SolveOptions, out: Path, resume: bool = False, progress: bool
 
     data_path, described = resolve_data(options.data)
     examples = load_finqa(data_path)[: options.limit]
+    if not examples:
+        raise SolveError(f"{data_path} holds no examples")
     if options.context == "gold":
         retrieval.check_gold(examples, str(data_path))
     pool, pool_described = _exemplar_pool(options, {e.id for e in examples})
@@ -122,30 +134,72 @@ def solve(options: SolveOptions, out: Path, resume: bool = False, progress: bool
         "eval_set": eval_set(data_path.stem, [e.id for e in examples]),
     }
     source = models.resolve_model(options.model)  # an unknown model fails here, before a run folder is made
-    shape = flops.ModelShape.from_config(models.model_config(options.model))  # so does one whose FLOPs cannot be counted
-    recorder = RunRecorder(out, record, resume=resume)
-    todo = [e for e in examples if e.id not in recorder.done_ids]
-    _say(progress, f"data: {described}; {len(examples)} examples, {len(todo)} to run")
-    if pool_described:
-        _say(progress, f"exemplars: {options.shots} per question ({options.exemplar_choice}) from {pool_described}")
+    config = models.model_config(source)
+    shape = flops.ModelShape.from_config(config)  # so does one whose FLOPs cannot be counted
+    trained = RunRecord.trained(options.model)
+    with RunRecorder(out, record, resume=resume) as recorder:
+        todo = [e for e in examples if e.id not in recorder.done_ids]
+        _say(progress, f"data: {described}; {len(examples)} examples, {len(todo)} to run")
+        if pool_described:
+            _say(progress, f"exemplars: {options.shots} per question ({options.exemplar_choice}) from {pool_described}")
 
-    started = time.perf_counter()
-    loaded = models.load_model(options.model, dtype=options.dtype, quant=options.quant)
-    record["model"] = {"name": options.model, "source": source.kind, "dtype": str(loaded.dtype),
-                       "device": str(loaded.device), "params": flops.parameter_counts(shape)["total"]}
-    load_seconds = time.perf_counter() - started
+        started = time.perf_counter()
+        loaded = models.load_model(source, dtype=options.dtype, quant=options.quant)
+        load_seconds = time.perf_counter() - started
+        record["model"] = {"name": options.model, "source": source.kind, "dtype": str(loaded.dtype),
+                           "device": str(loaded.device), "params": flops.parameter_counts(shape)["total"]}
+        fitted, cut = fit_to_context(options, todo, loaded.tokenizer, retriever, config.get("max_position_embeddings"))
+        if cut:
+            record["context_cut"] = cut
+            _say(progress, context_cut_line(cut))
+        recorder.update()
+        for row in scored_rows(loaded.model, loaded.tokenizer, todo, fitted, retriever, progress, shape):
+            recorder.add(row)
 
-    for row in scored_rows(loaded.model, loaded.tokenizer, todo, options, retriever, progress):
-        recorder.add(row)
+        rows = recorder.rows
+        return recorder.finish(
+            metrics=metrics(rows, options.mode),
+            flops=flop_totals(rows, trained.data["flops"]["training_total"] if trained else 0.0),
+            timing={"seconds_total": sum(r["seconds"] for r in rows),
+                    "seconds_per_example": sum(r["seconds"] for r in rows) / len(rows) if rows else 0.0,
+                    "model_load_seconds": load_seconds},
+        )
 
-    rows = recorder.rows
-    return recorder.finish(
-        metrics=metrics(rows, options.mode),
-        flops=flop_totals(rows, (training_record(options.model) or {}).get("flops", {}).get("training_total", 0.0)),
-        timing={"seconds_total": sum(r["seconds"] for r in rows),
-                "seconds_per_example": sum(r["seconds"] for r in rows) / len(rows) if rows else 0.0,
-                "model_load_seconds": load_seconds},
-    )
+
+def fit_to_context(options: SolveOptions, examples: list[Example], tokenizer, retriever: prompts.ExemplarRetriever,
+                   positions: int | None) -> tuple[SolveOptions, dict | None]:
+    """Options whose prompts leave room for the new tokens in the model's `positions`, and what was cut.
+
+    A prompt longer than `positions` minus the new-token limit gets the `--max-prompt-tokens`
+    cut at that room (the report's least relevant sentences, then table rows, go first);
+    when even the cut prompt cannot fit, SolveError says which example.
+    """
+    if positions is None:
+        return options, None
+    room = positions - options.new_token_limit
+    if room < 1:
+        raise SolveError(f"--max-new-tokens {options.new_token_limit} leaves no room for a prompt in the model's "
+                         f"{positions} positions")
+    special = prompts.adds_special_tokens(tokenizer, options)
+
+    def length(e: Example, settings: SolveOptions) -> int:
+        return len(tokenizer(prompts.build_prompt(e, tokenizer, settings, retriever), add_special_tokens=special)["input_ids"])
+
+    too_long = [e for e in examples if length(e, options) > room]
+    if not too_long:
+        return options, None
+    fitted = replace(options, max_prompt_tokens=room)
+    for example in too_long:
+        if length(example, fitted) > room:
+            raise SolveError(f"example {example.id}: the prompt is {length(example, fitted)} tokens even cut to its "
+                             f"question and one table row; the model takes {positions} positions, "
+                             f"{options.new_token_limit} of them for new tokens")
+    return fitted, {"positions": positions, "max_prompt_tokens": room, "prompts_cut": len(too_long)}
+
+
+def context_cut_line(cut: dict) -> str:
+    return (f"context: {cut['prompts_cut']} prompt(s) longer than the model's {cut['positions']} positions allow "
+            f"were cut to {cut['max_prompt_tokens']} tokens (the --max-prompt-tokens rule)")
 
 
 def default_batch_size(device) -> int:
@@ -155,7 +209,8 @@ def default_batch_size(device) -> int:
 
 
 def scored_rows(model, tokenizer, examples: list[Example], options: SolveOptions,
-                retriever: prompts.ExemplarRetriever, progress: bool = False) -> Iterator[dict]:
+                retriever: prompts.ExemplarRetriever, progress: bool = False,
+                shape: flops.ModelShape | None = None) -> Iterator[dict]:
     """Generate for every example and yield its scored row as soon as its batch is done (longest prompts first).
 
     With `options.samples` > 1 each prompt is sampled that many times and the executed
@@ -163,7 +218,7 @@ def scored_rows(model, tokenizer, examples: list[Example], options: SolveOptions
     """
     from finprog import generation
 
-    shape = flops.ModelShape.from_config(model.config.to_dict())
+    shape = shape or flops.ModelShape.from_config(model.config.to_dict())
     texts = [prompts.build_prompt(e, tokenizer, options, retriever) for e in examples]
     ranking = [prompts.ranker_flops(e, options, retriever) for e in examples]
     repeated = [text for text in texts for _ in range(options.samples)]
@@ -232,15 +287,6 @@ def _vote_key(value):
     return round(value, 5) if isinstance(value, float) else value
 
 
-def training_record(model: str) -> dict | None:
-    """The run.json of the `finprog train` run that wrote the checkpoint `model`, if it is one."""
-    path = Path(model) / RUN
-    if not path.is_file():
-        return None
-    record = json.loads(path.read_text())
-    return record if record.get("kind") == "train" else None
-
-
 def flop_totals(rows: list[dict], training_flops: float) -> dict:
     n = len(rows)
     useful = sum(r["flops"] for r in rows)
@@ -278,7 +324,7 @@ def summary(record: dict) -> dict:
         "similarity": metrics.get("similarity"),
         "seconds_total": timing["seconds_total"], "seconds_per_example": timing["seconds_per_example"],
         "flops_total": cost["inference_total"], "flops_per_example": cost["inference_per_example"],
-        "flops_total_executed": cost["inference_total_executed"],
+        "flops_total_executed": cost["inference_total_executed"], "context_cut": record.get("context_cut"),
     }
 
 
@@ -295,6 +341,8 @@ def summary_lines(record: dict) -> list[str]:
         lines.append(f"Average Similarity Score: {metrics['similarity']:.4f}")
     if metrics["program_accuracy"] is not None:
         lines.append(f"Program Accuracy: {metrics['program_accuracy']:.2%}")
+    if record.get("context_cut"):
+        lines.append(context_cut_line(record["context_cut"]))
     lines += [
         "Outcomes: " + ", ".join(f"{k} {v}" for k, v in sorted(metrics["outcomes"].items())),
         f"Elapsed time: {timing['seconds_total']:.1f} s generating (+{timing['model_load_seconds']:.1f} s model load)",

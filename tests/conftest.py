@@ -57,7 +57,7 @@ def build_tiny_model(architecture: str, tokenizer, **sizes):
     classes = {"llama": (LlamaConfig, LlamaForCausalLM), "qwen2": (Qwen2Config, Qwen2ForCausalLM)}
     config_class, model_class = classes[architecture]
     shape = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                 num_key_value_heads=2, max_position_embeddings=512)
+                 num_key_value_heads=2, max_position_embeddings=8192)  # room for few-shot prompts of a byte-level tokenizer
     config = config_class(
         **{**shape, **sizes},
         vocab_size=len(tokenizer),
