@@ -27,8 +27,8 @@ TRAIN_100 = dict(exemplars="train_100")
 GOLD_2077 = dict(exemplars="train_2077", gold_exemplars=True)
 VARIANTS = {
     "page-4shot": dict(context="page", shots=4, **TRAIN_100),
-    "retrieved5-4shot": dict(context="retrieved", top_k=5, shots=4, **TRAIN_100),
     "gold-4shot": dict(context="gold", shots=4, **TRAIN_100),
+    "retrieved5-4shot": dict(context="retrieved", top_k=5, shots=4, **TRAIN_100),
     "retrieved5-2shot-gold2077": dict(context="retrieved", top_k=5, shots=2, **GOLD_2077),
     "retrieved5-1shot-gold2077": dict(context="retrieved", top_k=5, shots=1, **GOLD_2077),
     "retrieved3-2shot-gold2077": dict(context="retrieved", top_k=3, shots=2, **GOLD_2077),

@@ -250,7 +250,7 @@ def _add_context_options(parser: argparse.ArgumentParser, inherited: bool = Fals
     parser.add_argument("--top-k", type=int, default=None if inherited else DEFAULT_TOP_K,
                         help=f"facts kept with --context retrieved (default: {DEFAULT_TOP_K}{trained})")
     parser.add_argument("--ranker", choices=RANKERS, default=None if inherited else DEFAULT_RANKER,
-                        help=f"how facts are ranked: lexical BM25 or the MiniLM cross-encoder "
+                        help=f"how facts are ranked: lexical BM25, or a linear model over BM25 and overlap features "
                              f"(default: {DEFAULT_RANKER}{trained})")
 
 

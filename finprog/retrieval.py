@@ -12,23 +12,27 @@ of a ranker in page order, "gold" the annotated supporting facts (an oracle for
 analysis). Programs always execute over the full table.
 
 Rankers: "bm25" (lexical, rank-bm25 over tokens that keep numbers, years and percent
-signs; its FLOPs are recorded as 0, not counted) and "minilm" (a cross-encoder, see
-`finprog.reranker`, whose FLOPs count as inference FLOPs of every question).
+signs; its FLOPs are recorded as 0, not counted) and "linear" (a logistic regression over
+BM25 and overlap features, trained on training records' gold facts; its dot products
+count as inference FLOPs of every question).
 """
 
 from __future__ import annotations
 
 import functools
+import json
+import math
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 from finprog.data import Example
 
 CONTEXTS = ("page", "retrieved", "gold")
 DEFAULT_CONTEXT = "retrieved"
 DEFAULT_TOP_K = 5
-DEFAULT_RANKER = "bm25"
+DEFAULT_RANKER = "linear"
 
 _TOKEN = re.compile(r"\d+(?:[.,]\d+)*%?|[a-z]+|%")
 
@@ -89,7 +93,79 @@ class BM25Ranker:
         return 0.0
 
 
-RANKERS = ("bm25", "minilm")
+_STOP_WORDS = frozenset(
+    "a an and are as at be by did do does for from how in is it its of on or that the their this to was "
+    "were what which with".split())
+_YEAR = re.compile(r"\b(?:19|20)\d\d\b")
+_CUES = (("total",), ("percent", "percentage", "portion", "%"), ("average",),
+         ("change", "growth", "increase", "decrease", "difference"), ("ratio",))
+
+
+def fact_features(question: str, facts: Sequence[Fact]) -> list[dict[str, float]]:
+    """What the linear ranker weighs for each fact: BM25 (score, share of the page's best, rank), word,
+    row-label and year overlap with the question, the kind and place of the fact, and question cues
+    ("total", "percent", ...) crossed with the fact's kind."""
+    bm25 = BM25Ranker().scores(question, facts)
+    best = max(bm25, default=0.0) or 1.0
+    rank = {i: r for r, i in enumerate(sorted(range(len(facts)), key=lambda i: -bm25[i]))}
+    words = set(tokens(question)) - _STOP_WORDS
+    years = set(_YEAR.findall(question))
+    cues = [bool(words & set(cue)) for cue in _CUES]
+    sentences = sum(fact.row is None for fact in facts) or 1
+    rows = (len(facts) - sentences) or 1
+    features = []
+    for i, fact in enumerate(facts):
+        row = fact.row is not None
+        label = set(tokens(fact.row[0])) - _STOP_WORDS if row else set()
+        fact_years = set(_YEAR.findall(fact.text))
+        total = row and "total" in label
+        feature = {
+            "bm25": bm25[i], "bm25_share": bm25[i] / best, "bm25_reciprocal_rank": 1 / (1 + rank[i]),
+            "bm25_top3": float(rank[i] < 3), "bm25_top5": float(rank[i] < 5),
+            "word_overlap": len(words & set(tokens(fact.text))) / (len(words) or 1),
+            "label_overlap": len(words & label) / (len(words) or 1),
+            "label_in_question": float(bool(label) and label <= words),
+            "year_overlap": len(years & fact_years) / len(years) if years else 0.0,
+            "years_missing": float(bool(years) and not years & fact_years),
+            "is_row": float(row), "is_header": float(fact.key == "table_0"), "is_total_row": float(total),
+            "has_number": float(any(c.isdigit() for c in fact.text)),
+            "text_position": 0.0 if row else fact.index / sentences,
+            "row_position": fact.index / rows if row else 0.0,
+            "log_length": math.log1p(len(fact.text)),
+        }
+        for cue, asked in zip(_CUES, cues):
+            feature[f"{cue[0]}_asked_row"] = float(asked and row)
+            feature[f"{cue[0]}_asked_total_row"] = float(asked and total)
+        features.append(feature)
+    return features
+
+
+class LinearRanker:
+    """A logistic-regression score over `fact_features`, trained on training records' gold facts only
+    (evals/train_ranker.py writes its weights, `finprog/ranker_linear.json`). Its FLOPs, one
+    dot product per fact, are counted; the features' own arithmetic is lexical and is not."""
+
+    name = "linear"
+    WEIGHTS = Path(__file__).with_name("ranker_linear.json")
+
+    def __init__(self, weights: dict):
+        self.weights = weights
+
+    @classmethod
+    def load(cls, path: Path | None = None) -> LinearRanker:
+        return cls(json.loads(Path(path or cls.WEIGHTS).read_text(encoding="utf-8")))
+
+    def scores(self, question: str, facts: Sequence[Fact]) -> list[float]:
+        w = self.weights
+        return [w["bias"] + sum(w["coef"][n] * (f[n] - w["mean"][n]) / w["scale"][n] for n in w["coef"])
+                for f in fact_features(question, facts)]
+
+    def flops(self, question: str, facts: Sequence[Fact]) -> float:
+        """A multiply and an add per feature (with its standardization: four) and fact."""
+        return 4.0 * len(self.weights["coef"]) * len(facts)
+
+
+RANKERS = ("bm25", "linear")
 
 
 @functools.cache
@@ -97,10 +173,8 @@ def ranker(name: str):
     """The ranker called `name` (one of `RANKERS`), built once per process."""
     if name == "bm25":
         return BM25Ranker()
-    if name == "minilm":
-        from finprog.reranker import CrossEncoderRanker
-
-        return CrossEncoderRanker.load()
+    if name == "linear":
+        return LinearRanker.load()
     raise RetrievalError(f"unknown ranker {name!r}; choose one of {', '.join(RANKERS)}")
 
 

@@ -133,3 +133,18 @@ def test_gold_context_on_records_without_gold_facts_fails_before_loading(tmp_pat
                  "--out", str(tmp_path / "run")]) == 2
     assert "--context gold needs gold_inds" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+def test_the_linear_ranker_ships_its_weights_and_counts_its_flops():
+    rank = retrieval.ranker("linear")
+    facts = retrieval.candidates(PAGE)
+    assert set(rank.weights["coef"]) == set(retrieval.fact_features(PAGE.question, facts)[0])
+    assert "train_2077" in rank.weights["trained_on"]
+    assert rank.flops(PAGE.question, facts) == 4 * len(rank.weights["coef"]) * len(facts)
+    assert retrieval.ranked(PAGE, rank)[0].key == "table_1"
+
+
+def test_the_linear_ranker_beats_bm25_on_dev_recall_at_5():
+    dev = load_finqa(finqa_file("dev_200.json"))
+    bm25, linear = (retrieval.recall_at_k(dev, retrieval.ranker(name), [5])[0] for name in ("bm25", "linear"))
+    assert linear.full_recall > bm25.full_recall and linear.mean_recall > bm25.mean_recall
