@@ -22,6 +22,7 @@ from finprog.training import TrainOptions
 HERE = Path(__file__).resolve().parent
 RUNS = HERE / "runs" / "train"
 FAILURES = ("parse_error", "no_program")
+BEFORE_FIELD = {"context": "page"}  # what a run made before an option existed did (otherwise: today's default)
 COLUMNS = ("model", "method", "step", "epoch", "tokens", "train_flops", "train_loss", "exact", "tolerant",
            "program_accuracy", "parse_failures", "n", "eval_flops")
 
@@ -52,7 +53,7 @@ def command(run: dict) -> str:
     for field in fields(TrainOptions):
         if not field.init or field.name in ("model", "train", "eval"):
             continue
-        value = config[field.name]
+        value = config.get(field.name, BEFORE_FIELD.get(field.name, getattr(defaults, field.name)))
         if value != getattr(defaults, field.name):
             flag = "--" + field.name.replace("_", "-")
             parts.append(flag if value is True else f"{flag} {value}")

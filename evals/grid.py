@@ -42,7 +42,8 @@ GRIDS = {
 HERE = Path(__file__).resolve().parent
 TRAINING = {
     "smollm2-135m": dict(method="lora", mode="program", train=["train_100", "train3"], eval="dev_200", eval_limit=50,
-                         eval_every=10, epochs=2, lr=5e-4, lora_r=16, lora_targets="all-linear", dtype="bf16"),
+                         eval_every=10, epochs=2, lr=5e-4, lora_r=16, lora_targets="all-linear", dtype="bf16",
+                         eval_batch_size=8, context="page"),  # as the recorded run was made
 }
 """LoRA runs (2 epochs over train_100 + train3, 122 records) that fit a 2-core CPU; the test
 grid then solves test_100 with each trained model (technique "program-lora")."""

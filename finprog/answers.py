@@ -7,7 +7,7 @@ from a completion (`read_answer`), program mode passes the value its program exe
   (`round(x, 5)`) equals the record's `exe_ans`; "yes"/"no" must be equal.
 - `tolerant_match`: EmAcc as a person would grade it; the rule is spelled out in
   `tolerant_match`'s docstring.
-- `similarity`: the prototype's score, difflib's ratio between the stripped completion
+- `similarity`: a reference score, difflib's ratio between the stripped completion
   and the gold answer string.
 
 Reading rules (`parse_answer`): the first number or standalone yes/no in the text wins.
@@ -148,7 +148,7 @@ def tolerant_match(predicted: Value | None, answer: str, exe_ans: float | str | 
 
 
 def similarity(completion: str, answer: str) -> float:
-    """The prototype's similarity score: difflib's ratio between the stripped completion and the answer string."""
+    """A reference similarity score: difflib's ratio between the stripped completion and the answer string."""
     return SequenceMatcher(None, completion.strip(), answer).ratio()
 
 

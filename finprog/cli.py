@@ -7,8 +7,10 @@ import json
 import sys
 from pathlib import Path
 
-from finprog import __version__
-from finprog.report import DEFAULT_METRIC, DEFAULT_QUESTIONS, METRICS
+from finprog import __version__, flops
+from finprog.models import DTYPES
+from finprog.evaluation import METRICS
+from finprog.report import DEFAULT_METRIC, DEFAULT_QUESTIONS
 from finprog.retrieval import CONTEXTS, DEFAULT_CONTEXT, DEFAULT_RANKER, DEFAULT_TOP_K, RANKERS
 from finprog.solve import DEFAULT_MODEL, EXEMPLAR_CHOICES, MODES
 
@@ -60,84 +62,133 @@ def _is_user_error(error: Exception) -> bool:
     return False
 
 
+DESCRIPTION = ("Which model and technique reach a target exact-match accuracy on FinQA for the fewest FLOPs: "
+               "solve, train, count and report.")
+
+
 def _build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="finprog", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="finprog", description=DESCRIPTION)
     parser.add_argument("--version", action="version", version=f"finprog {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in (_add_evaluate, _add_data, _add_solve, _add_compare, _add_train, _add_retrieve, _add_models,
+                _add_flops, _add_report):
+        add(commands)
+    return parser
 
+
+def _add_json(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+
+
+def _add_evaluate(commands) -> None:
     evaluate = commands.add_parser(
         "evaluate", help="execution and program accuracy of predicted programs (FinQA's official rules)"
     )
     evaluate.add_argument("predictions", help="official format (JSON list of {id, predicted: tokens}) or predictions.jsonl")
     evaluate.add_argument("gold", nargs="?", help="FinQA file or split name (default: official test split, else the demo sample)")
-    evaluate.add_argument("--json", action="store_true", help="print one JSON object")
+    _add_json(evaluate)
     evaluate.set_defaults(run=_evaluate)
 
+
+def _add_data(commands) -> None:
     data = commands.add_parser("data", help="FinQA files: inspect or download")
     data_commands = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
     info = data_commands.add_parser("info", help="counts, split, fields of FinQA files")
     info.add_argument("paths", nargs="+", type=Path, help="FinQA files or folders of them")
-    info.add_argument("--json", action="store_true")
+    _add_json(info)
     info.set_defaults(run=_data_info)
     download = data_commands.add_parser(
         "download", help="fetch the official FinQA files (pinned commit, SHA-1 checked) into the cache"
     )
-    download.add_argument("--split", choices=["train", "dev", "test", "all"], default="all")
+    download.add_argument("--split", choices=["train", "dev", "test", "all"], default="all",
+                          help="which split to fetch (default: %(default)s)")
     download.add_argument("--dir", type=Path, help="target folder (default: the cache's finqa/ folder)")
     download.set_defaults(run=_data_download)
 
+
+def _add_solve(commands) -> None:
     solve = commands.add_parser("solve", help="run a model over FinQA examples (program or direct mode)")
     _add_solve_options(solve)
-    solve.add_argument("--mode", choices=MODES, default="program")
+    solve.add_argument("--mode", choices=MODES, default=MODES[0],
+                       help="write a DSL program that finprog executes, or answer with a number (default: %(default)s)")
     solve.add_argument("--out", type=Path, help="run folder (default: runs/MODEL_MODE_DATA)")
     solve.set_defaults(run=_solve)
 
+
+def _add_compare(commands) -> None:
     compare = commands.add_parser(
         "compare", help="run several modes on the same examples, or compare finished runs, side by side"
     )
     compare.add_argument("run_dirs", nargs="*", type=Path, help="finished run folders to compare (nothing is rerun)")
     _add_solve_options(compare)
-    compare.add_argument("--mode", action="append", choices=MODES, dest="modes", help="a mode to run (repeat)")
+    compare.add_argument("--mode", action="append", choices=MODES, dest="modes",
+                         help="a mode to run (repeat; default: direct and program)")
     compare.add_argument("--out", type=Path, help="folder for one run per mode and comparison.json")
     compare.set_defaults(run=_compare)
 
+
+def _add_train(commands) -> None:
+    """The longest parser: `finprog train` has one option per field of `training.TrainOptions`."""
     train = commands.add_parser("train", help="fine-tune (LoRA, QLoRA, full) with periodic evaluation and FLOP accounting")
-    train.add_argument("--model", default=DEFAULT_MODEL)
-    train.add_argument("--method", choices=["lora", "qlora", "full"], default="lora")
-    train.add_argument("--mode", choices=MODES, default="program")
+    train.add_argument("--model", default=DEFAULT_MODEL,
+                       help=f"zoo name, hub id or checkpoint folder to train (default: {DEFAULT_MODEL})")
+    _add_method_options(train)
+    train.add_argument("--lora-alpha", type=int, help="LoRA scaling numerator (default: 2 x --lora-r)")
+    train.add_argument("--lora-dropout", type=float, default=0.05, help="dropout on the LoRA input (default: %(default)s)")
+    train.add_argument("--mode", choices=MODES, default=MODES[0],
+                       help="train to write the gold program, or the gold value (default: %(default)s)")
     train.add_argument("--train", required=True, nargs="+", help="FinQA file(s) or split name(s) to train on")
     train.add_argument("--eval", required=True, help="FinQA file or split name to evaluate on (no shared ids)")
     train.add_argument("--eval-every", type=int, help="steps between evaluations (default: start and end only)")
     train.add_argument("--eval-limit", type=int, help="evaluate on the eval file's first N examples")
-    train.add_argument("--no-eval-at-start", dest="eval_at_start", action="store_false")
-    train.add_argument("--eval-batch-size", type=int, default=8)
+    train.add_argument("--no-eval-at-start", dest="eval_at_start", action="store_false",
+                       help="skip the curve's step-0 evaluation of the untrained model")
+    train.add_argument("--eval-batch-size", type=int, help="generation batch of evaluations (default: as solve, "
+                                                           "1 on a CPU, 8 on a GPU)")
     stop = train.add_mutually_exclusive_group()
-    stop.add_argument("--max-steps", type=int)
-    stop.add_argument("--epochs", type=float, help="default: 1 epoch")
+    stop.add_argument("--max-steps", type=int, help="stop after this many optimizer steps")
+    stop.add_argument("--epochs", type=float, help="stop after this many passes over the training data (default: 1)")
     train.add_argument("--budget-flops", type=float, help="stop before a step would exceed this many training FLOPs")
     train.add_argument("--target", help="stop when EmAcc reaches this: 0.3, 30 or 30%%")
-    train.add_argument("--target-metric", choices=METRICS, default="exact")
-    train.add_argument("--lr", type=float, help="default: 2e-4 (LoRA, QLoRA), 1e-5 (full)")
-    train.add_argument("--warmup-steps", type=int, default=0)
-    train.add_argument("--weight-decay", type=float, default=0.0)
-    train.add_argument("--batch-size", type=int, default=4)
-    train.add_argument("--gradient-checkpointing", action="store_true")
-    train.add_argument("--lora-r", type=int, default=8)
-    train.add_argument("--lora-alpha", type=int, help="default: 2 x rank")
-    train.add_argument("--lora-dropout", type=float, default=0.05)
-    train.add_argument("--lora-targets", default="q_proj,v_proj", help="comma-separated projections, or all-linear")
+    train.add_argument("--target-metric", choices=METRICS, default="exact",
+                       help="the accuracy --target applies to (default: %(default)s)")
+    train.add_argument("--lr", type=float, help="AdamW learning rate (default: 2e-4 LoRA and QLoRA, 1e-5 full)")
+    train.add_argument("--warmup-steps", type=int, default=0, help="linear warmup, then a constant rate (default: 0)")
+    train.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay (default: 0)")
+    train.add_argument("--batch-size", type=int, default=4, help="sequences per step and process (default: %(default)s)")
     train.add_argument("--shots", type=int, default=0, help="few-shot exemplars in training prompts (default: 0)")
-    train.add_argument("--max-prompt-tokens", type=int, default=1024, help="cut the report's context to fit")
+    train.add_argument("--max-prompt-tokens", type=int, default=1024,
+                       help="cut the report's least relevant sentences to fit (default: %(default)s)")
     _add_context_options(train)
     train.add_argument("--max-new-tokens", type=int, help="evaluation's generation limit (default: solve's)")
-    train.add_argument("--no-chat-template", dest="chat_template", action="store_false")
-    train.add_argument("--dtype", choices=["bf16", "fp32"], default="fp32")
-    train.add_argument("--seed", type=int, default=0)
+    _add_model_options(train)
+    train.add_argument("--seed", type=int, default=0, help="data order, LoRA initialisation and dropout (default: 0)")
     train.add_argument("--out", type=Path, help="run folder (default: runs/MODEL_METHOD_MODE)")
     train.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
-    train.add_argument("--json", action="store_true")
+    _add_json(train)
     train.set_defaults(run=_train)
 
+
+def _add_method_options(parser: argparse.ArgumentParser) -> None:
+    """--method, --lora-r, --lora-targets and --gradient-checkpointing: the same in train and flops."""
+    parser.add_argument("--method", choices=flops.METHODS, default="lora",
+                        help="full fine-tuning, LoRA, or QLoRA (LoRA on a 4-bit NF4 base) (default: %(default)s)")
+    parser.add_argument("--lora-r", type=int, default=8, help="LoRA rank (default: %(default)s)")
+    parser.add_argument("--lora-targets", default="q_proj,v_proj",
+                        help="comma-separated projections, or all-linear (default: %(default)s)")
+    parser.add_argument("--gradient-checkpointing", action="store_true",
+                        help="recompute activations in the backward pass (counted in the FLOPs)")
+
+
+def _add_model_options(parser: argparse.ArgumentParser) -> None:
+    """--dtype and --no-chat-template: how a model is loaded and prompted, the same in solve, compare and train."""
+    parser.add_argument("--dtype", choices=["auto", *DTYPES], default="auto",
+                        help="auto: bf16 where the CPU (AVX512-BF16, AMX) or GPU computes it natively, else fp32")
+    parser.add_argument("--no-chat-template", dest="chat_template", action="store_false",
+                        help="plain prompts, even for a model with a chat template")
+
+
+def _add_retrieve(commands) -> None:
     retrieve = commands.add_parser(
         "retrieve", help="recall of the gold supporting facts at k, and the context kept, for a ranker")
     retrieve.add_argument("data", help="FinQA file, split or sample name (records with gold_inds are measured)")
@@ -147,38 +198,42 @@ def _build_parser() -> argparse.ArgumentParser:
     retrieve.add_argument("--json", action="store_true", help="print one JSON object for one k")
     retrieve.set_defaults(run=_retrieve)
 
+
+def _add_models(commands) -> None:
     models = commands.add_parser("models", help="the offline model zoo: list or fetch")
     model_commands = models.add_subparsers(dest="models_command", required=True, metavar="ACTION")
     listing = model_commands.add_parser("list", help="zoo models: parameters, size, licence, cached or not")
-    listing.add_argument("--json", action="store_true")
+    _add_json(listing)
     listing.set_defaults(run=_models_list)
     fetch = model_commands.add_parser("fetch", help="download, check and convert zoo models into the cache")
     fetch.add_argument("names", nargs="+", help="zoo names, or all")
     fetch.set_defaults(run=_models_fetch)
 
+
+def _add_flops(commands) -> None:
     count = commands.add_parser("flops", help="parameter counts and FLOPs of a model; --check measures them")
     count.add_argument("model", help="zoo name, checkpoint folder or hub id")
-    count.add_argument("--prompt-tokens", type=int, default=512)
-    count.add_argument("--new-tokens", type=int, default=16)
-    count.add_argument("--method", choices=["full", "lora", "qlora"], default="lora")
-    count.add_argument("--lora-rank", type=int, default=8)
-    count.add_argument("--lora-targets", default="q_proj,v_proj", help="comma-separated projections, or all-linear")
-    count.add_argument("--train-tokens", type=int, default=128, help="sequence length of the measured training steps")
-    count.add_argument("--gradient-checkpointing", action="store_true")
+    count.add_argument("--prompt-tokens", type=int, default=512, help="prompt length counted (default: %(default)s)")
+    count.add_argument("--new-tokens", type=int, default=16, help="generated tokens counted (default: %(default)s)")
+    _add_method_options(count)
+    count.add_argument("--train-tokens", type=int, default=128,
+                       help="sequence length of the measured training steps (default: %(default)s)")
     count.add_argument("--check", action="store_true", help="also measure with torch's FlopCounterMode and compare")
-    count.add_argument("--json", action="store_true")
+    _add_json(count)
     count.set_defaults(run=_flops)
 
+
+def _add_report(commands) -> None:
     report = commands.add_parser("report", help="cost against accuracy across runs: table, FLOPs-to-target, Pareto plot")
     report.add_argument("runs", nargs="+", type=Path, help="run folders, run.json files, or folders holding runs")
     report.add_argument("--target", required=True, help="EmAcc to reach: a fraction (0.3) or percent (30, 30%%)")
     report.add_argument("--questions", type=int, default=DEFAULT_QUESTIONS,
                         help="Q: questions answered after training (default: %(default)s, the FinQA test split)")
-    report.add_argument("--metric", choices=METRICS, default=DEFAULT_METRIC)
+    report.add_argument("--metric", choices=METRICS, default=DEFAULT_METRIC,
+                        help="the accuracy compared (default: %(default)s)")
     report.add_argument("--out", type=Path, default=Path("report"), help="folder for report.md and report.png (default: report)")
-    report.add_argument("--json", action="store_true")
+    _add_json(report)
     report.set_defaults(run=_report)
-    return parser
 
 
 def _evaluate(args) -> int:
@@ -229,16 +284,16 @@ def _add_solve_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--samples", type=int, default=1, help="self-consistency: N sampled programs, majority vote")
     parser.add_argument("--temperature", type=float, default=0.7, help="with --samples > 1")
     parser.add_argument("--top-p", type=float, default=0.95, help="with --samples > 1")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--dtype", choices=["auto", "bf16", "fp16", "fp32"], default="auto")
-    parser.add_argument("--quant", choices=["none", "4bit", "8bit"], default="none")
-    parser.add_argument("--no-chat-template", dest="chat_template", action="store_false")
+    parser.add_argument("--seed", type=int, default=0, help="sampling seed, with --samples > 1 (default: 0)")
+    _add_model_options(parser)
+    parser.add_argument("--quant", choices=["none", "4bit", "8bit"], default="none",
+                        help="load the weights quantized by bitsandbytes (default: %(default)s)")
     parser.add_argument("--max-prompt-tokens", type=int,
                         help="cut the report's least relevant sentences to fit (default: no cut, or as a "
                              "finprog-trained model was trained)")
     _add_context_options(parser, inherited=True)
     parser.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
-    parser.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    _add_json(parser)
 
 
 def _add_context_options(parser: argparse.ArgumentParser, inherited: bool = False) -> None:
@@ -373,15 +428,15 @@ def _flops(args) -> int:
     from finprog import flops
     from finprog.models import model_config
 
-    for name in ("prompt_tokens", "new_tokens", "train_tokens", "lora_rank"):
+    for name in ("prompt_tokens", "new_tokens", "train_tokens", "lora_r"):
         if getattr(args, name) < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
     shape = flops.ModelShape.from_config(model_config(args.model))
-    result = flops.summary(shape, args.prompt_tokens, args.new_tokens, args.method, args.lora_rank,
+    result = flops.summary(shape, args.prompt_tokens, args.new_tokens, args.method, args.lora_r,
                            targets=args.lora_targets, gradient_checkpointing=args.gradient_checkpointing)
     if args.check:
         result["check"] = flops.check(args.model, prompt_tokens=args.prompt_tokens, new_tokens=args.new_tokens,
-                                      train_tokens=args.train_tokens, lora_rank=args.lora_rank,
+                                      train_tokens=args.train_tokens, lora_rank=args.lora_r,
                                       targets=args.lora_targets, gradient_checkpointing=args.gradient_checkpointing)
     print(json.dumps(result, indent=2) if args.json else flops.format_summary(result))
     if args.check and not args.json:

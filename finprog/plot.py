@@ -41,6 +41,7 @@ def plot_report(report: Report, path: str | Path) -> Path:
 
 
 def _plot_group(axis, report: Report, group: Group) -> None:
+    """One eval set's panel: each run's point (and learning curve), the frontier, the target and the legend."""
     inference = {row.run.path: report.questions * row.run.inference_flops_per_question for row in group.rows}
     for row in group.rows:
         colour = _COLOURS.get(row.run.technique, _OTHER_COLOUR)
@@ -60,8 +61,12 @@ def _plot_group(axis, report: Report, group: Group) -> None:
     if cheapest is not None:
         axis.scatter(cheapest.flops_to_target, report.target, marker="*", s=220, color="gold", edgecolors="black",
                      zorder=2.5)  # under the run markers, so a run sitting on the target stays visible
+    _set_axes(axis, report, group, costs=[row.total_flops for row in group.rows] + list(inference.values()))
+    axis.legend(handles=_legend_handles(report, group), loc="best", fontsize=8, framealpha=0.9)
 
-    costs = [row.total_flops for row in group.rows] + list(inference.values())
+
+def _set_axes(axis, report: Report, group: Group, costs: list[float]) -> None:
+    """Log FLOPs from a quarter of the cheapest to four times the dearest cost; whole percentages of accuracy."""
     axis.set_xscale("log")
     axis.set_xlim(min(costs) / 4, max(costs) * 4)
     top = max([row.accuracy for row in group.rows] + [report.target])
@@ -73,9 +78,13 @@ def _plot_group(axis, report: Report, group: Group) -> None:
     axis.set_ylabel(f"{report.metric} EmAcc")
     axis.set_title(f"Eval set {group.eval_set.describe()}", loc="left")
 
+
+def _legend_handles(report: Report, group: Group) -> list[Line2D]:
+    """The techniques and modes present, the frontier, the target, and the curve and star when drawn."""
     present = {row.run.technique for row in group.rows}
     techniques = [t for t in _COLOURS if t in present] + sorted(present - _COLOURS.keys())
     modes = sorted({row.run.mode for row in group.rows})
+    cheapest = group.cheapest
     handles = [
         Line2D([], [], color=_COLOURS.get(technique, _OTHER_COLOUR), marker="o", linestyle="",
                label=TECHNIQUE_NAMES.get(technique, technique))
@@ -95,7 +104,7 @@ def _plot_group(axis, report: Report, group: Group) -> None:
     if cheapest is not None:
         handles.append(Line2D([], [], color="gold", marker="*", markersize=12, markeredgecolor="black", linestyle="",
                               label=f"cheapest to target: {format_flops(cheapest.flops_to_target)}"))
-    axis.legend(handles=handles, loc="best", fontsize=8, framealpha=0.9)
+    return handles
 
 
 def _place_labels(axis, group: Group) -> None:
@@ -112,29 +121,37 @@ def _place_labels(axis, group: Group) -> None:
     ])
     frame = axis.get_window_extent(renderer).extents
     for row in group.rows:
-        best = None
-        for dx, dy in _OFFSETS:
-            far = max(abs(dx), abs(dy)) > 10
-            text = axis.annotate(
-                f"{row.run.model}\n{row.run.technique_label} {row.run.mode}", (row.total_flops, row.accuracy),
-                xytext=(dx, dy), textcoords="offset points", fontsize=7.5,
-                ha="left" if dx > 0 else "right" if dx < 0 else "center",
-                va="bottom" if dy > 0 else "top" if dy < 0 else "center",
-                arrowprops={"arrowstyle": "-", "color": "gray", "linewidth": 0.6} if far else None,
-            )
-            text.update_positions(renderer)
-            box = Text.get_window_extent(text, renderer).extents  # the text alone: its arrow may cross marks
-            outside = (box[2] - box[0]) * (box[3] - box[1]) - _overlap(box, frame[None])
-            cost = 10 * (_overlap(box, np.array(heavy)) + outside) + _overlap(box, light)
-            if best is None or cost < best[0]:
-                if best is not None:
-                    best[1].remove()
-                best = (cost, text, box)
-            else:
-                text.remove()
-            if cost == 0:
-                break
-        heavy.append(best[2])
+        heavy.append(_place_label(axis, renderer, row, heavy, light, frame))
+
+
+def _place_label(axis, renderer, row, heavy: list, light, frame) -> np.ndarray:
+    """Annotate `row`'s point at the first offset that costs nothing, else the cheapest; returns the label's box.
+
+    Cost: 10 x the area over heavy boxes or outside the frame, plus the area over the lines.
+    """
+    best = None
+    for dx, dy in _OFFSETS:
+        far = max(abs(dx), abs(dy)) > 10
+        text = axis.annotate(
+            f"{row.run.model}\n{row.run.technique_label} {row.run.mode}", (row.total_flops, row.accuracy),
+            xytext=(dx, dy), textcoords="offset points", fontsize=7.5,
+            ha="left" if dx > 0 else "right" if dx < 0 else "center",
+            va="bottom" if dy > 0 else "top" if dy < 0 else "center",
+            arrowprops={"arrowstyle": "-", "color": "gray", "linewidth": 0.6} if far else None,
+        )
+        text.update_positions(renderer)
+        box = Text.get_window_extent(text, renderer).extents  # the text alone: its arrow may cross marks
+        outside = (box[2] - box[0]) * (box[3] - box[1]) - _overlap(box, frame[None])
+        cost = 10 * (_overlap(box, np.array(heavy)) + outside) + _overlap(box, light)
+        if best is None or cost < best[0]:
+            if best is not None:
+                best[1].remove()
+            best = (cost, text, box)
+        else:
+            text.remove()
+        if cost == 0:
+            break
+    return best[2]
 
 
 def _line_boxes(vertices, spacing: float = 5.0, half: float = 1.5):

@@ -40,7 +40,7 @@ def render_context(example: Example) -> str:
 
 
 def direct_prompt(example: Example) -> str:
-    """The prototype's zero-shot prompt asking for the final number only (ends with "number only): ")."""
+    """The zero-shot prompt asking for the final number only (ends with "number only): ")."""
     return f"{DIRECT_INSTRUCTIONS}\n\n{render_context(example)}\n\nQuestion: {example.question}\n{DIRECT_CUE}"
 
 

@@ -14,10 +14,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from finprog import __version__
+from finprog.evaluation import METRICS
 from finprog.provenance import now
 from finprog.runs import RunError, RunRecord
 
-METRICS = ("exact", "tolerant")
 DEFAULT_METRIC = "exact"
 DEFAULT_QUESTIONS = 1147  # the size of the FinQA test split
 REPORT_MD = "report.md"

@@ -1,8 +1,9 @@
 """Fine-tuning: LoRA, QLoRA and full fine-tuning on FinQA, evaluated as it trains, with its FLOPs counted per step.
 
-`train` is one explicit loop (no HF Trainer): a training example is the prompt `finprog
-solve` would give it followed by the gold program (program mode) or the gold value
-(direct mode), with the loss on the target tokens only. Every step's FLOPs come from
+`train` is one explicit loop (`_loop`, no HF Trainer) over an explicit state (`TrainState`,
+what a checkpoint saves). A training example is the prompt `finprog solve` would give it
+followed by the gold program (program mode) or the gold value (direct mode), with the loss
+on the target tokens only. Every step's FLOPs come from
 `flops.training_step_flops` for the batch as it ran (its padded length and size), summed
 over processes. Every `eval_every` steps the model in memory is evaluated the way
 `finprog solve` evaluates one (same prompts, generation and scoring), and a row is added
@@ -33,19 +34,19 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 from finprog import flops, models, prompts, retrieval
 from finprog.data import Example, load_finqa, resolve_data
-from finprog.evaluation import gold_value, metrics
+from finprog.evaluation import METRICS, gold_value, metrics
 from finprog.models import DTYPES
 from finprog.runs import PREDICTIONS, RunError, RunRecord, RunRecorder, eval_set, open_run, read_rows, write_rows
 from finprog.solve import EXEMPLAR_CHOICES, MODES, SolveOptions, flop_totals, scored_rows
 
 METHODS = flops.METHODS
 DEFAULT_LR = {"full": 1e-5, "lora": 2e-4, "qlora": 2e-4}
-TARGET_METRICS = ("exact", "tolerant")
 DEFAULT_MAX_PROMPT_TOKENS = 1024
 CHECKPOINT = "checkpoint.pt"
 EVALS = "evals"
@@ -83,7 +84,7 @@ class TrainOptions:
     eval_every: int | None = None  # steps; None: only at the start and the end
     eval_at_start: bool = True  # a curve point at step 0: the untrained model with the same prompts
     eval_limit: int | None = None  # only the eval file's first N examples
-    eval_batch_size: int = 8
+    eval_batch_size: int | None = None  # None: as solve (8 on a GPU, 1 on a CPU)
     max_new_tokens: int | None = None  # default: solve's (96 program, 24 direct)
     # optimisation: AdamW, linear warmup then a constant rate (so the curve does not depend on the step limit)
     lr: float | None = None  # default: DEFAULT_LR[method]
@@ -98,7 +99,7 @@ class TrainOptions:
     lora_dropout: float = 0.05
     lora_targets: str = "q_proj,v_proj"  # comma-separated projections, or all-linear
     seed: int = 0
-    dtype: str = "fp32"
+    dtype: str = "auto"  # bf16 where the hardware computes it natively, else fp32 (models.resolve_dtype)
     technique: str = field(init=False)  # the method: the name the report groups runs by
     quant: str = field(init=False)  # 4bit for qlora, else none
 
@@ -122,17 +123,17 @@ class TrainOptions:
             fail(str(error))
         if self.dtype not in ("auto", *DTYPES):
             fail(f"unknown dtype {self.dtype!r}; use auto, {', '.join(DTYPES)}")
-        if self.target_metric not in TARGET_METRICS:
-            fail(f"unknown target metric {self.target_metric!r}; choose {' or '.join(TARGET_METRICS)}")
+        if self.target_metric not in METRICS:
+            fail(f"unknown target metric {self.target_metric!r}; choose {' or '.join(METRICS)}")
         if self.max_steps is not None and self.epochs is not None:
             fail("give --max-steps or --epochs, not both")
         if self.target is not None and not 0 < self.target <= 1:
             fail(f"--target is an accuracy fraction in (0, 1], got {self.target}")
-        for name in ("max_steps", "eval_every", "eval_limit", "max_prompt_tokens", "max_new_tokens"):
+        for name in ("max_steps", "eval_every", "eval_limit", "eval_batch_size", "max_prompt_tokens", "max_new_tokens"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 fail(f"--{name.replace('_', '-')} must be at least 1, got {value}")
-        for name in ("batch_size", "eval_batch_size", "lora_r"):
+        for name in ("batch_size", "lora_r"):
             if getattr(self, name) < 1:
                 fail(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         for name in ("epochs", "budget_flops", "lr"):
@@ -157,12 +158,14 @@ class TrainOptions:
 
 @dataclass
 class TrainData:
-    """The checked examples of a run: what it trains on and what it is evaluated on."""
+    """The checked inputs of a run: what it trains and is evaluated on, its model (resolved once) and the model's shape."""
 
     train_paths: list[Path]
     eval_path: Path
     train: list[Example]
     eval: list[Example]
+    source: models.ModelSource | None = None
+    shape: flops.ModelShape | None = None
 
 
 # ---------------------------------------------------------------- checks before any model loads
@@ -173,16 +176,23 @@ def validate(options: TrainOptions) -> TrainData:
 
     Raises TrainingError (or the data and model modules' typed errors) with what to change.
     """
-    from finprog import models
-
     train_paths = [resolve_data(name, default_split="train")[0] for name in options.train]
     eval_path, _ = resolve_data(options.eval)
     eval_file = load_finqa(eval_path)
     data = TrainData(train_paths, eval_path, [e for path in train_paths for e in load_finqa(path)],
                      eval_file[: options.eval_limit])
-    train_name = " + ".join(map(str, train_paths))
+    _check_examples(options, data, {e.id for e in eval_file})
+    data.source, data.shape = _check_model(options)
+    if options.budget_flops is not None:
+        _check_budget(options, data)
+    return data
+
+
+def _check_examples(options: TrainOptions, data: TrainData, eval_ids: set[str]) -> None:
+    """Every training record is trainable in this mode, once; no id is shared with the whole eval file."""
+    train_name = " + ".join(map(str, data.train_paths))
     if not data.train or not data.eval:
-        raise TrainingError(f"{train_name if not data.train else eval_path} holds no examples")
+        raise TrainingError(f"{train_name if not data.train else data.eval_path} holds no examples")
     repeated = sorted(i for i, n in Counter(e.id for e in data.train).items() if n > 1)
     if repeated:
         raise TrainingError(f"{train_name}: {len(repeated)} id(s) occur more than once (first: "
@@ -203,45 +213,47 @@ def validate(options: TrainOptions) -> TrainData:
     if options.context == "gold":
         try:
             retrieval.check_gold(data.train, train_name)
-            retrieval.check_gold(data.eval, str(eval_path))
+            retrieval.check_gold(data.eval, str(data.eval_path))
         except retrieval.RetrievalError as error:
             raise TrainingError(str(error)) from None
-    shared = sorted({e.id for e in data.train} & {e.id for e in eval_file})
+    shared = sorted({e.id for e in data.train} & eval_ids)
     if shared:
         raise TrainingError(
-            f"the eval file {eval_path} shares {len(shared)} id(s) with the training data {train_name} "
+            f"the eval file {data.eval_path} shares {len(shared)} id(s) with the training data {train_name} "
             f"(first: {', '.join(shared[:3])}); evaluate on questions the model is not trained on"
         )
+
+
+def _check_model(options: TrainOptions) -> tuple[models.ModelSource, flops.ModelShape]:
+    """The model resolved, its dtype and quantization possible here, its FLOPs countable, its LoRA targets present."""
     source = models.resolve_model(options.model)
     if source.kind == "adapter" and options.method != "full":
         raise TrainingError(
             f"{options.model} is a PEFT adapter; a new {options.method} adapter needs a base model or checkpoint "
             "to name as its base: merge the adapter into a checkpoint first, or use --method full"
         )
+    device = models.resolve_device("auto")
+    models.resolve_dtype(options.dtype, device)
     if options.method == "qlora":
         import torch
 
-        models.check_bitsandbytes("4bit", models.resolve_device("auto"), torch.bfloat16)
-    shape = flops.ModelShape.from_config(models.model_config(options.model))  # FLOPs that cannot be counted fail here
+        models.check_bitsandbytes("4bit", device, torch.bfloat16)
+    shape = flops.ModelShape.from_config(models.model_config(source))  # FLOPs that cannot be counted fail here
     if options.method != "full":
         try:
             flops.lora_targets(options.lora_targets, shape)
         except ValueError as error:
             raise TrainingError(f"--lora-targets: {error}") from None
-    if options.budget_flops is not None:
-        _check_budget(options, data, shape)
-    return data
+    return source, shape
 
 
-def _check_budget(options: TrainOptions, data: TrainData, shape: flops.ModelShape) -> None:
+def _check_budget(options: TrainOptions, data: TrainData) -> None:
     """The budget must pay for the first step (on one process; more processes only make it dearer)."""
-    from finprog import models
-
-    tokenizer = models.load_tokenizer(options.model)
+    tokenizer = models.load_tokenizer(data.source)
     retriever = prompts.ExemplarRetriever(data.train if options.shots else [])
     first = [encode(data.train[i], tokenizer, options, retriever)
              for i in batch_indices(len(data.train), options, step=0, rank=0, world=1)]
-    need = step_flops(shape, first, options)
+    need = step_flops(data.shape, first, options)
     if options.budget_flops < need:
         raise TrainingError(
             f"--budget-flops {options.budget_flops:.3g} does not pay for one training step: the first one "
@@ -359,10 +371,11 @@ def collate(batch: Sequence[Encoded], pad_id: int, device):
 
 
 def evaluate_model(model, tokenizer, examples: Sequence[Example], options: TrainOptions,
-                   retriever: prompts.ExemplarRetriever, progress: bool = False) -> tuple[list[dict], dict, dict]:
+                   retriever: prompts.ExemplarRetriever, progress: bool = False,
+                   shape: flops.ModelShape | None = None) -> tuple[list[dict], dict, dict]:
     """`finprog solve` on the model in memory, with the prompts training used: (rows, metrics, FLOP totals)."""
     solving = solve_options(options)
-    rows = list(scored_rows(model, tokenizer, list(examples), solving, retriever, progress))
+    rows = list(scored_rows(model, tokenizer, list(examples), solving, retriever, progress, shape))
     order = {e.id: i for i, e in enumerate(examples)}
     rows.sort(key=lambda row: order[row["id"]])
     return rows, metrics(rows, options.mode), flop_totals(rows, training_flops=0.0)
@@ -373,12 +386,46 @@ def solve_options(options: TrainOptions) -> SolveOptions:
     return SolveOptions(
         model=options.model, mode=options.mode, shots=options.shots, exemplar_choice=options.exemplar_choice,
         chat_template=options.chat_template, max_prompt_tokens=options.max_prompt_tokens,
-        context=options.context, top_k=options.top_k, ranker=options.ranker, batch_size=options.eval_batch_size, max_new_tokens=options.max_new_tokens, dtype=options.dtype,
+        context=options.context, top_k=options.top_k, ranker=options.ranker, batch_size=options.eval_batch_size,
+        max_new_tokens=options.max_new_tokens, dtype=options.dtype,
         technique=options.method, constrained=False,  # the curve measures the programs the model writes itself
     )
 
 
 # ---------------------------------------------------------------- the run
+
+
+@dataclass
+class TrainState:
+    """Where the loop stands: what a checkpoint saves and a resumed run continues from."""
+
+    step: int = 0
+    train_flops: int = 0  # summed over processes
+    tokens: int = 0  # real (unpadded) tokens trained on, summed over processes
+    curve: list[dict] = field(default_factory=list)
+    target: dict | None = None  # the first curve point at the target: step, tokens, train_flops, the metric
+    training_seconds: float = 0.0
+    evaluation_seconds: float = 0.0
+    final: dict | None = None  # the last evaluation: metrics, FLOP totals, generation seconds
+
+
+@dataclass
+class Setup:
+    """What the loop works with, built once per run."""
+
+    options: TrainOptions
+    out: Path
+    accelerator: Any
+    model: Any  # prepared by the accelerator
+    optimizer: Any
+    trainable: list  # the parameters AdamW updates
+    tokenizer: Any
+    shape: flops.ModelShape
+    encoded: list[Encoded]  # the training examples, in file order
+    eval: list[Example]
+    retriever: prompts.ExemplarRetriever  # exemplars for training and evaluation prompts
+    recorder: RunRecorder | None  # the main process's; None on the others
+    say: Callable[[str], None]
 
 
 def train(options: TrainOptions, out: Path, resume: bool = False, progress: bool = True) -> dict:
@@ -391,126 +438,104 @@ def train(options: TrainOptions, out: Path, resume: bool = False, progress: bool
     data = validate(options)
     config = {**asdict(options), "train": list(map(str, data.train_paths)), "eval": str(data.eval_path)}
 
-    import torch
     from accelerate import Accelerator
-    from accelerate.utils import broadcast_object_list
-    from tqdm.auto import tqdm
 
-    from finprog.models import resolve_device
-
-    accelerator = Accelerator(cpu=resolve_device("auto").type == "cpu")  # cpu: data parallel over processes (gloo)
+    accelerator = Accelerator(cpu=models.resolve_device("auto").type == "cpu")  # cpu: processes talk over gloo
     saved = open_run(out, config, resume)
     finished = saved.data if saved and saved.status == "finished" else None
     accelerator.wait_for_everyone()  # every process has read the folder before the main one writes to it
     if finished:
         return finished
-    rank, world, main = accelerator.process_index, accelerator.num_processes, accelerator.is_main_process
-    say = _printer(progress and main)
     record = {"kind": "train", "config": config,
               "eval_set": eval_set(data.eval_path.stem, [e.id for e in data.eval])}
-
-    recorder = RunRecorder(out, record, resume=resume) if main else nullcontext()
-    with recorder:
-        started = time.perf_counter()
-        loaded, model = _trainable_model(options, str(accelerator.device))
-        tokenizer, shape = loaded.tokenizer, flops.ModelShape.from_config(loaded.config)
-        saved = torch.load(out / CHECKPOINT, weights_only=True) if resume and (out / CHECKPOINT).is_file() else None
-        if saved:
-            _load_trainable(model, saved["trainable"])
-        trainable = [p for p in model.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(trainable, lr=options.lr, weight_decay=options.weight_decay)
-        if saved:
-            optimizer.load_state_dict(saved["optimizer"])
-        model, optimizer = accelerator.prepare(model, optimizer)
-        state = saved["state"] if saved else {"step": 0, "train_flops": 0, "tokens": 0, "curve": [], "target": None,
-                                              "training_seconds": 0.0, "evaluation_seconds": 0.0}
-        counts = flops.parameter_counts(shape, options.method, options.lora_r, options.lora_targets)
-        record["model"] = {"name": options.model, "source": models.resolve_model(options.model).kind, "dtype": str(loaded.dtype),
-                           "device": str(loaded.device), "params": counts["total"], "trainable": counts["trainable"]}
-        record["timing"] = {"model_load_seconds": time.perf_counter() - started}
-        if main:
-            recorder.update()
-
-        retriever = prompts.ExemplarRetriever(data.train if options.shots else [])
-        encoded = [encode(e, tokenizer, options, retriever) for e in data.train]
-        total_steps = planned_steps(len(encoded), options, world)
-        epoch_steps = steps_per_epoch(len(encoded), options, world)
-        say(f"{options.method} on {options.model}: {len(encoded)} training examples, {len(data.eval)} eval examples, "
-            f"{total_steps} steps of {options.batch_size} x {world} sequences, "
-            f"{counts['trainable'] / 1e6:.3g}M of {counts['total'] / 1e6:.3g}M parameters trained")
-
-        def evaluate(loss: float | None) -> str | None:
-            """Add a curve row on the main process, save the checkpoint; every process gets the stop reason."""
-            reason = None
-            if main:
-                clock = time.perf_counter()
-                unwrapped = accelerator.unwrap_model(model)
-                unwrapped.eval()
-                rows, result, cost = evaluate_model(unwrapped, tokenizer, data.eval, options, retriever)
-                unwrapped.train()
-                state["evaluation_seconds"] += time.perf_counter() - clock
-                point = {"step": state["step"], "epoch": state["step"] / epoch_steps, "tokens": state["tokens"],
-                         "train_flops": state["train_flops"], "train_loss": loss,
-                         "exact": result["exact"], "tolerant": result["tolerant"],
-                         "program_accuracy": result["program_accuracy"], "outcomes": result["outcomes"],
-                         "eval_flops": cost["inference_total"], "eval_flops_executed": cost["inference_total_executed"],
-                         "training_seconds": state["training_seconds"]}
-                state["curve"].append(point)
-                state["final"] = {"metrics": result, "flops": cost, "seconds": sum(r["seconds"] for r in rows)}
-                write_rows(out / EVALS / f"step-{state['step']:06d}.jsonl", rows)
-                say(format_point(point))
-                metric = options.target_metric
-                if options.target is not None and state["target"] is None and point[metric] >= options.target:
-                    state["target"] = {key: point[key] for key in ("step", "tokens", "train_flops", metric)}
-                    reason = "target"
-                _save_checkpoint(out, accelerator.unwrap_model(model), optimizer, state)
-                recorder.update(curve=state["curve"])
-            reason, state["curve"], state["target"] = broadcast_object_list([reason, state["curve"], state["target"]])
-            accelerator.wait_for_everyone()
-            _reseed(options.seed, state["step"], rank)
-            return reason
-
-        _reseed(options.seed, state["step"], rank)
-        stop = "target" if state["target"] else None
-        if not state["curve"] and options.eval_at_start:
-            stop = evaluate(loss=None)
-        model.train()
-        losses: list[float] = []
-        with tqdm(total=total_steps, initial=state["step"], disable=not (progress and main), unit="step",
-                  desc="training") as bar:
-            while stop is None:
-                if state["step"] >= total_steps:
-                    stop = "steps"
-                    break
-                batch = [encoded[i] for i in batch_indices(len(encoded), options, state["step"], rank, world)]
-                cost = _sum_over_processes(accelerator, step_flops(shape, batch, options))
-                if options.budget_flops is not None and state["train_flops"] + cost > options.budget_flops:
-                    stop = "budget"
-                    break
-                clock = time.perf_counter()
-                loss = _training_step(accelerator, model, optimizer, trainable,
-                                      collate(batch, tokenizer.pad_token_id, accelerator.device), options, state["step"])
-                state["training_seconds"] += time.perf_counter() - clock
-                losses.append(loss)
-                state["step"] += 1
-                state["train_flops"] += cost
-                state["tokens"] += _sum_over_processes(accelerator, sum(e.length for e in batch))
-                bar.update(1)
-                bar.set_postfix(loss=f"{loss:.3f}")
-                if options.eval_every and state["step"] % options.eval_every == 0:
-                    stop = evaluate(loss=sum(losses) / len(losses))
-                    losses = []
-        if not state["curve"] or state["curve"][-1]["step"] != state["step"]:
-            evaluate(loss=sum(losses) / len(losses) if losses else None)
-        say(f"stopped: {_STOP_REASONS[stop]}")
-
-        if main:
-            _save_model(out, accelerator.unwrap_model(model), tokenizer)
-            write_rows(out / PREDICTIONS, read_rows(out / EVALS / f"step-{state['step']:06d}.jsonl"))
+    recorder = RunRecorder(out, record, resume=resume) if accelerator.is_main_process else None
+    with recorder or nullcontext():
+        setup, state = _set_up(options, data, out, accelerator, recorder, progress, resume)
+        stop = _loop(setup, state, progress)
+        setup.say(f"stopped: {_STOP_REASONS[stop]}")
+        if recorder:
+            _save_model(out, accelerator.unwrap_model(setup.model), setup.tokenizer)
+            write_rows(out / PREDICTIONS, read_rows(out / EVALS / f"step-{state.step:06d}.jsonl"))
             recorder.finish(**_final_record(record, state, options, stop))
             (out / CHECKPOINT).unlink(missing_ok=True)
     accelerator.wait_for_everyone()
     return RunRecord.load(out).data
+
+
+def _set_up(options: TrainOptions, data: TrainData, out: Path, accelerator, recorder: RunRecorder | None,
+            progress: bool, resume: bool) -> tuple[Setup, TrainState]:
+    """Load the model and make it trainable, restore a checkpoint, record the model, encode the training examples."""
+    import torch
+
+    started = time.perf_counter()
+    loaded, model = _trainable_model(options, data, str(accelerator.device))
+    saved = torch.load(out / CHECKPOINT, weights_only=True) if resume and (out / CHECKPOINT).is_file() else None
+    if saved:
+        _load_trainable(model, saved["trainable"])
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=options.lr, weight_decay=options.weight_decay)
+    if saved:
+        optimizer.load_state_dict(saved["optimizer"])
+    model, optimizer = accelerator.prepare(model, optimizer)
+    counts = flops.parameter_counts(data.shape, options.method, options.lora_r, options.lora_targets)
+    if recorder:
+        recorder.update(
+            model={"name": options.model, "source": data.source.kind, "dtype": str(loaded.dtype),
+                   "device": str(loaded.device), "params": counts["total"], "trainable": counts["trainable"]},
+            timing={"model_load_seconds": time.perf_counter() - started},
+        )
+    retriever = prompts.ExemplarRetriever(data.train if options.shots else [])
+    setup = Setup(options, out, accelerator, model, optimizer, trainable, loaded.tokenizer, data.shape,
+                  [encode(e, loaded.tokenizer, options, retriever) for e in data.train], data.eval, retriever,
+                  recorder, _printer(progress and accelerator.is_main_process))
+    world = accelerator.num_processes
+    setup.say(f"{options.method} on {options.model}: {len(setup.encoded)} training examples, {len(data.eval)} eval "
+              f"examples, {planned_steps(len(setup.encoded), options, world)} steps of {options.batch_size} x "
+              f"{world} sequences, {counts['trainable'] / 1e6:.3g}M of {counts['total'] / 1e6:.3g}M parameters trained")
+    return setup, TrainState(**saved["state"]) if saved else TrainState()
+
+
+def _loop(setup: Setup, state: TrainState, progress: bool) -> str:
+    """Step until the target, the budget or the step limit (the stop reason), evaluating every eval_every steps
+    and after the last step."""
+    from tqdm.auto import tqdm
+
+    options, accelerator = setup.options, setup.accelerator
+    rank, world = accelerator.process_index, accelerator.num_processes
+    total_steps = planned_steps(len(setup.encoded), options, world)
+    _reseed(options.seed, state.step, rank)
+    stop = "target" if state.target else None
+    if not state.curve and options.eval_at_start:
+        stop = _evaluate(setup, state, loss=None)
+    setup.model.train()
+    losses: list[float] = []
+    with tqdm(total=total_steps, initial=state.step, disable=not (progress and accelerator.is_main_process),
+              unit="step", desc="training") as bar:
+        while stop is None:
+            if state.step >= total_steps:
+                stop = "steps"
+                break
+            batch = [setup.encoded[i] for i in batch_indices(len(setup.encoded), options, state.step, rank, world)]
+            cost = _sum_over_processes(accelerator, step_flops(setup.shape, batch, options))
+            if options.budget_flops is not None and state.train_flops + cost > options.budget_flops:
+                stop = "budget"
+                break
+            clock = time.perf_counter()
+            loss = _training_step(accelerator, setup.model, setup.optimizer, setup.trainable,
+                                  collate(batch, setup.tokenizer.pad_token_id, accelerator.device), options, state.step)
+            state.training_seconds += time.perf_counter() - clock
+            losses.append(loss)
+            state.step += 1
+            state.train_flops += cost
+            state.tokens += _sum_over_processes(accelerator, sum(e.length for e in batch))
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss:.3f}")
+            if options.eval_every and state.step % options.eval_every == 0:
+                stop = _evaluate(setup, state, loss=sum(losses) / len(losses))
+                losses = []
+    if not state.curve or state.curve[-1]["step"] != state.step:
+        _evaluate(setup, state, loss=sum(losses) / len(losses) if losses else None)
+    return stop
 
 
 _STOP_REASONS = {
@@ -518,6 +543,48 @@ _STOP_REASONS = {
     "budget": "the next step would exceed the FLOPs budget",
     "steps": "the step limit was reached",
 }
+
+
+def _evaluate(setup: Setup, state: TrainState, loss: float | None) -> str | None:
+    """A curve row and a checkpoint on the main process; every process gets the curve and "target" or None."""
+    from accelerate.utils import broadcast_object_list
+
+    reason = _add_curve_point(setup, state, loss) if setup.recorder else None
+    reason, state.curve, state.target = broadcast_object_list([reason, state.curve, state.target])
+    setup.accelerator.wait_for_everyone()
+    _reseed(setup.options.seed, state.step, setup.accelerator.process_index)
+    return reason
+
+
+def _add_curve_point(setup: Setup, state: TrainState, loss: float | None) -> str | None:
+    """Evaluate the model in memory, add its curve row, save the checkpoint; "target" when the row reaches it."""
+    options, out = setup.options, setup.out
+    clock = time.perf_counter()
+    model = setup.accelerator.unwrap_model(setup.model)
+    model.eval()
+    rows, result, cost = evaluate_model(model, setup.tokenizer, setup.eval, options, setup.retriever,
+                                        shape=setup.shape)
+    model.train()
+    state.evaluation_seconds += time.perf_counter() - clock
+    epoch_steps = steps_per_epoch(len(setup.encoded), options, setup.accelerator.num_processes)
+    point = {"step": state.step, "epoch": state.step / epoch_steps, "tokens": state.tokens,
+             "train_flops": state.train_flops, "train_loss": loss,
+             "exact": result["exact"], "tolerant": result["tolerant"],
+             "program_accuracy": result["program_accuracy"], "outcomes": result["outcomes"],
+             "eval_flops": cost["inference_total"], "eval_flops_executed": cost["inference_total_executed"],
+             "training_seconds": state.training_seconds}
+    state.curve.append(point)
+    state.final = {"metrics": result, "flops": cost, "seconds": sum(r["seconds"] for r in rows)}
+    write_rows(out / EVALS / f"step-{state.step:06d}.jsonl", rows)
+    setup.say(format_point(point))
+    reason = None
+    metric = options.target_metric
+    if options.target is not None and state.target is None and point[metric] >= options.target:
+        state.target = {key: point[key] for key in ("step", "tokens", "train_flops", metric)}
+        reason = "target"
+    _save_checkpoint(out, model, setup.optimizer, state)
+    setup.recorder.update(curve=state.curve)
+    return reason
 
 
 def _training_step(accelerator, model, optimizer, trainable, inputs: dict, options: TrainOptions, step: int) -> float:
@@ -532,12 +599,11 @@ def _training_step(accelerator, model, optimizer, trainable, inputs: dict, optio
     return accelerator.reduce(loss.detach().float().reshape(1), reduction="mean").item()
 
 
-def _trainable_model(options: TrainOptions, device: str):
+def _trainable_model(options: TrainOptions, data: TrainData, device: str):
     """Load the base (4-bit for qlora) and make it trainable: LoRA adapters, or every weight for full."""
     import torch
-    from finprog import models
 
-    loaded = models.load_model(options.model, dtype=options.dtype, quant=options.quant, device=device)
+    loaded = models.load_model(data.source, dtype=options.dtype, quant=options.quant, device=device)
     model = loaded.model
     if options.method == "qlora":
         from peft import prepare_model_for_kbit_training
@@ -555,8 +621,7 @@ def _trainable_model(options: TrainOptions, device: str):
         torch.manual_seed(options.seed)  # the adapters' initial A matrices
         model = get_peft_model(model, LoraConfig(
             r=options.lora_r, lora_alpha=options.lora_alpha, lora_dropout=options.lora_dropout,
-            target_modules=list(flops.lora_targets(options.lora_targets, flops.ModelShape.from_config(loaded.config))),
-            task_type="CAUSAL_LM",
+            target_modules=list(flops.lora_targets(options.lora_targets, data.shape)), task_type="CAUSAL_LM",
         ))
     model.train()
     return loaded, model
@@ -580,13 +645,13 @@ def _reseed(seed: int, step: int, rank: int) -> None:
 # ---------------------------------------------------------------- files
 
 
-def _save_checkpoint(out: Path, model, optimizer, state: dict) -> None:
+def _save_checkpoint(out: Path, model, optimizer, state: TrainState) -> None:
     """Trainable weights, optimizer and loop state in one file, replaced atomically."""
     import torch
 
     trainable = {name: p.detach().cpu().clone() for name, p in model.named_parameters() if p.requires_grad}
     partial = out / (CHECKPOINT + ".partial")
-    torch.save({"trainable": trainable, "optimizer": optimizer.state_dict(), "state": state}, partial)
+    torch.save({"trainable": trainable, "optimizer": optimizer.state_dict(), "state": asdict(state)}, partial)
     os.replace(partial, out / CHECKPOINT)
 
 
@@ -607,30 +672,30 @@ def _save_model(out: Path, model, tokenizer) -> None:
     tokenizer.save_pretrained(out)
 
 
-def _final_record(record: dict, state: dict, options: TrainOptions, stop: str) -> dict:
-    final = state["final"]
+def _final_record(record: dict, state: TrainState, options: TrainOptions, stop: str) -> dict:
+    final = state.final
     n = final["metrics"]["n"]
-    evaluations = sum(point["eval_flops"] for point in state["curve"])
+    evaluations = sum(point["eval_flops"] for point in state.curve)
     target = None if options.target is None else {
-        "metric": options.target_metric, "value": options.target, "reached": state["target"] is not None,
-        **(state["target"] or {}),
+        "metric": options.target_metric, "value": options.target, "reached": state.target is not None,
+        **(state.target or {}),
     }
     return {
         **record,
         "metrics": final["metrics"],
-        "flops": {**final["flops"], "training_total": state["train_flops"], "evaluation_total": evaluations},
-        "curve": state["curve"],
+        "flops": {**final["flops"], "training_total": state.train_flops, "evaluation_total": evaluations},
+        "curve": state.curve,
         "target": target,
         "stopped": stop,
-        "steps": state["step"],
-        "tokens": state["tokens"],
+        "steps": state.step,
+        "tokens": state.tokens,
         "timing": {
             **record["timing"],
             "seconds_total": final["seconds"],
             "seconds_per_example": final["seconds"] / n if n else 0.0,
-            "training_seconds": state["training_seconds"],
-            "seconds_per_step": state["training_seconds"] / state["step"] if state["step"] else 0.0,
-            "evaluation_seconds": state["evaluation_seconds"],
+            "training_seconds": state.training_seconds,
+            "seconds_per_step": state.training_seconds / state.step if state.step else 0.0,
+            "evaluation_seconds": state.evaluation_seconds,
         },
     }
 

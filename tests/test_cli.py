@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 
 import pytest
 
 from finprog import flops, models, training
-from finprog.cli import main
+from finprog.cli import _build_parser, main
 from test_report import SET_B, write_run
 
 
@@ -15,6 +16,20 @@ def run_cli(capsys, *args) -> tuple[int, str, str]:
     code = main([str(a) for a in args])
     out, err = capsys.readouterr()
     return code, out, err
+
+
+def test_every_option_of_every_command_has_help_text():
+    def parsers(parser):
+        yield parser
+        for action in parser._actions:  # argparse keeps subcommands only here
+            for sub in (action.choices or {}).values() if isinstance(action, argparse._SubParsersAction) else ():
+                yield from parsers(sub)
+
+    bare = [f"{parser.prog} {'/'.join(action.option_strings) or action.dest}"
+            for parser in parsers(_build_parser()) for action in parser._actions
+            if not action.help and not isinstance(action, argparse._SubParsersAction)]
+    assert bare == []
+    assert len(list(parsers(_build_parser()))) == 14  # finprog, 9 commands, data's and models' 2 actions each
 
 
 # ---------------------------------------------------------------- train
@@ -61,6 +76,7 @@ def test_train_defaults_and_epochs(monkeypatch):
                                         "--epochs", 2.5, "--shots", 2)
     defaults = training.TrainOptions(model="org/m", train="t", eval="e", epochs=2.5, shots=2)
     assert options == defaults and str(out) == "runs/org--m_lora_program" and flags == {"resume": False, "progress": True}
+    assert options.dtype == "auto" and options.eval_batch_size is None  # as solve: the hardware decides
 
 
 def test_train_runs_a_tiny_model_and_prints_its_summary(tiny_checkpoint_dir, demo_split, tmp_path, capsys):
@@ -105,7 +121,7 @@ def test_flops_prints_the_summary_of_a_checkpoint(tiny_checkpoint_dir, capsys):
                            "--method", "full", "--gradient-checkpointing", "--json")
     shape = flops.ModelShape.from_config(models.model_config(tiny_checkpoint_dir))
     assert code == 0 and json.loads(out) == flops.summary(shape, 64, 8, "full", gradient_checkpointing=True)
-    code, out, _ = run_cli(capsys, "flops", tiny_checkpoint_dir, "--lora-rank", 4, "--lora-targets", "all-linear",
+    code, out, _ = run_cli(capsys, "flops", tiny_checkpoint_dir, "--lora-r", 4, "--lora-targets", "all-linear",
                            "--check", "--train-tokens", 16, "--prompt-tokens", 16, "--new-tokens", 2)
     assert code == 0 and "lora r=4 on" in out and "training step" in out
     assert flops.format_check(flops.check(tiny_checkpoint_dir, prompt_tokens=16, new_tokens=2, train_tokens=16,
