@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from finprog import __version__
+from finprog.cascade import RULE_HELP
 from finprog.report import DEFAULT_METRIC, DEFAULT_QUESTIONS, METRICS
 from finprog.solve import DEFAULT_MODEL, EXEMPLAR_CHOICES, MODES
 
@@ -41,6 +42,7 @@ USER_ERRORS = {
     "finprog.models": ("ModelError",),
     "finprog.generation": ("GenerationError",),
     "finprog.constrained": ("ConstrainedDecodingError",),
+    "finprog.cascade": ("CascadeError",),
 }
 
 
@@ -83,6 +85,12 @@ def _build_parser() -> argparse.ArgumentParser:
     _add_solve_options(solve)
     solve.add_argument("--mode", choices=MODES, default="program")
     solve.add_argument("--out", type=Path, help="run folder (default: runs/MODEL_MODE_DATA)")
+    solve.add_argument("--cascade", nargs="+", metavar="MODEL",
+                       help="a cascade instead of --model: each model answers the questions the ones before it "
+                            "did not get accepted; the last model's answers are always accepted")
+    solve.add_argument("--accept", metavar="RULE",
+                       help=f"with --cascade, when an answer is accepted (default: executes): {RULE_HELP}; "
+                            "e.g. executes+logprob:-0.3")
     solve.set_defaults(run=_solve)
 
     compare = commands.add_parser(
@@ -161,6 +169,20 @@ def _build_parser() -> argparse.ArgumentParser:
     report.add_argument("--out", type=Path, default=Path("report"), help="folder for report.md and report.png (default: report)")
     report.add_argument("--json", action="store_true")
     report.set_defaults(run=_report)
+
+    sweep = commands.add_parser("cascade-sweep",
+                                help="a cascade's accuracy and FLOPs for every acceptance threshold, from finished runs")
+    sweep.add_argument("runs", nargs="+", type=Path,
+                       help="finished single-model run folders on the same questions, in cascade order (cheapest first)")
+    sweep.add_argument("--rule", required=True,
+                       help="an acceptance rule with one term left without a value, which is swept "
+                            "(logprob, minlogprob, agree; e.g. executes+logprob)")
+    sweep.add_argument("--target", required=True, help="EmAcc to reach: a fraction (0.3) or percent (30, 30%%)")
+    sweep.add_argument("--metric", choices=METRICS, default=DEFAULT_METRIC)
+    sweep.add_argument("--out", type=Path, default=Path("sweep"),
+                       help="folder for sweep.json, sweep.txt and sweep.png (default: sweep)")
+    sweep.add_argument("--json", action="store_true")
+    sweep.set_defaults(run=_cascade_sweep)
     return parser
 
 
@@ -187,8 +209,7 @@ def _evaluate(args) -> int:
 
 
 def _add_solve_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default=DEFAULT_MODEL,
-                        help=f"zoo name, hub id or checkpoint folder (default: {DEFAULT_MODEL})")
+    parser.add_argument("--model", help=f"zoo name, hub id or checkpoint folder (default: {DEFAULT_MODEL})")
     parser.add_argument("--data", help="FinQA file, dataset folder, split or sample name, hf:NAME, or demo "
                                        "(default: official dev, else demo)")
     parser.add_argument("--limit", type=int, help="only the first N examples")
@@ -218,11 +239,12 @@ def _add_solve_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print the summary as one JSON object")
 
 
-def _solve_options(args, mode: str, constrained: bool | None = None):
+def _solve_options(args, mode: str, constrained: bool | None = None, model: str | None = None):
     from finprog.solve import SolveOptions
 
     return SolveOptions(
-        model=args.model, mode=mode, data=args.data, limit=args.limit, batch_size=args.batch_size,
+        model=model or args.model or DEFAULT_MODEL, mode=mode, data=args.data, limit=args.limit,
+        batch_size=args.batch_size,
         max_new_tokens=args.max_new_tokens, shots=args.shots, exemplar_choice=args.exemplar_choice,
         exemplars=args.exemplars, constrained=constrained, restrict_numbers=args.restrict_numbers, samples=args.samples,
         temperature=args.temperature, top_p=args.top_p, seed=args.seed, dtype=args.dtype, quant=args.quant,
@@ -230,21 +252,53 @@ def _solve_options(args, mode: str, constrained: bool | None = None):
     )
 
 
-def _default_out(model: str, label: str, data: str | None = None) -> Path:
+def _default_out(model: str | None, label: str, data: str | None = None) -> Path:
     """runs/MODEL_LABEL[_DATA]: the same options give the same folder, so --resume finds it."""
-    name = Path(model).name if Path(model).exists() else model.replace("/", "--")
-    return Path("runs") / "_".join([name, label] + ([Path(data).stem] if data else []))
+    return Path("runs") / "_".join([_model_label(model or DEFAULT_MODEL), label] + ([Path(data).stem] if data else []))
+
+
+def _model_label(model: str) -> str:
+    return Path(model).name if Path(model).exists() else model.replace("/", "--")
 
 
 def _solve(args) -> int:
     from finprog.solve import solve, summary, summary_lines
 
-    out = args.out or _default_out(args.model, args.mode, args.data)
-    record = solve(_solve_options(args, args.mode, args.constrained), out, resume=args.resume, progress=not args.json)
+    if args.cascade or args.accept:
+        record = _cascade(args)
+    else:
+        out = args.out or _default_out(args.model, args.mode, args.data)
+        record = solve(_solve_options(args, args.mode, args.constrained), out, resume=args.resume,
+                       progress=not args.json)
     if args.json:
         print(json.dumps(summary(record)))
     else:
         print("\n".join(summary_lines(record)))
+    return 0
+
+
+def _cascade(args) -> dict:
+    from finprog.cascade import CascadeError, CascadeOptions, cascade
+
+    if not args.cascade:
+        raise CascadeError("--accept goes with --cascade MODEL_1 MODEL_2 ...")
+    if args.model:
+        raise CascadeError("give the models with --cascade or with --model, not both")
+    stages = [_solve_options(args, args.mode, args.constrained, model=model) for model in args.cascade]
+    options = CascadeOptions(stages, accept=args.accept or "executes")
+    out = args.out or _default_out("+".join(map(_model_label, args.cascade)), f"cascade_{args.mode}", args.data)
+    return cascade(options, out, resume=args.resume, progress=not args.json)
+
+
+def _cascade_sweep(args) -> int:
+    from finprog.sweep import format_sweep, sweep
+
+    result, files = sweep(args.runs, rule=args.rule, target=args.target, metric=args.metric, out=args.out)
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    print(format_sweep(result))
+    print("wrote " + ", ".join(str(f) for f in files))
     return 0
 
 

@@ -27,7 +27,9 @@ ACCURACY_TOLERANCE = 1e-9
 
 TECHNIQUE_NAMES = {
     "zero-shot": "zero-shot", "few-shot": "few-shot", "lora": "LoRA", "qlora": "QLoRA", "full": "full FT",
+    "cascade": "cascade",
 }
+KINDS = ("solve", "train", "cascade")
 _TRAINED = {"lora", "qlora", "full"}
 
 
@@ -82,6 +84,11 @@ class RunSummary:
     def name(self) -> str:
         """The run's folder name, which tells runs of the same configuration apart."""
         return self.path.resolve().parent.name
+
+    @property
+    def family(self) -> str:
+        """The technique without its details: `cascade` for `cascade(executes+logprob:-0.3)`."""
+        return self.technique.split("(")[0]
 
     @property
     def technique_label(self) -> str:
@@ -247,8 +254,8 @@ def load_run(path: str | Path) -> RunSummary:
         raise ReportError(f"{path}: expected a JSON object, got {type(record).__name__}")
     fields = _Fields(path, record)
     kind = fields.text("kind")
-    if kind not in ("solve", "train"):
-        raise ReportError(f"{path}: field 'kind' must be 'solve' or 'train', got {kind!r}")
+    if kind not in KINDS:
+        raise ReportError(f"{path}: field 'kind' must be one of {', '.join(KINDS)}, got {kind!r}")
     if record.get("status", "finished") != "finished":
         raise ReportError(f"{path}: the run is not finished (status {record['status']!r}); "
                           "continue it with --resume, or leave it out")

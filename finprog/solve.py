@@ -96,42 +96,71 @@ steps with 7-digit operands) take about 80 tokens in the zoo's tokenizers."""
 
 def solve(options: SolveOptions, out: Path, resume: bool = False, progress: bool = True) -> dict:
     """Run `options.model` over the data, writing `out/predictions.jsonl` and `out/run.json`; returns run.json."""
-    from finprog import models
-
-    data_path, described = resolve_data(options.data)
-    examples = load_finqa(data_path)[: options.limit]
-    pool, pool_described = _exemplar_pool(options, {e.id for e in examples})
-    retriever = prompts.ExemplarRetriever(pool)
+    data_path, described, examples = load_examples(options)
+    retriever = exemplar_retriever(options, examples, progress)
     record = {
         "kind": "solve",
         "config": {**asdict(options), "data": str(data_path)},
         "eval_set": eval_set(data_path.stem, [e.id for e in examples]),
     }
-    source = models.resolve_model(options.model)  # an unknown model fails here, before a run folder is made
-    shape = flops.ModelShape.from_config(models.model_config(options.model))  # so does one whose FLOPs cannot be counted
+    source, shape = check_model(options)  # an unknown model, or one whose FLOPs cannot be counted, fails here
     recorder = RunRecorder(out, record, resume=resume)
     todo = [e for e in examples if e.id not in recorder.done_ids]
     _say(progress, f"data: {described}; {len(examples)} examples, {len(todo)} to run")
+
+    loaded, record["model"], load_seconds = load(options, source, shape)
+    for row in scored_rows(loaded.model, loaded.tokenizer, todo, options, retriever, progress):
+        recorder.add(row)
+    return recorder.finish(**results(recorder.rows, options.mode, training_flops(options.model), load_seconds))
+
+
+def load_examples(options: SolveOptions) -> tuple[Path, str, list[Example]]:
+    """The data file, how it was found, and its examples (the first `options.limit`)."""
+    data_path, described = resolve_data(options.data)
+    return data_path, described, load_finqa(data_path)[: options.limit]
+
+
+def exemplar_retriever(options: SolveOptions, examples: list[Example], progress: bool) -> prompts.ExemplarRetriever:
+    """The exemplar pool for `options`, never holding one of `examples` (all the evaluated ones)."""
+    pool, pool_described = _exemplar_pool(options, {e.id for e in examples})
     if pool_described:
         _say(progress, f"exemplars: {options.shots} per question ({options.exemplar_choice}) from {pool_described}")
+    return prompts.ExemplarRetriever(pool)
+
+
+def check_model(options: SolveOptions):
+    """The model's source and FLOP shape, read without loading it: an unknown model or an uncountable one fails here."""
+    from finprog import models
+
+    source = models.resolve_model(options.model)
+    return source, flops.ModelShape.from_config(models.model_config(options.model))
+
+
+def load(options: SolveOptions, source, shape) -> tuple:
+    """Load the model: (LoadedModel, the run record's `model` entry, seconds it took)."""
+    from finprog import models
 
     started = time.perf_counter()
     loaded = models.load_model(options.model, dtype=options.dtype, quant=options.quant)
-    record["model"] = {"name": options.model, "source": source.kind, "dtype": str(loaded.dtype),
-                       "device": str(loaded.device), "params": flops.parameter_counts(shape)["total"]}
-    load_seconds = time.perf_counter() - started
+    entry = {"name": options.model, "source": source.kind, "dtype": str(loaded.dtype),
+             "device": str(loaded.device), "params": flops.parameter_counts(shape)["total"]}
+    return loaded, entry, time.perf_counter() - started
 
-    for row in scored_rows(loaded.model, loaded.tokenizer, todo, options, retriever, progress):
-        recorder.add(row)
 
-    rows = recorder.rows
-    return recorder.finish(
-        metrics=metrics(rows, options.mode),
-        flops=flop_totals(rows, (training_record(options.model) or {}).get("flops", {}).get("training_total", 0.0)),
-        timing={"seconds_total": sum(r["seconds"] for r in rows),
-                "seconds_per_example": sum(r["seconds"] for r in rows) / len(rows) if rows else 0.0,
-                "model_load_seconds": load_seconds},
-    )
+def results(rows: list[dict], mode: str, training: float, load_seconds: float) -> dict:
+    """A finished run's metrics, FLOPs and timing (the fields `RunRecorder.finish` adds to run.json)."""
+    seconds = sum(r["seconds"] for r in rows)
+    return {
+        "metrics": metrics(rows, mode),
+        "flops": flop_totals(rows, training),
+        "timing": {"seconds_total": seconds, "seconds_per_example": seconds / len(rows) if rows else 0.0,
+                   "model_load_seconds": load_seconds},
+    }
+
+
+def training_flops(model: str) -> float:
+    """The training FLOPs behind `model`: those of the `finprog train` run that wrote it, else 0."""
+    return (training_record(model) or {}).get("flops", {}).get("training_total", 0.0)
 
 
 def default_batch_size(device) -> int:
@@ -180,7 +209,7 @@ def scored_rows(model, tokenizer, examples: list[Example], options: SolveOptions
 
 
 def _row(example: Example, samples: list, mode: str, shape) -> dict:
-    """One example's record: its completion(s), score, token counts, seconds and FLOPs."""
+    """One example's record: its completion(s), score, confidence, token counts, seconds and FLOPs."""
     scored = [(completion, score(example, completion.text, mode)) for completion, _ in samples]
     completion, row = _vote(scored) if len(scored) > 1 else scored[0]
     cost = flops.inference_flops(shape, [c for c, _ in scored])
@@ -188,6 +217,7 @@ def _row(example: Example, samples: list, mode: str, shape) -> dict:
         "id": example.id,
         "completion": completion.text,
         **row,
+        **confidence(completion),
         "finish_reason": completion.finish_reason,
         "prompt_tokens": completion.prompt_tokens,
         "new_tokens": sum(c.new_tokens for c, _ in scored),
@@ -196,8 +226,22 @@ def _row(example: Example, samples: list, mode: str, shape) -> dict:
         "flops_executed": cost["executed"],
     }
     if len(scored) > 1:
-        row["samples"] = [{"completion": c.text, "value": r["value"], "outcome": r["outcome"]} for c, r in scored]
+        row["agreement"] = agreement(row["value"], [r["value"] for _, r in scored])
+        row["samples"] = [{"completion": c.text, "value": r["value"], "outcome": r["outcome"], **confidence(c)}
+                          for c, r in scored]
     return row
+
+
+def confidence(completion) -> dict:
+    """A completion's confidence signals: mean and least token log-probability (the model's own, before any mask)."""
+    return {"logprob_mean": completion.logprob_mean, "logprob_min": completion.logprob_min}
+
+
+def agreement(winner, values: list) -> float:
+    """The fraction of samples whose value equals the winning value (at 5 decimals); 0 when the winner has none."""
+    if winner is None:
+        return 0.0
+    return sum(v is not None and _vote_key(v) == _vote_key(winner) for v in values) / len(values)
 
 
 def _vote(scored: list) -> tuple:
@@ -260,6 +304,7 @@ def summary(record: dict) -> dict:
         "seconds_total": timing["seconds_total"], "seconds_per_example": timing["seconds_per_example"],
         "flops_total": cost["inference_total"], "flops_per_example": cost["inference_per_example"],
         "flops_total_executed": cost["inference_total_executed"],
+        **({"answered_by": record["answered_by"]} if "answered_by" in record else {}),
     }
 
 
@@ -283,4 +328,6 @@ def summary_lines(record: dict) -> list[str]:
         f"FLOPs: {cost['inference_total']:.3g} total, {cost['inference_per_example']:.3g} per example "
         f"({cost['inference_total_executed']:.3g} executed, padding and post-stop steps included)",
     ]
+    if "answered_by" in record:  # a cascade
+        lines.append("Answered by: " + ", ".join(f"{model} {n}" for model, n in record["answered_by"].items()))
     return lines

@@ -270,7 +270,7 @@ def break_field(folder, dotted, value):
         ("flops.inference_per_example", 0, "field 'flops.inference_per_example' must be a number from 1"),
         ("eval_set", None, "field 'eval_set.name' is missing"),
         ("eval_set", [], "field 'eval_set' must be an object, got list"),
-        ("kind", "evaluate", "field 'kind' must be 'solve' or 'train'"),
+        ("kind", "evaluate", "field 'kind' must be one of solve, train, cascade"),
         ("config.constrained", "yes", "field 'config.constrained' must be true or false"),
     ],
 )
