@@ -183,6 +183,10 @@ def format_sweep(result: dict) -> str:
                      f"{format_flops(chosen['flops_per_question'])} FLOPs/q "
                      f"({chosen['flops_per_question'] / last['flops_per_question']:.0%} of {last['model']} alone); "
                      "apply it unchanged on the test set.")
+    alone = cheapest(result["alone"], result["target"])
+    lines.append(f"Cheapest model alone at the target: {alone['model']}, {format_percent(alone['accuracy'])} at "
+                 f"{format_flops(alone['flops_per_question'])} FLOPs/q." if alone else
+                 f"No model alone reaches {format_percent(result['target'])}.")
     lines += ["", f"Calibration: {metric} EmAcc by mean token log-probability"]
     for model in result["calibration"]:
         lines.append(f"  {model['model']}: " + "; ".join(

@@ -40,6 +40,13 @@ def singles(tmp_path_factory, tiny_checkpoint_dir, trained):
     return [out / "small", out / "trained"]
 
 
+def middle_threshold(singles) -> float:
+    """A log-prob threshold at which the first model keeps some questions and passes others on."""
+    rule = parse_rule("logprob", open_term=True)
+    thresholds = candidate_thresholds(rule, load_runs(singles, rule))
+    return thresholds[len(thresholds) // 2]
+
+
 def rows_of(folder):
     return [json.loads(line) for line in (folder / "predictions.jsonl").read_text().splitlines()]
 
@@ -127,8 +134,7 @@ def test_a_question_goes_on_until_a_model_is_accepted_and_pays_for_every_attempt
 
 def test_the_sweep_predicts_a_live_cascade_exactly(tmp_path, singles, tiny_checkpoint_dir, trained, capsys):
     runs = load_runs(singles, parse_rule("logprob", open_term=True))
-    thresholds = candidate_thresholds(parse_rule("logprob", open_term=True), runs)
-    threshold = thresholds[len(thresholds) // 2]  # some questions accepted, some passed on
+    threshold = middle_threshold(singles)
     accept = f"logprob:{threshold}"
     out = tmp_path / "cascade"
     assert main(["solve", "--cascade", tiny_checkpoint_dir, trained, "--accept", accept, *COMMON,
@@ -271,3 +277,23 @@ def test_bad_sweeps_fail_in_one_line(tmp_path, singles, capsys, arguments, messa
     code = main(["cascade-sweep", *arguments, "--target", "0.1", "--out", str(tmp_path / "sweep")])
     error = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(error) == 1 and message in error[0], error
+
+
+def test_an_interrupted_cascade_resumes_without_losing_answered_questions(tmp_path, singles, tiny_checkpoint_dir,
+                                                                          trained, capsys):
+    out = tmp_path / "cascade"
+    accept = f"logprob:{middle_threshold(singles)}"
+    command = ["solve", "--cascade", tiny_checkpoint_dir, trained, "--accept", accept, *COMMON, "--out", str(out), "--json"]
+    assert main(command) == 0
+    lines = (out / "predictions.jsonl").read_text().splitlines()
+    (out / "predictions.jsonl").write_text(lines[0] + "\n" + lines[1][:20])  # interrupted after one question
+    assert main([*command[:4], "--accept", "executes", *command[6:], "--resume"]) == 2  # another rule: refused
+    assert "accept: 'logprob:" in capsys.readouterr().err
+    assert main([*command, "--resume"]) == 0
+    assert (out / "predictions.jsonl").read_text().splitlines()[0] == lines[0]
+
+    def answers(rows):
+        return sorted((r["id"], r["answered_by"], r["completion"], r["flops"]) for r in rows)
+
+    assert answers(rows_of(out)) == answers(map(json.loads, lines))
+    assert len({r["answered_by"] for r in rows_of(out)}) == 2
