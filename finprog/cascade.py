@@ -1,4 +1,4 @@
-"""Cascades of models: the first model answers every question, the next one only the questions whose answer the acceptance rule rejects.
+"""Cascades of models: the first answers every question, the next only those whose answer the rule rejected.
 
 A cascade runs model by model: model 1 is loaded once and answers every question in
 batches, then it is freed and model 2 answers only the rejected questions, and so on;
@@ -13,7 +13,8 @@ An acceptance rule is one or more terms joined by `+`, all of which must hold:
     executes        the answer has a value (program mode: it parsed and executed; direct: a number was read)
     logprob:V       mean token log-probability of the completion >= V (V <= 0)
     minlogprob:V    every token's log-probability >= V (V <= 0)
-    agree:F         at least a fraction F of the --samples agree with the winning value (0 <= F <= 1; needs --samples >= 2)
+    agree:F         at least a fraction F of the --samples agree with the winning value
+                    (0 <= F <= 1; needs --samples >= 2)
 
 e.g. `executes+logprob:-0.3`. Log-probabilities are the model's own (before any grammar
 mask or sampling warper, see `generation`). The offline sweep (`sweep.py`) routes
@@ -168,15 +169,21 @@ class CascadeOptions:
         if len(self.stages) < 2:
             raise CascadeError(f"a cascade needs at least two models, got {len(self.stages)}; "
                                "for a single model use --model")
-        self.rule = parse_rule(self.accept)
-        first = self.stages[0]
+        rule = self.rule  # an unknown term or a threshold out of range fails here
         for name in ("data", "limit", "mode"):
             differing = {getattr(stage, name) for stage in self.stages}
             if len(differing) > 1:
                 raise CascadeError(f"the models of a cascade must share --{name}, got {sorted(map(str, differing))}")
-        if self.rule.needs_samples and any(stage.samples < 2 for stage in self.stages[:-1]):
+        if rule.needs_samples and any(stage.samples < 2 for stage in self.stages[:-1]):
             raise CascadeError(f"rule {self.accept!r} uses agreement between samples: give --samples 2 or more")
-        self.mode = first.mode
+
+    @property
+    def rule(self) -> Rule:
+        return parse_rule(self.accept)
+
+    @property
+    def mode(self) -> str:
+        return self.stages[0].mode
 
     @property
     def models(self) -> list[str]:

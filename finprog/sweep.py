@@ -1,4 +1,7 @@
-"""The offline cascade sweep: from finished single-model runs, every threshold's exact accuracy and FLOPs, the cheapest one that meets a target, and each model's calibration.
+"""The offline cascade sweep: each threshold's exact accuracy and FLOPs from finished runs, the choice, calibration.
+
+It finds the cheapest threshold that meets a target EmAcc and tells how well each model's log-probabilities are
+calibrated.
 
 The runs are the cascade's models in order, each run alone over the same questions
 (the same `eval_set.ids_sha256`). Since every row records the answer's outcome, its
@@ -93,7 +96,10 @@ def question_attempts(runs: list[dict]) -> dict[str, list[dict]]:
 
 
 def candidate_thresholds(rule: Rule, runs: list[dict]) -> list[float | None]:
-    """Every recorded value of the swept signal (rounded down to 3 decimals) and its highest value; None: nothing to sweep."""
+    """Every recorded value of the swept signal, rounded down to 3 decimals, and its highest value.
+
+    [None] when the rule leaves no term open: the rule itself is the one point.
+    """
     term = rule.open_term
     if term is None:
         return [None]

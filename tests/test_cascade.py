@@ -1,4 +1,4 @@
-"""Cascades on tiny random checkpoints: confidence signals, rules, routing, FLOPs over attempts, the offline sweep's exactness, bad input."""
+"""Cascades on tiny random checkpoints: signals, rules, routing, FLOPs over attempts, the sweep's exactness, bad input."""
 
 import json
 import math
