@@ -19,11 +19,11 @@ the run records name no machine's folders).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 from pathlib import Path
 
 from finprog.provenance import header
+from finprog.runs import RUN, RunRecord
 from finprog.solve import SolveOptions, solve
 from finprog.training import TrainOptions, train
 
@@ -53,9 +53,9 @@ def trained_model(model: str) -> Path:
 
 
 def finished(out: Path) -> dict | None:
-    path = out / "run.json"
-    record = json.loads(path.read_text()) if path.is_file() else None
-    return record if record and record["status"] == "finished" else None
+    path = out / RUN
+    record = RunRecord.load(path) if path.is_file() else None
+    return record.validate().data if record and record.status == "finished" else None
 
 
 def cells(name: str, models: list[str]) -> list[tuple[str, str, Path]]:
@@ -82,7 +82,7 @@ def run_grid(name: str, models: list[str], exemplars: str, limit: int | None, te
             solve(SolveOptions(model=model, data=settings["eval"], limit=settings["eval_limit"], exemplars=exemplars,
                                constrained=False), out, resume=resume, progress=True)
         elif technique == "program-lora":
-            solve(SolveOptions(model=os.path.relpath(trained_model(model)), data=GRIDS[name][0]), out,
+            solve(SolveOptions.for_model(os.path.relpath(trained_model(model)), data=GRIDS[name][0]), out,
                   resume=resume, progress=True)
         else:
             options = SolveOptions(model=model, data=GRIDS[name][0], limit=limit, exemplars=exemplars,

@@ -5,8 +5,8 @@ batches, then it is freed and model 2 answers only the rejected questions, and s
 the last model's answer is always accepted. Every model runs through solve's own path
 (`scored_rows`), so each attempt is an ordinary solve row (completion, value, outcome,
 confidence signals, FLOPs). A question's cascade row is the accepted attempt's, with
-`answered_by`, every attempt, and the tokens, seconds and FLOPs summed over all
-attempts, the rejected ones included.
+`answered_by`, every attempt, and the tokens, seconds and FLOPs (the ranker's included)
+summed over all attempts, the rejected ones included.
 
 An acceptance rule is one or more terms joined by `+`, all of which must hold:
 
@@ -30,10 +30,11 @@ from collections import Counter
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from finprog import flops
+from finprog import flops, retrieval
 from finprog.runs import RunRecorder, eval_set
 from finprog.solve import (
-    SolveOptions, check_model, exemplar_retriever, load, load_examples, results, scored_rows, training_flops,
+    SolveOptions, check_model, context_cut_line, exemplar_retriever, fit_to_context, load, load_examples, results,
+    scored_rows, training_flops,
 )
 
 SIGNALS = {
@@ -43,7 +44,7 @@ SIGNALS = {
     "minlogprob": ("logprob_min", -math.inf, 0.0),
     "agree": ("agreement", 0.0, 1.0),
 }
-SUMMED = ("prompt_tokens", "new_tokens", "seconds", "flops", "flops_executed")
+SUMMED = ("prompt_tokens", "new_tokens", "seconds", "flops", "flops_executed", "ranker_flops")
 """Row fields that a cascade row sums over its attempts."""
 RULE_HELP = ("executes, logprob:V (mean token log-prob >= V, V <= 0), minlogprob:V (every token's >= V), "
              "agree:F (a fraction F of --samples agree), joined by + (all must hold)")
@@ -200,9 +201,12 @@ def cascade(options: CascadeOptions, out: Path, resume: bool = False, progress: 
     """Run the cascade over the data, writing `out/predictions.jsonl` and `out/run.json`; returns run.json.
 
     Every model is checked (known, FLOPs countable, tokenizer found) before any is loaded.
-    An interrupted cascade keeps every answered question; `resume` reruns the others from the first model.
+    The run folder is locked and recorded like a solve run's: an interrupted cascade keeps
+    every answered question, and `resume` reruns the others from the first model.
     """
     data_path, described, examples = load_examples(options.stages[0])
+    if any(stage.context == "gold" for stage in options.stages):
+        retrieval.check_gold(examples, str(data_path))
     checked = [check_model(stage) for stage in options.stages]
     for stage in options.stages:
         _check_tokenizer(stage.model)
@@ -211,37 +215,42 @@ def cascade(options: CascadeOptions, out: Path, resume: bool = False, progress: 
         "config": {**options.config(), "data": str(data_path)},
         "eval_set": eval_set(data_path.stem, [e.id for e in examples]),
     }
-    recorder = RunRecorder(out, record, resume=resume)
-    todo = [e for e in examples if e.id not in recorder.done_ids]
-    _say(progress, f"data: {described}; {len(examples)} examples, {len(todo)} to run; accept: {options.rule}")
-
-    attempts: dict[str, list[dict]] = {}
-    entries, load_seconds = [], 0.0
-    for index, (stage, (source, shape)) in enumerate(zip(options.stages, checked)):
-        last = index == len(options.stages) - 1
-        entry = {"name": stage.model, "source": source.kind, "params": flops.parameter_counts(shape)["total"]}
-        if todo:
-            loaded, entry, seconds = load(stage, source, shape)
-            load_seconds += seconds
-            rejected = set()
-            retriever = exemplar_retriever(stage, examples, progress)  # never an exemplar from any evaluated question
-            for row in scored_rows(loaded.model, loaded.tokenizer, todo, stage, retriever, progress):
-                attempts.setdefault(row["id"], []).append({"model": stage.model, **row})
-                if is_final(options.rule, row, last):
-                    recorder.add(cascade_row(attempts.pop(row["id"])))
-                else:
-                    rejected.add(row["id"])
-            _say(progress, f"{stage.model}: answered {len(todo) - len(rejected)} of {len(todo)}")
-            todo = [e for e in todo if e.id in rejected]
-            loaded = None
-            _free_memory()
-        entries.append(entry)
-    record["model"] = {"name": " > ".join(_display_name(e) for e in entries),
-                       "params": sum(e["params"] for e in entries), "stages": entries}
-    rows = recorder.rows
     training = sum(training_flops(model) for model in options.models)
-    return recorder.finish(**results(rows, options.mode, training, load_seconds),
-                           answered_by=dict(Counter(row["answered_by"] for row in rows)))
+    with RunRecorder(out, record, resume=resume) as recorder:
+        todo = [e for e in examples if e.id not in recorder.done_ids]
+        _say(progress, f"data: {described}; {len(examples)} examples, {len(todo)} to run; accept: {options.rule}")
+
+        attempts: dict[str, list[dict]] = {}
+        entries, load_seconds = [], 0.0
+        for index, (stage, (source, config, shape)) in enumerate(zip(options.stages, checked)):
+            last = index == len(options.stages) - 1
+            entry = {"name": stage.model, "source": source.kind, "params": flops.parameter_counts(shape)["total"]}
+            if todo:
+                loaded, entry, seconds = load(stage, source, shape)
+                load_seconds += seconds
+                retriever = exemplar_retriever(stage, examples, progress)  # never an exemplar from any evaluated one
+                fitted, cut = fit_to_context(stage, todo, loaded.tokenizer, retriever,
+                                             config.get("max_position_embeddings"))
+                if cut:
+                    entry["context_cut"] = cut
+                    _say(progress, f"{stage.model}: {context_cut_line(cut)}")
+                rejected = set()
+                for row in scored_rows(loaded.model, loaded.tokenizer, todo, fitted, retriever, progress, shape):
+                    attempts.setdefault(row["id"], []).append({"model": stage.model, **row})
+                    if is_final(options.rule, row, last):
+                        recorder.add(cascade_row(attempts.pop(row["id"])))
+                    else:
+                        rejected.add(row["id"])
+                _say(progress, f"{stage.model}: answered {len(todo) - len(rejected)} of {len(todo)}")
+                todo = [e for e in todo if e.id in rejected]
+                loaded = None
+                _free_memory()
+            entries.append(entry)
+        record["model"] = {"name": " > ".join(_display_name(e) for e in entries),
+                           "params": sum(e["params"] for e in entries), "stages": entries}
+        rows = recorder.rows
+        return recorder.finish(**results(rows, options.mode, training, load_seconds),
+                               answered_by=dict(Counter(row["answered_by"] for row in rows)))
 
 
 def _check_tokenizer(model: str) -> None:

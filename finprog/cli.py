@@ -10,6 +10,7 @@ from pathlib import Path
 from finprog import __version__
 from finprog.cascade import RULE_HELP
 from finprog.report import DEFAULT_METRIC, DEFAULT_QUESTIONS, METRICS
+from finprog.retrieval import CONTEXTS, DEFAULT_CONTEXT, DEFAULT_RANKER, DEFAULT_TOP_K, RANKERS
 from finprog.solve import DEFAULT_MODEL, EXEMPLAR_CHOICES, MODES
 
 
@@ -28,9 +29,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
+class UsageError(ValueError):
+    """Options that no command can run with."""
+
+
 # Errors that describe bad input or an impossible request: printed as one line, exit status 2.
 # Anything else is a bug and keeps its traceback.
 USER_ERRORS = {
+    "finprog.cli": ("UsageError",),
     "finprog.data": ("DataValidationError",),
     "finprog.dsl": ("ProgramError",),
     "finprog.evaluation": ("PredictionFileError",),
@@ -42,6 +48,7 @@ USER_ERRORS = {
     "finprog.models": ("ModelError",),
     "finprog.generation": ("GenerationError",),
     "finprog.constrained": ("ConstrainedDecodingError",),
+    "finprog.retrieval": ("RetrievalError",),
     "finprog.cascade": ("CascadeError",),
 }
 
@@ -129,6 +136,7 @@ def _build_parser() -> argparse.ArgumentParser:
     train.add_argument("--lora-targets", default="q_proj,v_proj", help="comma-separated projections, or all-linear")
     train.add_argument("--shots", type=int, default=0, help="few-shot exemplars in training prompts (default: 0)")
     train.add_argument("--max-prompt-tokens", type=int, default=1024, help="cut the report's context to fit")
+    _add_context_options(train)
     train.add_argument("--max-new-tokens", type=int, help="evaluation's generation limit (default: solve's)")
     train.add_argument("--no-chat-template", dest="chat_template", action="store_false")
     train.add_argument("--dtype", choices=["bf16", "fp32"], default="fp32")
@@ -137,6 +145,15 @@ def _build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
     train.add_argument("--json", action="store_true")
     train.set_defaults(run=_train)
+
+    retrieve = commands.add_parser(
+        "retrieve", help="recall of the gold supporting facts at k, and the context kept, for a ranker")
+    retrieve.add_argument("data", help="FinQA file, split or sample name (records with gold_inds are measured)")
+    retrieve.add_argument("--top-k", type=int, help="one k (default: the table for k = 1..10; with --json, "
+                                                    f"{DEFAULT_TOP_K})")
+    retrieve.add_argument("--ranker", choices=RANKERS, default=DEFAULT_RANKER, help="default: %(default)s")
+    retrieve.add_argument("--json", action="store_true", help="print one JSON object for one k")
+    retrieve.set_defaults(run=_retrieve)
 
     models = commands.add_parser("models", help="the offline model zoo: list or fetch")
     model_commands = models.add_subparsers(dest="models_command", required=True, metavar="ACTION")
@@ -218,6 +235,9 @@ def _add_solve_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--shots", type=int,
                         help="few-shot exemplars in program mode (default: 4, or as a finprog-trained model was trained)")
     parser.add_argument("--exemplars", help="FinQA file the exemplars come from (default: official train, else demo)")
+    parser.add_argument("--gold-exemplars", action="store_true",
+                        help="exemplars only from training records with annotated facts (the others are "
+                             "shown with retrieved facts)")
     parser.add_argument("--exemplar-choice", choices=EXEMPLAR_CHOICES, default="similar",
                         help="most similar question (TF-IDF) or the first k")
     parser.add_argument("--constrained", action=argparse.BooleanOptionalAction,
@@ -225,6 +245,8 @@ def _add_solve_options(parser: argparse.ArgumentParser) -> None:
                              "off for a model finprog trained)")
     parser.add_argument("--any-numbers", dest="restrict_numbers", action="store_false",
                         help="with --constrained: allow any number, not only those in the example")
+    parser.add_argument("--page-numbers", action="store_true",
+                        help="with --constrained: numbers from the whole page, not only from the facts shown")
     parser.add_argument("--samples", type=int, default=1, help="self-consistency: N sampled programs, majority vote")
     parser.add_argument("--temperature", type=float, default=0.7, help="with --samples > 1")
     parser.add_argument("--top-p", type=float, default=0.95, help="with --samples > 1")
@@ -235,20 +257,35 @@ def _add_solve_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-prompt-tokens", type=int,
                         help="cut the report's least relevant sentences to fit (default: no cut, or as a "
                              "finprog-trained model was trained)")
+    _add_context_options(parser, inherited=True)
     parser.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     parser.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+
+
+def _add_context_options(parser: argparse.ArgumentParser, inherited: bool = False) -> None:
+    """--context, --top-k and --ranker: what of the report page a prompt shows."""
+    trained = ", or as a finprog-trained model was trained" if inherited else ""
+    parser.add_argument("--context", choices=CONTEXTS, default=None if inherited else DEFAULT_CONTEXT,
+                        help=f"the whole page, the ranker's top-k facts, or the annotated gold facts (an oracle) "
+                             f"(default: {DEFAULT_CONTEXT}{trained})")
+    parser.add_argument("--top-k", type=int, default=None if inherited else DEFAULT_TOP_K,
+                        help=f"facts kept with --context retrieved (default: {DEFAULT_TOP_K}{trained})")
+    parser.add_argument("--ranker", choices=RANKERS, default=None if inherited else DEFAULT_RANKER,
+                        help=f"how facts are ranked: lexical BM25, or a linear model over BM25 and overlap features "
+                             f"(default: {DEFAULT_RANKER}{trained})")
 
 
 def _solve_options(args, mode: str, constrained: bool | None = None, model: str | None = None):
     from finprog.solve import SolveOptions
 
-    return SolveOptions(
+    return SolveOptions.for_model(
         model=model or args.model or DEFAULT_MODEL, mode=mode, data=args.data, limit=args.limit,
-        batch_size=args.batch_size,
-        max_new_tokens=args.max_new_tokens, shots=args.shots, exemplar_choice=args.exemplar_choice,
-        exemplars=args.exemplars, constrained=constrained, restrict_numbers=args.restrict_numbers, samples=args.samples,
-        temperature=args.temperature, top_p=args.top_p, seed=args.seed, dtype=args.dtype, quant=args.quant,
-        chat_template=args.chat_template, max_prompt_tokens=args.max_prompt_tokens,
+        batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, shots=args.shots,
+        exemplar_choice=args.exemplar_choice, exemplars=args.exemplars, gold_exemplars=args.gold_exemplars,
+        constrained=constrained, restrict_numbers=args.restrict_numbers, page_numbers=args.page_numbers,
+        samples=args.samples, temperature=args.temperature, top_p=args.top_p, seed=args.seed, dtype=args.dtype,
+        quant=args.quant, chat_template=args.chat_template, max_prompt_tokens=args.max_prompt_tokens,
+        context=args.context, top_k=args.top_k, ranker=args.ranker,
     )
 
 
@@ -316,6 +353,7 @@ def _train(args) -> int:
         warmup_steps=args.warmup_steps, weight_decay=args.weight_decay, batch_size=args.batch_size,
         gradient_checkpointing=args.gradient_checkpointing, lora_r=args.lora_r, lora_alpha=args.lora_alpha,
         lora_dropout=args.lora_dropout, lora_targets=args.lora_targets, seed=args.seed, dtype=args.dtype,
+        context=args.context, top_k=args.top_k, ranker=args.ranker,
     )
     out = args.out or _default_out(args.model, f"{args.method}_{args.mode}")
     record = train(options, out, resume=args.resume, progress=not args.json)
@@ -339,6 +377,27 @@ def _compare(args) -> int:
                 for mode in dict.fromkeys(modes)]
         result = compare_modes(runs, out, resume=args.resume, progress=not args.json)
     print(json.dumps(result) if args.json else format_comparison(result))
+    return 0
+
+
+def _retrieve(args) -> int:
+    from finprog import retrieval
+    from finprog.data import load_finqa, resolve_data
+
+    k = args.top_k if args.top_k is not None else DEFAULT_TOP_K if args.json else None
+    retrieval.check_options(DEFAULT_CONTEXT, 1 if k is None else k, args.ranker)
+    path, described = resolve_data(args.data)
+    ks = range(1, 11) if k is None else [k]
+    results = retrieval.recall_at_k(load_finqa(path), retrieval.ranker(args.ranker), ks)
+    if args.json:
+        print(json.dumps({"data": str(path), "ranker": args.ranker, **results[0].as_dict()}))
+        return 0
+    print(f"{described}: {results[0].n} records with gold facts, ranker {args.ranker}, "
+          f"{results[0].chars_page:.0f} characters of page per record")
+    print(f"{'k':>3}  {'full_recall':>11}  {'mean_recall':>11}  {'chars_retrieved':>15}  {'of page':>7}")
+    for r in results:
+        print(f"{r.k:>3}  {r.full_recall:>11.3f}  {r.mean_recall:>11.3f}  {r.chars_retrieved:>15.0f}  "
+              f"{r.chars_retrieved / r.chars_page:>7.1%}")
     return 0
 
 
@@ -368,6 +427,9 @@ def _flops(args) -> int:
     from finprog import flops
     from finprog.models import model_config
 
+    for name in ("prompt_tokens", "new_tokens", "train_tokens", "lora_rank"):
+        if getattr(args, name) < 1:
+            raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
     shape = flops.ModelShape.from_config(model_config(args.model))
     result = flops.summary(shape, args.prompt_tokens, args.new_tokens, args.method, args.lora_rank,
                            targets=args.lora_targets, gradient_checkpointing=args.gradient_checkpointing)

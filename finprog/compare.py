@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from finprog.runs import PREDICTIONS, RUN, RunError
+from finprog.runs import PREDICTIONS, RunError, RunRecord, read_rows
 
 COMPARISON = "comparison.json"
 
@@ -39,15 +39,22 @@ def check_same_examples(runs: list[dict]) -> None:
 
 
 def load_run_folder(folder: Path) -> dict:
-    """A finished run folder: {dir, record (run.json), rows (predictions by id)}."""
-    try:
-        record = json.loads((folder / RUN).read_text())
-        rows = {row["id"]: row for row in map(json.loads, (folder / PREDICTIONS).read_text().splitlines())}
-    except (OSError, ValueError, KeyError) as error:
-        raise RunError(f"{folder}: not a readable run folder ({error})") from None
-    if record.get("status") != "finished":
-        raise RunError(f"{folder}: the run has not finished; finish it with --resume first")
-    return {"dir": str(folder), "record": record, "rows": rows}
+    """A finished run folder: {dir, record (run.json), rows (predictions by id)}, read through `RunRecord`.
+
+    RunError names the file and field of what is wrong.
+    """
+    record = RunRecord.load(folder).validate()
+    predictions = record.folder / PREDICTIONS
+    if not predictions.is_file():
+        raise RunError(f"{predictions}: no such file")
+    rows = {row["id"]: row for row in read_rows(predictions)}
+    if len(rows) != record.data["eval_set"]["n"]:
+        raise RunError(f"{predictions}: {len(rows)} whole predictions for {record.data['eval_set']['n']} questions; "
+                       "a line is damaged or missing (--resume on the run sets damaged lines aside and redoes them)")
+    missing = [row["id"] for row in rows.values() if not all(isinstance(row.get(k), bool) for k in ("exact", "tolerant"))]
+    if missing:
+        raise RunError(f"{predictions}: the row of id {missing[0]!r} lacks field 'exact' or 'tolerant' (true or false)")
+    return {"dir": str(folder), "record": record.data, "rows": rows}
 
 
 def _column(run: dict) -> dict:
@@ -78,7 +85,7 @@ def _only_right(runs: list[dict]) -> list[dict]:
             if a is b:
                 continue
             counts = {
-                metric: sum(row[metric] and not b["rows"][i][metric] for i, row in a["rows"].items())
+                metric: sum(row[metric] and not b["rows"].get(i, {}).get(metric) for i, row in a["rows"].items())
                 for metric in ("exact", "tolerant")
             }
             pairs.append({"right": a["dir"], "missed": b["dir"], **counts})

@@ -91,7 +91,8 @@ def program_grammar(example: Example | None = None, restrict_numbers: bool = Tru
     if restrict_numbers:
         if example is None:
             raise ConstrainedDecodingError("restricting numbers needs the example whose numbers to allow")
-        number, constant = _choice(sorted(example_numbers(example))), _choice(FINQA_CONSTANTS)
+        numbers = sorted(example_numbers(example))
+        number, constant = _choice(numbers) if numbers else None, _choice(FINQA_CONSTANTS)
         rows = sorted(example_rows(example))
         row = _choice(rows) if rows else None
     else:
@@ -105,9 +106,11 @@ def program_grammar(example: Example | None = None, restrict_numbers: bool = Tru
             f"steps_{k}: step_{k}{more}",
             f'step_{k}: ARITHMETIC_OP "(" FIRST_{k} VALUE_{k} ")"{table}',
             f'FIRST_{k}: VALUE_{k} ", "',
-            f"VALUE_{k}: NUMBER | CONSTANT{references}",
+            f"VALUE_{k}: {'NUMBER | ' if number else ''}CONSTANT{references}",
         ]
-    lines += ["ARITHMETIC_OP: " + _choice(dsl.ARITHMETIC_OPS), f"NUMBER: {number}", f"CONSTANT: {constant}"]
+    lines += ["ARITHMETIC_OP: " + _choice(dsl.ARITHMETIC_OPS), f"CONSTANT: {constant}"]
+    if number:
+        lines.append(f"NUMBER: {number}")
     if row:
         lines += ["TABLE_OP: " + _choice(dsl.TABLE_OPS), f"ROW: {row}"]
     return "\n".join(lines) + "\n"

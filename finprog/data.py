@@ -52,9 +52,13 @@ def read_records(path: Path, error: type[ValueError] = DataValidationError) -> l
 
     A missing file or invalid JSON raises `error` with the file, line and column.
     """
+    from finprog.runs import read_text
+
     if not path.is_file():
         raise error(f"{path}: no such file")
-    text = path.read_text(encoding="utf-8")
+    text = read_text(path, error)
+    if text.lstrip().startswith("{") and "\n" in text.strip() and not _is_json_lines(text):
+        raise error(f"{path}: holds one JSON object; expected a JSON list of records, or one JSON object per line")
     if text.lstrip().startswith("["):
         lines = [(1, text)]
     else:
@@ -114,6 +118,14 @@ def _official_record(row: dict) -> dict:
     if isinstance(qa.get("gold_inds"), dict):  # a struct column has every record's keys, None where absent
         qa["gold_inds"] = {k: v for k, v in qa["gold_inds"].items() if v is not None}
     return {**{k: v for k, v in row.items() if k not in QA_COLUMNS}, "qa": qa}
+
+
+def _is_json_lines(text: str) -> bool:
+    try:
+        json.loads(text.strip().splitlines()[0])
+        return True
+    except json.JSONDecodeError:
+        return False
 
 
 def _to_example(path: Path, index: int, record: object) -> Example:

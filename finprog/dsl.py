@@ -5,9 +5,10 @@ step finds its row by the row's first cell (the last such row wins), cleans each
 cell of `$` and of everything from `(` on, reads `%` as /100, and fails on any
 non-numeric cell; `const_m1` is -1 and `const_N` is N; `greater` gives "yes" or
 "no"; the final number is rounded with Python's `round(x, 5)`. `equivalent`
-follows the official symbolic comparison (sympy). Nothing is `eval`ed: the parser
-is a Lark LALR grammar (`grammar/finqa.lark`) and execution is plain float
-arithmetic over a bounded number of steps.
+follows the official symbolic comparison (sympy), within a size limit that keeps
+it under a second. Nothing is `eval`ed: the parser is a Lark LALR grammar
+(`grammar/finqa.lark`) and execution is plain float arithmetic over a bounded
+number of steps.
 """
 
 from __future__ import annotations
@@ -335,13 +336,26 @@ def _finite(value: float) -> float | None:
 # ---------------------------------------------------------------- symbolic comparison
 
 
+MAX_SIMPLIFIED_OPERANDS = 10
+"""Formulas with more operands than this are not given to sympy (see `equivalent`).
+
+FinQA's gold programs have at most 7. Comparing two of the worst 10-operand formulas
+found (continued fractions) takes sympy about 0.3 s, two of 12 operands about 0.7 s,
+of 17 operands over 2 s, and a 10-step tower of `exp(#i, #i)` (2,049 operands) over
+5 s (evals/bench_equivalent.txt)."""
+
+
 def equivalent(gold: Program, predicted: Program) -> bool:
     """FinQA's program accuracy rule: the same symbolic expression over the gold program's operands.
 
     Each distinct operand text of the gold program (`100` and `const_100` differ)
     and each distinct table step becomes a symbol; a predicted program that uses
-    any other operand is not equivalent; both sides are simplified with sympy and
-    compared, so `add(a, b)` equals `add(b, a)`.
+    any other operand is not equivalent. Programs that compute the same formula up to
+    the order of `add`'s and `multiply`'s arguments are equivalent (sympy builds them
+    identically). Otherwise, as in the official script, both formulas are simplified
+    with sympy and compared, when each has at most MAX_SIMPLIFIED_OPERANDS operands
+    written out as the official script writes it (a step used twice counts twice);
+    beyond that limit, where sympy can run for minutes, they are not equivalent.
     """
     symbols: dict[str, str] = {}
     for step in gold.steps:
@@ -349,10 +363,41 @@ def equivalent(gold: Program, predicted: Program) -> bool:
             symbols.setdefault(key, f"a{len(symbols)}")
     if any(key not in symbols for step in predicted.steps for key in _operand_keys(step)):
         return False
+    nodes: dict[tuple, int] = {}
+    if _formula_id(gold, symbols, nodes) == _formula_id(predicted, symbols, nodes):
+        return True
+    if max(operand_count(gold), operand_count(predicted)) > MAX_SIMPLIFIED_OPERANDS:
+        return False
     try:
         return _symbolic(gold, symbols) == _symbolic(predicted, symbols)
     except Exception as error:  # sympy can fail in many ways on odd expressions
         raise ProgramError(f"symbolic comparison failed: {error}") from None
+
+
+def operand_count(program: Program) -> int:
+    """The operands of the program's final value written out as one formula (a reused step's operands count again)."""
+    counts: list[int] = []
+    for step in program.steps:
+        if isinstance(step.first, Row):
+            counts.append(1)
+        else:
+            counts.append(sum(counts[arg.index] if isinstance(arg, Reference) else 1 for arg in (step.first, step.second)))
+    return counts[-1]
+
+
+def _formula_id(program: Program, symbols: dict[str, str], nodes: dict[tuple, int]) -> int:
+    """A number naming the program's formula in `nodes`: equal numbers, the same formula up to argument order
+    of add and multiply (linear in the steps, however often a step is reused)."""
+    ids: list[int] = []
+    for step in program.steps:
+        if isinstance(step.first, Row):
+            key: tuple = (symbols[format_step(step)],)
+        else:
+            args = [ids[arg.index] if isinstance(arg, Reference) else nodes.setdefault((symbols[arg.text],), len(nodes))
+                    for arg in (step.first, step.second)]
+            key = (step.op, *(sorted(args) if step.op in ("add", "multiply") else args))
+        ids.append(nodes.setdefault(key, len(nodes)))
+    return ids[-1]
 
 
 def _operand_keys(step: Step) -> list[str]:
@@ -383,4 +428,4 @@ def _symbolic(program: Program, symbols: dict[str, str]):
                 "greater": lambda: a > b,
             }[step.op]()
         )
-    return sympy.simplify(expressions[-1], evaluate=False)
+    return sympy.simplify(expressions[-1])

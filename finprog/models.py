@@ -156,8 +156,13 @@ class LoadedModel:
     config: dict[str, Any]  # the model's config, as `model_config` gives it
 
 
-def resolve_model(spec: str | os.PathLike) -> ModelSource:
-    """Say which kind of model `spec` names; a zoo name wins over a folder, a folder over a hub id."""
+def resolve_model(spec: str | os.PathLike | ModelSource) -> ModelSource:
+    """Say which kind of model `spec` names; a zoo name wins over a folder, a folder over a hub id.
+
+    A `ModelSource` is returned as it is, so a run resolves its model once and passes that on.
+    """
+    if isinstance(spec, ModelSource):
+        return spec
     text = os.fspath(spec)
     if text in ZOO:
         return ModelSource("zoo", text)

@@ -15,6 +15,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 
+from finprog import retrieval
 from finprog.data import Example
 
 DIRECT_INSTRUCTIONS = (
@@ -74,11 +75,15 @@ PROGRAM_CUE = "Program:"
 
 
 def program_prompt(example: Example, exemplars: Sequence[Example] = ()) -> str:
-    """Instructions for the DSL, solved exemplars (context, question, gold program), then the question to answer."""
+    """Instructions for the DSL, solved exemplars (context, question, gold program), then the question to answer.
+
+    `example` and `exemplars` are rendered as given: cut them to their context first
+    (`retrieval.select_context`, `exemplar_context`).
+    """
     parts = [PROGRAM_INSTRUCTIONS]
     for number, exemplar in enumerate(exemplars, start=1):
         parts.append(
-            f"Example {number}:\n{render_context(_supporting_facts(exemplar))}\n\n"
+            f"Example {number}:\n{render_context(exemplar)}\n\n"
             f"Question: {exemplar.question}\n{PROGRAM_CUE} {exemplar.program}"
         )
     heading = "Now answer this question.\n" if exemplars else ""
@@ -86,10 +91,9 @@ def program_prompt(example: Example, exemplars: Sequence[Example] = ()) -> str:
     return "\n\n".join(parts)
 
 
-def _supporting_facts(exemplar: Example) -> Example:
-    """A training exemplar cut down to its annotated supporting sentences and its table, to keep prompts short."""
-    facts = [text for key, text in exemplar.gold_inds.items() if key.startswith("text")]
-    return replace(exemplar, pre_text=facts, post_text=[])
+def exemplar_context(exemplar: Example, top_k: int, rank) -> Example:
+    """A training exemplar as a prompt shows it: its gold facts (rows under the header), else its top-k facts."""
+    return retrieval.select_context(exemplar, "gold" if exemplar.gold_inds else "retrieved", top_k, rank)
 
 
 class ExemplarRetriever:
@@ -173,14 +177,38 @@ def adds_special_tokens(tokenizer, options) -> bool:
     return not (options.chat_template and getattr(tokenizer, "chat_template", None))
 
 
+def chosen_exemplars(example: Example, options, retriever: ExemplarRetriever) -> list[Example]:
+    """The exemplars `options` asks for (program mode only), each cut to its context."""
+    if options.mode != "program" or not options.shots:
+        return []
+    rank = retrieval.ranker(options.ranker)
+    return [exemplar_context(e, options.top_k, rank)
+            for e in retriever.choose(example, options.shots, options.exemplar_choice)]
+
+
+def shown_example(example: Example, options) -> Example:
+    """`example` as its prompt shows it: the page, its top-k retrieved facts, or its gold facts (`options.context`)."""
+    return retrieval.select_context(example, options.context, options.top_k, retrieval.ranker(options.ranker))
+
+
+def ranker_flops(example: Example, options, retriever: ExemplarRetriever) -> float:
+    """FLOPs the ranker spends on `example`'s prompt: the question's page, and exemplars shown with retrieved facts."""
+    rank = retrieval.ranker(options.ranker)
+    pages = [example] if options.context == "retrieved" else []
+    if options.mode == "program" and options.shots:
+        pages += [e for e in retriever.choose(example, options.shots, options.exemplar_choice) if not e.gold_inds]
+    return sum(rank.flops(page.question, retrieval.candidates(page)) for page in pages)
+
+
 def prompt_text(example: Example, tokenizer, options, retriever: ExemplarRetriever) -> str:
     """The user turn solve's prompt functions write for `example`, its context cut to `options.max_prompt_tokens`.
 
-    `options` needs mode, shots, exemplar_choice, chat_template and max_prompt_tokens;
-    the limit counts the prompt's tokens as the model reads them (chat template applied).
+    `options` needs mode, shots, exemplar_choice, context, top_k, ranker, chat_template and
+    max_prompt_tokens; the limit counts the prompt's tokens as the model reads them (chat
+    template applied).
     """
-    exemplars = retriever.choose(example, options.shots, options.exemplar_choice) \
-        if options.mode == "program" and options.shots else []
+    exemplars = chosen_exemplars(example, options, retriever)
+    example = shown_example(example, options)
 
     def render(e: Example) -> str:
         return direct_prompt(e) if options.mode == "direct" else program_prompt(e, exemplars)

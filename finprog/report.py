@@ -9,13 +9,13 @@ reported in separate groups, never compared with each other.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from finprog import __version__
 from finprog.provenance import now
+from finprog.runs import RunError, RunRecord
 
 METRICS = ("exact", "tolerant")
 DEFAULT_METRIC = "exact"
@@ -29,7 +29,6 @@ TECHNIQUE_NAMES = {
     "zero-shot": "zero-shot", "few-shot": "few-shot", "lora": "LoRA", "qlora": "QLoRA", "full": "full FT",
     "cascade": "cascade",
 }
-KINDS = ("solve", "train", "cascade")
 _TRAINED = {"lora", "qlora", "full"}
 
 
@@ -228,10 +227,9 @@ def find_run_files(paths: list[str | Path]) -> tuple[list[Path], list[Path]]:
 
 def _status(path: Path) -> object:
     try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
+        return RunRecord.load(path).status
+    except RunError:
         return None  # load_run says what is wrong with it
-    return record.get("status") if isinstance(record, dict) else None
 
 
 def load_runs(paths: list[str | Path]) -> list[RunSummary]:
@@ -240,118 +238,34 @@ def load_runs(paths: list[str | Path]) -> list[RunSummary]:
 
 
 def load_run(path: str | Path) -> RunSummary:
-    """Read one run.json; a missing or ill-typed field raises ReportError naming the file and the field."""
-    path = Path(path)
-    try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as error:
-        raise ReportError(f"{path}: cannot read: {error.strerror}") from None
-    except json.JSONDecodeError as error:
-        raise ReportError(
-            f"{path}: invalid JSON at line {error.lineno}, column {error.colno}: {error.msg}"
-        ) from None
-    if not isinstance(record, dict):
-        raise ReportError(f"{path}: expected a JSON object, got {type(record).__name__}")
-    fields = _Fields(path, record)
-    kind = fields.text("kind")
-    if kind not in KINDS:
-        raise ReportError(f"{path}: field 'kind' must be one of {', '.join(KINDS)}, got {kind!r}")
-    if record.get("status", "finished") != "finished":
-        raise ReportError(f"{path}: the run is not finished (status {record['status']!r}); "
-                          "continue it with --resume, or leave it out")
+    """Read one finished run.json through `RunRecord` (RunError names the file and field of what is wrong)."""
+    record = RunRecord.load(path).validate()
+    get = record.get
     return RunSummary(
-        path=path,
-        kind=kind,
-        model=_model_name(fields.text("model.name"), fields.value("model.source", default=None)),
-        params=int(fields.number("model.params", low=1)),
-        technique=fields.text("config.technique"),
-        mode=fields.text("config.mode"),
-        shots=int(fields.number("config.shots", default=0)),
-        constrained=fields.flag("config.constrained", default=False),
-        samples=int(fields.number("config.samples", low=1, default=1)),
-        quant=fields.text("config.quant", default="none"),
-        eval_set=EvalSet(
-            name=fields.text("eval_set.name"),
-            n=int(fields.number("eval_set.n", low=1)),
-            ids_sha256=fields.text("eval_set.ids_sha256"),
-        ),
-        exact=fields.number("metrics.exact", high=1),
-        tolerant=fields.number("metrics.tolerant", high=1),
-        training_flops=fields.number("flops.training_total"),
-        inference_flops_per_question=fields.number("flops.inference_per_example", low=1),
-        seconds_per_question=fields.number("timing.seconds_per_example"),
-        curve=_read_curve(path, fields.value("curve")) if kind == "train" else (),
+        path=record.path,
+        kind=get("kind"),
+        model=_model_name(get("model.name"), get("model.source")),
+        params=int(get("model.params")),
+        technique=get("config.technique"),
+        mode=get("config.mode"),
+        shots=int(get("config.shots", 0)),
+        constrained=get("config.constrained", False),
+        samples=int(get("config.samples", 1)),
+        quant=get("config.quant", "none"),
+        eval_set=EvalSet(name=get("eval_set.name"), n=int(get("eval_set.n")), ids_sha256=get("eval_set.ids_sha256")),
+        exact=get("metrics.exact"),
+        tolerant=get("metrics.tolerant"),
+        training_flops=get("flops.training_total"),
+        inference_flops_per_question=get("flops.inference_per_example"),
+        seconds_per_question=get("timing.seconds_per_example"),
+        curve=tuple(CurvePoint(p["train_flops"], p["exact"], p["tolerant"]) for p in get("curve", ()))
+        if get("kind") == "train" else (),
     )
 
 
 def _model_name(name: str, source: object) -> str:
     """A local checkpoint or adapter by its folder's name (a trained run's), anything else as given."""
     return Path(name).name if source in ("checkpoint", "adapter") else name
-
-
-def _read_curve(path: Path, curve: object) -> tuple[CurvePoint, ...]:
-    if not isinstance(curve, list) or not curve:
-        raise ReportError(f"{path}: field 'curve' must be a non-empty list of evaluations for a training run")
-    points = []
-    for index, point in enumerate(curve):
-        fields = _Fields(path, point, prefix=f"curve[{index}]")
-        points.append(
-            CurvePoint(
-                train_flops=fields.number("train_flops"),
-                exact=fields.number("exact", high=1),
-                tolerant=fields.number("tolerant", high=1),
-            )
-        )
-        if index and points[-1].train_flops < points[-2].train_flops:
-            raise ReportError(f"{path}: field 'curve[{index}].train_flops' is smaller than the one before it")
-    return tuple(points)
-
-
-_REQUIRED = object()
-
-
-class _Fields:
-    """Typed reads of dotted fields (`metrics.exact`) from one JSON object; errors name the file and field."""
-
-    def __init__(self, path: Path, record: object, prefix: str = ""):
-        self.path = path
-        self.record = record
-        self.prefix = prefix
-
-    def _fail(self, name: str, problem: str) -> ReportError:
-        full = ".".join(part for part in (self.prefix, name) if part)
-        return ReportError(f"{self.path}: field {full!r} {problem}")
-
-    def value(self, name: str, default: object = _REQUIRED) -> object:
-        value = self.record
-        keys = name.split(".")
-        for depth, key in enumerate(keys):
-            if not isinstance(value, dict):
-                raise self._fail(".".join(keys[:depth]), f"must be an object, got {type(value).__name__}")
-            if key not in value:
-                if default is _REQUIRED:
-                    raise self._fail(name, "is missing")
-                return default
-            value = value[key]
-        return value
-
-    def number(self, name: str, low: float = 0.0, high: float = math.inf, default: object = _REQUIRED) -> float:
-        value = self.value(name, default)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
-            raise self._fail(name, f"must be a number from {low:g} to {high:g}, got {value!r}")
-        return float(value)
-
-    def text(self, name: str, default: object = _REQUIRED) -> str:
-        value = self.value(name, default)
-        if not isinstance(value, str) or not value:
-            raise self._fail(name, f"must be a non-empty string, got {value!r}")
-        return value
-
-    def flag(self, name: str, default: object = _REQUIRED) -> bool:
-        value = self.value(name, default)
-        if not isinstance(value, bool):
-            raise self._fail(name, f"must be true or false, got {value!r}")
-        return value
 
 
 # ---------------------------------------------------------------- the maths
@@ -606,6 +520,8 @@ def report(
 
     Returns the report and the files written (none when `out` is None).
     """
+    if out is not None and Path(out).exists() and not Path(out).is_dir():
+        raise ReportError(f"--out {out} is a file; give a folder for report.md and report.png")
     files, unfinished = find_run_files(paths)
     result = replace(build_report([load_run(file) for file in files], target, questions, metric),
                      unfinished=tuple(unfinished))

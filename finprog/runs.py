@@ -1,24 +1,231 @@
-"""Run records on disk: `predictions.jsonl` written line by line, and `run.json` with config, metrics, FLOPs, timing.
+"""Run folders: the one `RunRecord` type (schema, load, save, validate), the folder lock, and resuming predictions.
 
-An interrupted run loses nothing: every finished example is already a line of
-`predictions.jsonl`, and `--resume` skips those ids. `run.json` is written at the
-start (status "running") and rewritten when the run ends.
+A run folder holds `run.json` (config, model, metrics, FLOPs, timing, provenance and a
+status) and `predictions.jsonl`, one line per example written as it is produced, so an
+interrupted run loses nothing and `--resume` skips the ids already there. One process
+writes a folder at a time (`RunRecorder` holds an OS lock on it, released when the
+process ends, however it ends). A run that stops on an error or Ctrl-C is marked
+"failed" or "interrupted" with the reason.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
+import math
+import os
+import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from finprog.provenance import machine, now, versions
 
 PREDICTIONS = "predictions.jsonl"
 RUN = "run.json"
+LOCK = ".lock"
+DAMAGED = "predictions.damaged.jsonl"
+KINDS = ("solve", "train", "cascade")
+STATUSES = ("running", "finished", "failed", "interrupted")
 
 
 class RunError(ValueError):
-    """A run folder cannot be used as asked (exists without --resume, or was made with another config)."""
+    """A run folder cannot be used as asked, or holds a malformed record; the message names the file and field."""
+
+
+@dataclass(frozen=True)
+class Field:
+    """What one run.json field holds: text, a number in [low, high], a flag, an object or a list."""
+
+    kind: type
+    low: float = 0.0
+    high: float = math.inf
+    required: bool = True
+    null: bool = False  # null allowed (program accuracy of a direct run)
+    choices: tuple = ()
+
+    def problem(self, value) -> str | None:
+        if value is None and self.null:
+            return None
+        if self.choices and value not in self.choices:
+            return f"must be {' or '.join(map(repr, self.choices))}, got {value!r}"
+        if self.kind is float:
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not self.low <= value <= self.high:
+                return f"must be a number from {self.low:g} to {self.high:g}, got {value!r}"
+        elif self.kind is str:
+            if not isinstance(value, str) or not value:
+                return f"must be a non-empty string, got {value!r}"
+        elif self.kind is bool:
+            if not isinstance(value, bool):
+                return f"must be true or false, got {value!r}"
+        elif not isinstance(value, self.kind):
+            return f"must be {'an object' if self.kind is dict else 'a list'}, got {type(value).__name__}"
+        return None
+
+
+TEXT, NUMBER, FRACTION, OBJECT = Field(str), Field(float), Field(float, high=1), Field(dict)
+
+SCHEMA = {
+    # every run.json, from its first write
+    "kind": Field(str, choices=KINDS),
+    "status": Field(str, choices=STATUSES),
+    "config": OBJECT,
+    "config.mode": TEXT,
+    "eval_set.name": TEXT,
+    "eval_set.n": Field(float, low=1),
+    "eval_set.ids_sha256": TEXT,
+}
+RESULTS = {
+    # a finished run's too
+    "model.name": TEXT,
+    "model.params": Field(float, low=1),
+    "config.technique": TEXT,
+    "config.shots": Field(float, required=False),
+    "config.constrained": Field(bool, required=False),
+    "config.samples": Field(float, low=1, required=False),
+    "config.quant": Field(str, required=False),
+    "metrics.n": Field(float, low=1),
+    "metrics.exact": FRACTION,
+    "metrics.tolerant": FRACTION,
+    "metrics.program_accuracy": Field(float, high=1, null=True),
+    "metrics.outcomes": OBJECT,
+    "metrics.prompt_tokens_per_example": NUMBER,
+    "metrics.new_tokens_per_example": NUMBER,
+    "flops.training_total": NUMBER,
+    "flops.inference_per_example": Field(float, low=1),
+    "flops.inference_per_example_executed": NUMBER,
+    "timing.seconds_per_example": NUMBER,
+}
+CASCADE = {
+    # a finished cascade's too
+    "config.cascade": Field(list),
+    "config.accept": TEXT,
+    "model.stages": Field(list),
+    "answered_by": OBJECT,
+}
+CURVE_POINT = {"train_flops": NUMBER, "exact": FRACTION, "tolerant": FRACTION}
+
+
+@dataclass
+class RunRecord:
+    """One run.json: `data` is its JSON object, `path` the file."""
+
+    path: Path
+    data: dict
+
+    @classmethod
+    def load(cls, path: str | Path) -> RunRecord:
+        """Read a run.json (or the one in a run folder); unreadable text or JSON raises RunError naming the file."""
+        path = Path(path)
+        path = path / RUN if path.is_dir() else path
+        try:
+            text = read_text(path, RunError)
+            data = json.loads(text)
+        except OSError as error:
+            raise RunError(f"{path}: cannot read: {error.strerror}") from None
+        except json.JSONDecodeError as error:
+            raise RunError(f"{path}: invalid JSON at line {error.lineno}, column {error.colno}: {error.msg}") from None
+        if not isinstance(data, dict):
+            raise RunError(f"{path}: expected a JSON object, got {type(data).__name__}")
+        return cls(path, data)
+
+    @classmethod
+    def trained(cls, model: str) -> RunRecord | None:
+        """The finished record of the `finprog train` run that wrote the checkpoint folder `model`, if it is one."""
+        path = Path(model) / RUN
+        if not path.is_file():
+            return None
+        record = cls.load(path)
+        return record.validate() if record.data.get("kind") == "train" else None
+
+    @property
+    def folder(self) -> Path:
+        return self.path.parent
+
+    @property
+    def status(self) -> object:
+        return self.data.get("status")
+
+    def save(self) -> None:
+        """Write run.json through a temporary file, so a crash leaves the old or the new record, never half of one."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        replace_file(self.path, json.dumps(self.data, indent=2) + "\n")
+
+    def validate(self, finished: bool = True) -> RunRecord:
+        """Check the schema (with `finished`, a finished run's results too); RunError names the file and field."""
+        if finished and self.status != "finished":
+            raise RunError(f"{self.path}: the run is not finished (status {self.status!r}); "
+                           "continue it with --resume, or leave it out")
+        self._check(self.data, SCHEMA)
+        if finished:
+            self._check(self.data, RESULTS)
+            if self.data["kind"] == "train":
+                self._check_curve()
+            if self.data["kind"] == "cascade":
+                self._check(self.data, CASCADE)
+        return self
+
+    def get(self, name: str, default: object = None) -> object:
+        """The value of a dotted field (`metrics.exact`), or `default` when it is absent."""
+        value = self.data
+        for key in name.split("."):
+            if not isinstance(value, dict) or key not in value:
+                return default
+            value = value[key]
+        return value
+
+    def _check(self, data: object, schema: dict[str, Field], prefix: str = "") -> None:
+        missing = object()
+        for name, spec in schema.items():
+            value, keys = data, name.split(".")
+            for depth, key in enumerate(keys):
+                if not isinstance(value, dict):
+                    self._fail(prefix, ".".join(keys[:depth]), f"must be an object, got {type(value).__name__}")
+                value = value.get(key, missing)
+                if value is missing:
+                    break
+            if value is missing:
+                if spec.required:
+                    self._fail(prefix, name, "is missing")
+                continue
+            problem = spec.problem(value)
+            if problem:
+                self._fail(prefix, name, problem)
+
+    def _check_curve(self) -> None:
+        curve = self.data.get("curve")
+        if curve is None:
+            self._fail("", "curve", "is missing")
+        if not isinstance(curve, list) or not curve:
+            self._fail("", "curve", "must be a non-empty list of evaluations for a training run")
+        for index, point in enumerate(curve):
+            self._check(point, CURVE_POINT, prefix=f"curve[{index}]")
+            if index and point["train_flops"] < curve[index - 1]["train_flops"]:
+                self._fail(f"curve[{index}]", "train_flops", "is smaller than the one before it")
+
+    def _fail(self, prefix: str, name: str, problem: str):
+        full = ".".join(part for part in (prefix, name) if part)
+        raise RunError(f"{self.path}: field {full!r} {problem}")
+
+
+def read_text(path: Path, error: type[Exception]) -> str:
+    """A file's UTF-8 text; bytes that are not UTF-8 raise `error` naming the file and byte offset."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as problem:
+        raise error(f"{path}: not UTF-8 text (byte {problem.start}: {data[problem.start:problem.start + 1]!r}); "
+                    "save it as UTF-8") from None
+
+
+def replace_file(path: Path, text: str) -> None:
+    """Write `text` to a temporary file beside `path`, flush it to disk, then rename it over `path`."""
+    partial = path.with_name(path.name + ".partial")
+    with partial.open("w", encoding="utf-8") as file:
+        file.write(text)
+        file.flush()
+        os.fsync(file.fileno())
+    os.replace(partial, path)
 
 
 def eval_set(name: str, ids: list[str]) -> dict:
@@ -27,22 +234,44 @@ def eval_set(name: str, ids: list[str]) -> dict:
     return {"name": name, "n": len(ids), "ids_sha256": digest}
 
 
-def open_run(out: Path, config: dict, resume: bool) -> dict | None:
-    """The run.json already in `out` when resuming it (None for a new folder).
+def lock(out: Path):
+    """Hold the OS lock of run folder `out` until the returned file is closed or the process ends.
 
-    Refuses to write over an existing run without `resume`, and to resume a run that
-    was made with another config.
+    A folder another process holds raises RunError naming that process.
+    """
+    out.mkdir(parents=True, exist_ok=True)
+    handle = open(out / LOCK, "a+", encoding="utf-8")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "unknown"
+        handle.close()
+        raise RunError(f"{out} is in use by another finprog process (pid {holder}); wait for it to end, "
+                       "or choose another --out") from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"{os.getpid()}\n")
+    handle.flush()
+    return handle
+
+
+def open_run(out: Path, config: dict, resume: bool) -> RunRecord | None:
+    """The record already in `out` when resuming it (None for a new folder).
+
+    Refuses to write over an existing run without `resume` (saying how it ended), and to
+    resume a run that was made with another config.
     """
     path = Path(out) / RUN
     if not path.exists():
         return None
     if not resume:
-        raise RunError(f"{out} already holds a run; pass --resume to continue it, or choose another --out")
-    try:
-        saved = json.loads(path.read_text())
-        saved_config = saved["config"]
-    except (OSError, ValueError, KeyError):
-        raise RunError(f"{path} is unreadable; cannot resume this run") from None
+        status = _status_of(path)
+        raise RunError(f"{out} already holds a run{status}; pass --resume to continue it, or choose another --out")
+    saved = RunRecord.load(path)
+    saved_config = saved.data.get("config")
+    if not isinstance(saved_config, dict):
+        raise RunError(f"{path}: field 'config' is missing; cannot resume this run")
     changed = sorted(k for k in set(saved_config) | set(config) if saved_config.get(k) != config.get(k))
     if changed:
         details = ", ".join(f"{k}: {saved_config.get(k)!r} -> {config.get(k)!r}" for k in changed)
@@ -50,37 +279,76 @@ def open_run(out: Path, config: dict, resume: bool) -> dict | None:
     return saved
 
 
-def read_rows(path: Path) -> list[dict]:
-    """The rows of a predictions file; a last line cut short by an interruption is dropped."""
-    rows = []
-    for line in path.read_text(encoding="utf-8").splitlines():
+def _status_of(path: Path) -> str:
+    try:
+        record = RunRecord.load(path)
+    except RunError:
+        return ""
+    reason = record.data.get("reason")
+    return f" ({record.status}{': ' + reason if reason else ''})" if record.status else ""
+
+
+def read_rows(path: Path, damaged: Path | None = None) -> list[dict]:
+    """The rows of a predictions file; a line that is not a JSON object with an id is left out.
+
+    Such lines (one cut short by an interruption, or damaged) are appended to `damaged` when
+    given, and each is named in a warning with its line number; only their examples are redone.
+    """
+    rows, bad = [], []
+    for number, line in enumerate(read_text(path, RunError).splitlines(), start=1):
         try:
-            rows.append(json.loads(line))
+            row = json.loads(line)
         except json.JSONDecodeError:
-            break
+            row = None
+        if isinstance(row, dict) and isinstance(row.get("id"), str):
+            rows.append(row)
+        elif line.strip():
+            bad.append((number, line))
+    if bad and damaged is not None:
+        with damaged.open("a", encoding="utf-8") as file:
+            file.writelines(line + "\n" for _, line in bad)
+        for number, _ in bad:
+            print(f"finprog: warning: {path} line {number} is not a whole prediction; set aside in {damaged}, "
+                  "its example will be run again", file=sys.stderr)
     return rows
 
 
 def write_rows(path: Path, rows: list[dict]) -> None:
+    """Write a predictions file whole, crash-safe (see `replace_file`)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    replace_file(path, "".join(json.dumps(row) + "\n" for row in rows))
 
 
 class RunRecorder:
-    """Writes one run folder; with `resume`, continues a folder that an earlier call started."""
+    """Writes one run folder under its lock; with `resume`, continues a folder that an earlier call started."""
 
     def __init__(self, out: Path, record: dict, resume: bool = False):
         self.out = Path(out)
-        self.record = record
+        if self.out.exists() and not self.out.is_dir():
+            raise RunError(f"--out {out} is a file; give a folder for the run")
+        self._lock = lock(self.out)
+        try:
+            saved = open_run(self.out, record["config"], resume)
+        except RunError:
+            self._lock.close()
+            raise
+        self.record = RunRecord(self.out / RUN, record)
         self.rows: list[dict] = []
         predictions = self.out / PREDICTIONS
-        if open_run(self.out, record["config"], resume) is not None and predictions.exists():
-            self.rows = read_rows(predictions)
-            write_rows(predictions, self.rows)  # without a half-written last line
-        self.out.mkdir(parents=True, exist_ok=True)
-        self.record.update(status="running", created=now(), machine=machine(), versions=versions())
-        self._write_record()
+        if saved is not None and predictions.exists():
+            self.rows = list({row["id"]: row for row in read_rows(predictions, self.out / DAMAGED)}.values())
+            write_rows(predictions, self.rows)  # without damaged lines or repeats
+        record.update(status="running", created=now(), machine=machine(), versions=versions())
+        self.record.save()
         self._file = predictions.open("a", encoding="utf-8")
+
+    def __enter__(self) -> RunRecorder:
+        return self
+
+    def __exit__(self, kind, error, traceback) -> None:
+        """An error or Ctrl-C inside the `with` block marks the run failed or interrupted."""
+        if error is not None and not self._file.closed:
+            self.fail(error)
 
     @property
     def done_ids(self) -> set[str]:
@@ -92,12 +360,24 @@ class RunRecorder:
         self._file.flush()
         self.rows.append(row)
 
-    def finish(self, **fields) -> dict:
-        """Close the predictions file and write the final run.json."""
-        self._file.close()
-        self.record.update(fields, status="finished", finished=now())
-        self._write_record()
-        return self.record
+    def update(self, **fields) -> None:
+        """Add fields to run.json now (the run stays running)."""
+        self.record.data.update(fields)
+        self.record.save()
 
-    def _write_record(self) -> None:
-        (self.out / RUN).write_text(json.dumps(self.record, indent=2) + "\n")
+    def finish(self, **fields) -> dict:
+        """Close the predictions file, write the final run.json, release the folder."""
+        self._close(**{**fields, "status": "finished", "finished": now()})
+        return self.record.data
+
+    def fail(self, error: BaseException) -> None:
+        """Mark the run failed (an error) or interrupted (Ctrl-C), with the reason, and release the folder."""
+        interrupted = isinstance(error, KeyboardInterrupt)
+        reason = "interrupted (Ctrl-C)" if interrupted else f"{type(error).__name__}: {error}"
+        self._close(status="interrupted" if interrupted else "failed", reason=reason, ended=now())
+
+    def _close(self, **fields) -> None:
+        self._file.close()
+        self.record.data.update(fields)
+        self.record.save()
+        self._lock.close()

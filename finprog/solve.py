@@ -7,18 +7,17 @@ the same thing wherever it appears.
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from finprog import flops, prompts
+from finprog import flops, prompts, retrieval
 from finprog.data import Example, load_finqa, resolve_data
 from finprog.evaluation import metrics, score
-from finprog.runs import RUN, RunRecorder, eval_set
+from finprog.runs import RunRecord, RunRecorder, eval_set
 
 MODES = ("program", "direct")
 EXEMPLAR_CHOICES = ("similar", "first")
@@ -44,8 +43,10 @@ class SolveOptions:
     shots: int | None = None  # None: 4, or the shots of the `finprog train` run that wrote `model`
     exemplar_choice: str = "similar"
     exemplars: str | None = None
+    gold_exemplars: bool = False  # only training records with annotated facts (the others are shown with retrieved ones)
     constrained: bool | None = None  # None: on in program mode (off for a model finprog trained), off in direct mode
     restrict_numbers: bool = True  # with constrained: only numbers from the example's text and table, and constants
+    page_numbers: bool = False  # with restrict_numbers: numbers of the whole page, not only of the facts shown
     samples: int = 1
     temperature: float = 0.7
     top_p: float = 0.95
@@ -54,21 +55,27 @@ class SolveOptions:
     quant: str = "none"
     chat_template: bool = True
     max_prompt_tokens: int | None = None  # cut the report's least relevant sentences to fit; None: no cut, or as trained
+    context: str | None = None  # page, retrieved or gold (retrieval.CONTEXTS); None: retrieved, or as trained
+    top_k: int | None = None  # facts kept by the ranker; None: 5, or as trained
+    ranker: str | None = None  # retrieval.RANKERS; None: bm25, or as trained
     technique: str = ""  # derived unless given: few-shot or zero-shot; training sets lora, qlora or full
 
     def __post_init__(self):
         if self.mode not in MODES:
             raise SolveError(f"unknown mode {self.mode!r}; choose one of {', '.join(MODES)}")
-        for name in ("samples", "batch_size"):
+        for name in ("samples", "batch_size", "limit", "max_new_tokens", "max_prompt_tokens"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise SolveError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if self.samples > 1 and not self.temperature > 0:
+            raise SolveError(f"--samples {self.samples} samples: --temperature must be above 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise SolveError(f"--top-p must be in (0, 1], got {self.top_p}")
         if self.exemplar_choice not in EXEMPLAR_CHOICES:
             raise SolveError(f"unknown exemplar choice {self.exemplar_choice!r}; choose {' or '.join(EXEMPLAR_CHOICES)}")
-        trained = training_record(self.model)
-        if trained:  # a fine-tuned model is prompted and decoded as its training evaluated it, unless told otherwise
-            self.shots = trained["config"]["shots"] if self.shots is None else self.shots
-            self.max_prompt_tokens = self.max_prompt_tokens or trained["config"]["max_prompt_tokens"]
-            self.constrained = False if self.constrained is None else self.constrained
+        self.context = self.context or retrieval.DEFAULT_CONTEXT
+        self.top_k = retrieval.DEFAULT_TOP_K if self.top_k is None else self.top_k
+        self.ranker = self.ranker or retrieval.DEFAULT_RANKER
+        retrieval.check_options(self.context, self.top_k, self.ranker)
         if self.constrained is None:
             self.constrained = self.mode == "program"
         if self.constrained and self.mode != "program":
@@ -77,14 +84,29 @@ class SolveOptions:
         if self.shots < 0:
             raise SolveError(f"--shots must be at least 0, got {self.shots}")
         if not self.technique:
-            self.technique = (trained["config"]["technique"] if trained
-                              else "few-shot" if self.mode == "program" and self.shots else "zero-shot")
+            self.technique = "few-shot" if self.mode == "program" and self.shots else "zero-shot"
+
+    @classmethod
+    def for_model(cls, model: str = DEFAULT_MODEL, **settings) -> SolveOptions:
+        """Options for `model`; one that `finprog train` wrote is prompted and decoded as its training evaluated it
+        (shots, prompt cut, free decoding, technique), unless `settings` say otherwise."""
+        trained = RunRecord.trained(model)
+        if trained:
+            config = trained.data["config"]
+            settings["shots"] = config["shots"] if settings.get("shots") is None else settings["shots"]
+            settings["max_prompt_tokens"] = settings.get("max_prompt_tokens") or config["max_prompt_tokens"]
+            settings["constrained"] = False if settings.get("constrained") is None else settings["constrained"]
+            settings["technique"] = settings.get("technique") or config["technique"]
+            for name in ("context", "top_k", "ranker"):  # a run trained before retrieval showed the page
+                if settings.get(name) is None:
+                    settings[name] = config.get(name, "page" if name == "context" else None)
+        return cls(model=model, **settings)
 
     @property
     def new_token_limit(self) -> int:
         from finprog.generation import DIRECT_MAX_NEW_TOKENS
 
-        if self.max_new_tokens:
+        if self.max_new_tokens is not None:
             return self.max_new_tokens
         return PROGRAM_MAX_NEW_TOKENS if self.mode == "program" else DIRECT_MAX_NEW_TOKENS
 
@@ -97,27 +119,37 @@ steps with 7-digit operands) take about 80 tokens in the zoo's tokenizers."""
 def solve(options: SolveOptions, out: Path, resume: bool = False, progress: bool = True) -> dict:
     """Run `options.model` over the data, writing `out/predictions.jsonl` and `out/run.json`; returns run.json."""
     data_path, described, examples = load_examples(options)
+    if options.context == "gold":
+        retrieval.check_gold(examples, str(data_path))
     retriever = exemplar_retriever(options, examples, progress)
     record = {
         "kind": "solve",
         "config": {**asdict(options), "data": str(data_path)},
         "eval_set": eval_set(data_path.stem, [e.id for e in examples]),
     }
-    source, shape = check_model(options)  # an unknown model, or one whose FLOPs cannot be counted, fails here
-    recorder = RunRecorder(out, record, resume=resume)
-    todo = [e for e in examples if e.id not in recorder.done_ids]
-    _say(progress, f"data: {described}; {len(examples)} examples, {len(todo)} to run")
-
-    loaded, record["model"], load_seconds = load(options, source, shape)
-    for row in scored_rows(loaded.model, loaded.tokenizer, todo, options, retriever, progress):
-        recorder.add(row)
-    return recorder.finish(**results(recorder.rows, options.mode, training_flops(options.model), load_seconds))
+    source, config, shape = check_model(options)  # an unknown model, or one whose FLOPs cannot be counted, fails here
+    training = training_flops(options.model)
+    with RunRecorder(out, record, resume=resume) as recorder:
+        todo = [e for e in examples if e.id not in recorder.done_ids]
+        _say(progress, f"data: {described}; {len(examples)} examples, {len(todo)} to run")
+        loaded, record["model"], load_seconds = load(options, source, shape)
+        fitted, cut = fit_to_context(options, todo, loaded.tokenizer, retriever, config.get("max_position_embeddings"))
+        if cut:
+            record["context_cut"] = cut
+            _say(progress, context_cut_line(cut))
+        recorder.update()
+        for row in scored_rows(loaded.model, loaded.tokenizer, todo, fitted, retriever, progress, shape):
+            recorder.add(row)
+        return recorder.finish(**results(recorder.rows, options.mode, training, load_seconds))
 
 
 def load_examples(options: SolveOptions) -> tuple[Path, str, list[Example]]:
-    """The data file, how it was found, and its examples (the first `options.limit`)."""
+    """The data file, how it was found, and its examples (the first `options.limit`); SolveError if there are none."""
     data_path, described = resolve_data(options.data)
-    return data_path, described, load_finqa(data_path)[: options.limit]
+    examples = load_finqa(data_path)[: options.limit]
+    if not examples:
+        raise SolveError(f"{data_path} holds no examples")
+    return data_path, described, examples
 
 
 def exemplar_retriever(options: SolveOptions, examples: list[Example], progress: bool) -> prompts.ExemplarRetriever:
@@ -128,20 +160,22 @@ def exemplar_retriever(options: SolveOptions, examples: list[Example], progress:
     return prompts.ExemplarRetriever(pool)
 
 
-def check_model(options: SolveOptions):
-    """The model's source and FLOP shape, read without loading it: an unknown model or an uncountable one fails here."""
+def check_model(options: SolveOptions) -> tuple:
+    """The model's source, config and FLOP shape, read without loading it: an unknown model or an uncountable one
+    fails here."""
     from finprog import models
 
     source = models.resolve_model(options.model)
-    return source, flops.ModelShape.from_config(models.model_config(options.model))
+    config = models.model_config(source)
+    return source, config, flops.ModelShape.from_config(config)
 
 
-def load(options: SolveOptions, source, shape) -> tuple:
+def load(options: SolveOptions, source, shape: flops.ModelShape) -> tuple:
     """Load the model: (LoadedModel, the run record's `model` entry, seconds it took)."""
     from finprog import models
 
     started = time.perf_counter()
-    loaded = models.load_model(options.model, dtype=options.dtype, quant=options.quant)
+    loaded = models.load_model(source, dtype=options.dtype, quant=options.quant)
     entry = {"name": options.model, "source": source.kind, "dtype": str(loaded.dtype),
              "device": str(loaded.device), "params": flops.parameter_counts(shape)["total"]}
     return loaded, entry, time.perf_counter() - started
@@ -160,7 +194,44 @@ def results(rows: list[dict], mode: str, training: float, load_seconds: float) -
 
 def training_flops(model: str) -> float:
     """The training FLOPs behind `model`: those of the `finprog train` run that wrote it, else 0."""
-    return (training_record(model) or {}).get("flops", {}).get("training_total", 0.0)
+    trained = RunRecord.trained(model)
+    return trained.data["flops"]["training_total"] if trained else 0.0
+
+
+def fit_to_context(options: SolveOptions, examples: list[Example], tokenizer, retriever: prompts.ExemplarRetriever,
+                   positions: int | None) -> tuple[SolveOptions, dict | None]:
+    """Options whose prompts leave room for the new tokens in the model's `positions`, and what was cut.
+
+    A prompt longer than `positions` minus the new-token limit gets the `--max-prompt-tokens`
+    cut at that room (the report's least relevant sentences, then table rows, go first);
+    when even the cut prompt cannot fit, SolveError says which example.
+    """
+    if positions is None:
+        return options, None
+    room = positions - options.new_token_limit
+    if room < 1:
+        raise SolveError(f"--max-new-tokens {options.new_token_limit} leaves no room for a prompt in the model's "
+                         f"{positions} positions")
+    special = prompts.adds_special_tokens(tokenizer, options)
+
+    def length(e: Example, settings: SolveOptions) -> int:
+        return len(tokenizer(prompts.build_prompt(e, tokenizer, settings, retriever), add_special_tokens=special)["input_ids"])
+
+    too_long = [e for e in examples if length(e, options) > room]
+    if not too_long:
+        return options, None
+    fitted = replace(options, max_prompt_tokens=room)
+    for example in too_long:
+        if length(example, fitted) > room:
+            raise SolveError(f"example {example.id}: the prompt is {length(example, fitted)} tokens even cut to its "
+                             f"question and one table row; the model takes {positions} positions, "
+                             f"{options.new_token_limit} of them for new tokens")
+    return fitted, {"positions": positions, "max_prompt_tokens": room, "prompts_cut": len(too_long)}
+
+
+def context_cut_line(cut: dict) -> str:
+    return (f"context: {cut['prompts_cut']} prompt(s) longer than the model's {cut['positions']} positions allow "
+            f"were cut to {cut['max_prompt_tokens']} tokens (the --max-prompt-tokens rule)")
 
 
 def default_batch_size(device) -> int:
@@ -170,7 +241,8 @@ def default_batch_size(device) -> int:
 
 
 def scored_rows(model, tokenizer, examples: list[Example], options: SolveOptions,
-                retriever: prompts.ExemplarRetriever, progress: bool = False) -> Iterator[dict]:
+                retriever: prompts.ExemplarRetriever, progress: bool = False,
+                shape: flops.ModelShape | None = None) -> Iterator[dict]:
     """Generate for every example and yield its scored row as soon as its batch is done (longest prompts first).
 
     With `options.samples` > 1 each prompt is sampled that many times and the executed
@@ -178,14 +250,16 @@ def scored_rows(model, tokenizer, examples: list[Example], options: SolveOptions
     """
     from finprog import generation
 
-    shape = flops.ModelShape.from_config(model.config.to_dict())
+    shape = shape or flops.ModelShape.from_config(model.config.to_dict())
     texts = [prompts.build_prompt(e, tokenizer, options, retriever) for e in examples]
+    ranking = [prompts.ranker_flops(e, options, retriever) for e in examples]
     repeated = [text for text in texts for _ in range(options.samples)]
     grammar = None
     if options.constrained:
         from finprog import constrained
 
-        grammar = constrained.processor_factory(model, tokenizer, [e for e in examples for _ in range(options.samples)],
+        shown = examples if options.page_numbers else [prompts.shown_example(e, options) for e in examples]
+        grammar = constrained.processor_factory(model, tokenizer, [e for e in shown for _ in range(options.samples)],
                                                 restrict_numbers=options.restrict_numbers)
     pending: dict[int, list] = {}  # example index -> its finished samples
     batch, seconds, clock = None, 0.0, time.perf_counter()
@@ -204,12 +278,13 @@ def scored_rows(model, tokenizer, examples: list[Example], options: SolveOptions
         samples.append((completion, seconds))
         if len(samples) == options.samples:
             del pending[example_index]
-            yield _row(examples[example_index], samples, options.mode, shape)
+            yield _row(examples[example_index], samples, options.mode, shape, ranking[example_index])
         clock = time.perf_counter()
 
 
-def _row(example: Example, samples: list, mode: str, shape) -> dict:
-    """One example's record: its completion(s), score, confidence, token counts, seconds and FLOPs."""
+def _row(example: Example, samples: list, mode: str, shape, ranker_flops: float = 0.0) -> dict:
+    """One example's record: its completion(s), score, confidence, token counts, seconds and FLOPs (the ranker's
+    included)."""
     scored = [(completion, score(example, completion.text, mode)) for completion, _ in samples]
     completion, row = _vote(scored) if len(scored) > 1 else scored[0]
     cost = flops.inference_flops(shape, [c for c, _ in scored])
@@ -222,8 +297,9 @@ def _row(example: Example, samples: list, mode: str, shape) -> dict:
         "prompt_tokens": completion.prompt_tokens,
         "new_tokens": sum(c.new_tokens for c, _ in scored),
         "seconds": sum(s for _, s in samples),
-        "flops": cost["useful"],
-        "flops_executed": cost["executed"],
+        "flops": cost["useful"] + ranker_flops,
+        "flops_executed": cost["executed"] + ranker_flops,
+        "ranker_flops": ranker_flops,
     }
     if len(scored) > 1:
         row["agreement"] = agreement(row["value"], [r["value"] for _, r in scored])
@@ -259,15 +335,6 @@ def _vote_key(value):
     return round(value, 5) if isinstance(value, float) else value
 
 
-def training_record(model: str) -> dict | None:
-    """The run.json of the `finprog train` run that wrote the checkpoint `model`, if it is one."""
-    path = Path(model) / RUN
-    if not path.is_file():
-        return None
-    record = json.loads(path.read_text())
-    return record if record.get("kind") == "train" else None
-
-
 def flop_totals(rows: list[dict], training_flops: float) -> dict:
     n = len(rows)
     useful = sum(r["flops"] for r in rows)
@@ -282,11 +349,13 @@ def flop_totals(rows: list[dict], training_flops: float) -> dict:
 
 
 def _exemplar_pool(options: SolveOptions, evaluated_ids: set[str]) -> tuple[list[Example], str]:
-    """Training examples with programs, never one of the evaluated ids, and which file they come from."""
+    """Training examples with programs (and gold facts, if asked), never an evaluated id, and their file."""
     if options.mode != "program" or not options.shots:
         return [], ""
     path, described = resolve_data(options.exemplars, default_split="train")
-    return [e for e in load_finqa(path) if e.program and e.id not in evaluated_ids], described
+    pool = [e for e in load_finqa(path) if e.program and e.id not in evaluated_ids
+            and (e.gold_inds or not options.gold_exemplars)]
+    return pool, described + (", records with gold facts" if options.gold_exemplars else "")
 
 
 def _say(enabled: bool, message: str) -> None:
@@ -303,7 +372,7 @@ def summary(record: dict) -> dict:
         "similarity": metrics.get("similarity"),
         "seconds_total": timing["seconds_total"], "seconds_per_example": timing["seconds_per_example"],
         "flops_total": cost["inference_total"], "flops_per_example": cost["inference_per_example"],
-        "flops_total_executed": cost["inference_total_executed"],
+        "flops_total_executed": cost["inference_total_executed"], "context_cut": record.get("context_cut"),
         **({"answered_by": record["answered_by"]} if "answered_by" in record else {}),
     }
 
@@ -321,6 +390,8 @@ def summary_lines(record: dict) -> list[str]:
         lines.append(f"Average Similarity Score: {metrics['similarity']:.4f}")
     if metrics["program_accuracy"] is not None:
         lines.append(f"Program Accuracy: {metrics['program_accuracy']:.2%}")
+    if record.get("context_cut"):
+        lines.append(context_cut_line(record["context_cut"]))
     lines += [
         "Outcomes: " + ", ".join(f"{k} {v}" for k, v in sorted(metrics["outcomes"].items())),
         f"Elapsed time: {timing['seconds_total']:.1f} s generating (+{timing['model_load_seconds']:.1f} s model load)",

@@ -25,7 +25,6 @@ evaluates and writes; a step's FLOPs are the sum over processes.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import random
@@ -33,15 +32,15 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from finprog import flops, models, prompts
+from finprog import flops, models, prompts, retrieval
 from finprog.data import Example, load_finqa, resolve_data
 from finprog.evaluation import gold_value, metrics
 from finprog.models import DTYPES
-from finprog.provenance import machine, now, versions
-from finprog.runs import PREDICTIONS, RUN, RunError, eval_set, open_run, read_rows, write_rows
+from finprog.runs import PREDICTIONS, RunError, RunRecord, RunRecorder, eval_set, open_run, read_rows, write_rows
 from finprog.solve import EXEMPLAR_CHOICES, MODES, SolveOptions, flop_totals, scored_rows
 
 METHODS = flops.METHODS
@@ -71,6 +70,9 @@ class TrainOptions:
     exemplar_choice: str = "similar"
     chat_template: bool = True
     max_prompt_tokens: int | None = DEFAULT_MAX_PROMPT_TOKENS  # None: no cut
+    context: str = retrieval.DEFAULT_CONTEXT  # page, retrieved or gold: the same rule at training and evaluation
+    top_k: int = retrieval.DEFAULT_TOP_K
+    ranker: str = retrieval.DEFAULT_RANKER
     # when to stop (the first that happens); without max_steps and epochs, one epoch
     max_steps: int | None = None
     epochs: float | None = None
@@ -114,6 +116,10 @@ class TrainOptions:
             fail(f"unknown exemplar choice {self.exemplar_choice!r}; choose {' or '.join(EXEMPLAR_CHOICES)}")
         if self.shots and self.mode == "direct":
             fail("--shots applies to program mode only (the direct prompt has no exemplars)")
+        try:
+            retrieval.check_options(self.context, self.top_k, self.ranker)
+        except retrieval.RetrievalError as error:
+            fail(str(error))
         if self.dtype not in ("auto", *DTYPES):
             fail(f"unknown dtype {self.dtype!r}; use auto, {', '.join(DTYPES)}")
         if self.target_metric not in TARGET_METRICS:
@@ -190,6 +196,16 @@ def validate(options: TrainOptions) -> TrainData:
             f"{train_name}: {len(untrainable)} of {len(data.train)} training records have no {what} "
             f"(first: {', '.join(untrainable[:3])}); {options.mode} mode trains on it: {advice}"
         )
+    pageless = next((e.id for e in data.train if not (e.pre_text or e.post_text or e.table)), None)
+    if pageless and options.mode == "program":
+        raise TrainingError(f"{train_name}: record {pageless!r} has no page (no text, no table), so a program "
+                            "prompt has no numbers to use; train on a FinQA file with pages (such as train_2077)")
+    if options.context == "gold":
+        try:
+            retrieval.check_gold(data.train, train_name)
+            retrieval.check_gold(data.eval, str(eval_path))
+        except retrieval.RetrievalError as error:
+            raise TrainingError(str(error)) from None
     shared = sorted({e.id for e in data.train} & {e.id for e in eval_file})
     if shared:
         raise TrainingError(
@@ -357,7 +373,7 @@ def solve_options(options: TrainOptions) -> SolveOptions:
     return SolveOptions(
         model=options.model, mode=options.mode, shots=options.shots, exemplar_choice=options.exemplar_choice,
         chat_template=options.chat_template, max_prompt_tokens=options.max_prompt_tokens,
-        batch_size=options.eval_batch_size, max_new_tokens=options.max_new_tokens, dtype=options.dtype,
+        context=options.context, top_k=options.top_k, ranker=options.ranker, batch_size=options.eval_batch_size, max_new_tokens=options.max_new_tokens, dtype=options.dtype,
         technique=options.method, constrained=False,  # the curve measures the programs the model writes itself
     )
 
@@ -384,7 +400,7 @@ def train(options: TrainOptions, out: Path, resume: bool = False, progress: bool
 
     accelerator = Accelerator(cpu=resolve_device("auto").type == "cpu")  # cpu: data parallel over processes (gloo)
     saved = open_run(out, config, resume)
-    finished = saved if saved and saved.get("status") == "finished" else None
+    finished = saved.data if saved and saved.status == "finished" else None
     accelerator.wait_for_everyone()  # every process has read the folder before the main one writes to it
     if finished:
         return finished
@@ -393,107 +409,108 @@ def train(options: TrainOptions, out: Path, resume: bool = False, progress: bool
     record = {"kind": "train", "config": config,
               "eval_set": eval_set(data.eval_path.stem, [e.id for e in data.eval])}
 
-    started = time.perf_counter()
-    loaded, model = _trainable_model(options, str(accelerator.device))
-    tokenizer, shape = loaded.tokenizer, flops.ModelShape.from_config(loaded.config)
-    saved = torch.load(out / CHECKPOINT, weights_only=True) if resume and (out / CHECKPOINT).is_file() else None
-    if saved:
-        _load_trainable(model, saved["trainable"])
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=options.lr, weight_decay=options.weight_decay)
-    if saved:
-        optimizer.load_state_dict(saved["optimizer"])
-    model, optimizer = accelerator.prepare(model, optimizer)
-    state = saved["state"] if saved else {"step": 0, "train_flops": 0, "tokens": 0, "curve": [], "target": None,
-                                          "training_seconds": 0.0, "evaluation_seconds": 0.0}
-    counts = flops.parameter_counts(shape, options.method, options.lora_r, options.lora_targets)
-    record["model"] = {"name": options.model, "source": models.resolve_model(options.model).kind, "dtype": str(loaded.dtype),
-                       "device": str(loaded.device), "params": counts["total"], "trainable": counts["trainable"]}
-    record["timing"] = {"model_load_seconds": time.perf_counter() - started}
-    if main:
-        _write_record(out, record, status="running")
-
-    retriever = prompts.ExemplarRetriever(data.train if options.shots else [])
-    encoded = [encode(e, tokenizer, options, retriever) for e in data.train]
-    total_steps = planned_steps(len(encoded), options, world)
-    epoch_steps = steps_per_epoch(len(encoded), options, world)
-    say(f"{options.method} on {options.model}: {len(encoded)} training examples, {len(data.eval)} eval examples, "
-        f"{total_steps} steps of {options.batch_size} x {world} sequences, "
-        f"{counts['trainable'] / 1e6:.3g}M of {counts['total'] / 1e6:.3g}M parameters trained")
-
-    def evaluate(loss: float | None) -> str | None:
-        """Add a curve row on the main process, save the checkpoint; every process gets the stop reason."""
-        reason = None
+    recorder = RunRecorder(out, record, resume=resume) if main else nullcontext()
+    with recorder:
+        started = time.perf_counter()
+        loaded, model = _trainable_model(options, str(accelerator.device))
+        tokenizer, shape = loaded.tokenizer, flops.ModelShape.from_config(loaded.config)
+        saved = torch.load(out / CHECKPOINT, weights_only=True) if resume and (out / CHECKPOINT).is_file() else None
+        if saved:
+            _load_trainable(model, saved["trainable"])
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(trainable, lr=options.lr, weight_decay=options.weight_decay)
+        if saved:
+            optimizer.load_state_dict(saved["optimizer"])
+        model, optimizer = accelerator.prepare(model, optimizer)
+        state = saved["state"] if saved else {"step": 0, "train_flops": 0, "tokens": 0, "curve": [], "target": None,
+                                              "training_seconds": 0.0, "evaluation_seconds": 0.0}
+        counts = flops.parameter_counts(shape, options.method, options.lora_r, options.lora_targets)
+        record["model"] = {"name": options.model, "source": models.resolve_model(options.model).kind, "dtype": str(loaded.dtype),
+                           "device": str(loaded.device), "params": counts["total"], "trainable": counts["trainable"]}
+        record["timing"] = {"model_load_seconds": time.perf_counter() - started}
         if main:
-            clock = time.perf_counter()
-            unwrapped = accelerator.unwrap_model(model)
-            unwrapped.eval()
-            rows, result, cost = evaluate_model(unwrapped, tokenizer, data.eval, options, retriever)
-            unwrapped.train()
-            state["evaluation_seconds"] += time.perf_counter() - clock
-            point = {"step": state["step"], "epoch": state["step"] / epoch_steps, "tokens": state["tokens"],
-                     "train_flops": state["train_flops"], "train_loss": loss,
-                     "exact": result["exact"], "tolerant": result["tolerant"],
-                     "program_accuracy": result["program_accuracy"], "outcomes": result["outcomes"],
-                     "eval_flops": cost["inference_total"], "eval_flops_executed": cost["inference_total_executed"],
-                     "training_seconds": state["training_seconds"]}
-            state["curve"].append(point)
-            state["final"] = {"metrics": result, "flops": cost, "seconds": sum(r["seconds"] for r in rows)}
-            write_rows(out / EVALS / f"step-{state['step']:06d}.jsonl", rows)
-            say(format_point(point))
-            metric = options.target_metric
-            if options.target is not None and state["target"] is None and point[metric] >= options.target:
-                state["target"] = {key: point[key] for key in ("step", "tokens", "train_flops", metric)}
-                reason = "target"
-            _save_checkpoint(out, accelerator.unwrap_model(model), optimizer, state)
-            _write_record(out, {**record, "curve": state["curve"]}, status="running")
-        reason, state["curve"], state["target"] = broadcast_object_list([reason, state["curve"], state["target"]])
-        accelerator.wait_for_everyone()
+            recorder.update()
+
+        retriever = prompts.ExemplarRetriever(data.train if options.shots else [])
+        encoded = [encode(e, tokenizer, options, retriever) for e in data.train]
+        total_steps = planned_steps(len(encoded), options, world)
+        epoch_steps = steps_per_epoch(len(encoded), options, world)
+        say(f"{options.method} on {options.model}: {len(encoded)} training examples, {len(data.eval)} eval examples, "
+            f"{total_steps} steps of {options.batch_size} x {world} sequences, "
+            f"{counts['trainable'] / 1e6:.3g}M of {counts['total'] / 1e6:.3g}M parameters trained")
+
+        def evaluate(loss: float | None) -> str | None:
+            """Add a curve row on the main process, save the checkpoint; every process gets the stop reason."""
+            reason = None
+            if main:
+                clock = time.perf_counter()
+                unwrapped = accelerator.unwrap_model(model)
+                unwrapped.eval()
+                rows, result, cost = evaluate_model(unwrapped, tokenizer, data.eval, options, retriever)
+                unwrapped.train()
+                state["evaluation_seconds"] += time.perf_counter() - clock
+                point = {"step": state["step"], "epoch": state["step"] / epoch_steps, "tokens": state["tokens"],
+                         "train_flops": state["train_flops"], "train_loss": loss,
+                         "exact": result["exact"], "tolerant": result["tolerant"],
+                         "program_accuracy": result["program_accuracy"], "outcomes": result["outcomes"],
+                         "eval_flops": cost["inference_total"], "eval_flops_executed": cost["inference_total_executed"],
+                         "training_seconds": state["training_seconds"]}
+                state["curve"].append(point)
+                state["final"] = {"metrics": result, "flops": cost, "seconds": sum(r["seconds"] for r in rows)}
+                write_rows(out / EVALS / f"step-{state['step']:06d}.jsonl", rows)
+                say(format_point(point))
+                metric = options.target_metric
+                if options.target is not None and state["target"] is None and point[metric] >= options.target:
+                    state["target"] = {key: point[key] for key in ("step", "tokens", "train_flops", metric)}
+                    reason = "target"
+                _save_checkpoint(out, accelerator.unwrap_model(model), optimizer, state)
+                recorder.update(curve=state["curve"])
+            reason, state["curve"], state["target"] = broadcast_object_list([reason, state["curve"], state["target"]])
+            accelerator.wait_for_everyone()
+            _reseed(options.seed, state["step"], rank)
+            return reason
+
         _reseed(options.seed, state["step"], rank)
-        return reason
+        stop = "target" if state["target"] else None
+        if not state["curve"] and options.eval_at_start:
+            stop = evaluate(loss=None)
+        model.train()
+        losses: list[float] = []
+        with tqdm(total=total_steps, initial=state["step"], disable=not (progress and main), unit="step",
+                  desc="training") as bar:
+            while stop is None:
+                if state["step"] >= total_steps:
+                    stop = "steps"
+                    break
+                batch = [encoded[i] for i in batch_indices(len(encoded), options, state["step"], rank, world)]
+                cost = _sum_over_processes(accelerator, step_flops(shape, batch, options))
+                if options.budget_flops is not None and state["train_flops"] + cost > options.budget_flops:
+                    stop = "budget"
+                    break
+                clock = time.perf_counter()
+                loss = _training_step(accelerator, model, optimizer, trainable,
+                                      collate(batch, tokenizer.pad_token_id, accelerator.device), options, state["step"])
+                state["training_seconds"] += time.perf_counter() - clock
+                losses.append(loss)
+                state["step"] += 1
+                state["train_flops"] += cost
+                state["tokens"] += _sum_over_processes(accelerator, sum(e.length for e in batch))
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss:.3f}")
+                if options.eval_every and state["step"] % options.eval_every == 0:
+                    stop = evaluate(loss=sum(losses) / len(losses))
+                    losses = []
+        if not state["curve"] or state["curve"][-1]["step"] != state["step"]:
+            evaluate(loss=sum(losses) / len(losses) if losses else None)
+        say(f"stopped: {_STOP_REASONS[stop]}")
 
-    _reseed(options.seed, state["step"], rank)
-    stop = "target" if state["target"] else None
-    if not state["curve"] and options.eval_at_start:
-        stop = evaluate(loss=None)
-    model.train()
-    losses: list[float] = []
-    with tqdm(total=total_steps, initial=state["step"], disable=not (progress and main), unit="step",
-              desc="training") as bar:
-        while stop is None:
-            if state["step"] >= total_steps:
-                stop = "steps"
-                break
-            batch = [encoded[i] for i in batch_indices(len(encoded), options, state["step"], rank, world)]
-            cost = _sum_over_processes(accelerator, step_flops(shape, batch, options))
-            if options.budget_flops is not None and state["train_flops"] + cost > options.budget_flops:
-                stop = "budget"
-                break
-            clock = time.perf_counter()
-            loss = _training_step(accelerator, model, optimizer, trainable,
-                                  collate(batch, tokenizer.pad_token_id, accelerator.device), options, state["step"])
-            state["training_seconds"] += time.perf_counter() - clock
-            losses.append(loss)
-            state["step"] += 1
-            state["train_flops"] += cost
-            state["tokens"] += _sum_over_processes(accelerator, sum(e.length for e in batch))
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss:.3f}")
-            if options.eval_every and state["step"] % options.eval_every == 0:
-                stop = evaluate(loss=sum(losses) / len(losses))
-                losses = []
-    if not state["curve"] or state["curve"][-1]["step"] != state["step"]:
-        evaluate(loss=sum(losses) / len(losses) if losses else None)
-    say(f"stopped: {_STOP_REASONS[stop]}")
-
-    if main:
-        _save_model(out, accelerator.unwrap_model(model), tokenizer)
-        record = _final_record(record, state, options, stop)
-        write_rows(out / PREDICTIONS, read_rows(out / EVALS / f"step-{state['step']:06d}.jsonl"))
-        _write_record(out, record, status="finished")
-        (out / CHECKPOINT).unlink(missing_ok=True)
+        if main:
+            _save_model(out, accelerator.unwrap_model(model), tokenizer)
+            write_rows(out / PREDICTIONS, read_rows(out / EVALS / f"step-{state['step']:06d}.jsonl"))
+            recorder.finish(**_final_record(record, state, options, stop))
+            (out / CHECKPOINT).unlink(missing_ok=True)
     accelerator.wait_for_everyone()
-    return json.loads((out / RUN).read_text())
+    return RunRecord.load(out).data
 
 
 _STOP_REASONS = {
@@ -561,15 +578,6 @@ def _reseed(seed: int, step: int, rank: int) -> None:
 
 
 # ---------------------------------------------------------------- files
-
-
-def _write_record(out: Path, record: dict, status: str) -> None:
-    record.setdefault("created", now())
-    record.update(status=status, machine=machine(), versions=versions())
-    if status == "finished":
-        record["finished"] = now()
-    out.mkdir(parents=True, exist_ok=True)
-    (out / RUN).write_text(json.dumps(record, indent=2) + "\n")
 
 
 def _save_checkpoint(out: Path, model, optimizer, state: dict) -> None:

@@ -46,21 +46,21 @@ def build_tiny_tokenizer():
     return tokenizer
 
 
-def build_tiny_model(architecture: str, tokenizer):
-    """A randomly initialised 2-layer causal LM ("llama" or "qwen2"), fp32, eval mode, seeded."""
+def build_tiny_model(architecture: str, tokenizer, **sizes):
+    """A randomly initialised causal LM ("llama" or "qwen2"), fp32, eval mode, seeded.
+
+    2 layers of width 64 unless `sizes` (config fields such as hidden_size) say otherwise.
+    """
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
     classes = {"llama": (LlamaConfig, LlamaForCausalLM), "qwen2": (Qwen2Config, Qwen2ForCausalLM)}
     config_class, model_class = classes[architecture]
+    shape = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=2, max_position_embeddings=8192)  # room for few-shot prompts of a byte-level tokenizer
     config = config_class(
+        **{**shape, **sizes},
         vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
         initializer_range=0.2,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,

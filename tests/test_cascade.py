@@ -8,12 +8,14 @@ from pathlib import Path
 import pytest
 
 from finprog import models
-from finprog.cascade import CascadeError, CascadeOptions, cascade_row, parse_rule, route
+from finprog.cascade import CascadeError, cascade_row, parse_rule, route
 from finprog.cli import main
 from finprog.report import report
+from finprog.runs import RunError
 from finprog.solve import SolveOptions, agreement, solve
 from finprog.sweep import candidate_thresholds, load_runs, question_attempts, sweep
 from shared_data import REPO, finqa_file
+from test_report import write_run
 
 DEMO = REPO / "data" / "demo.json"
 COMMON = ["--data", str(DEMO), "--limit", "4", "--batch-size", "1", "--max-new-tokens", "8", "--shots", "1",
@@ -22,12 +24,11 @@ COMMON = ["--data", str(DEMO), "--limit", "4", "--batch-size", "1", "--max-new-t
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, tiny_qwen2_checkpoint_dir):
-    """The tiny Qwen2 checkpoint dressed as a `finprog train` output (prompted zero-shot, 1e12 training FLOPs)."""
+    """The tiny Qwen2 checkpoint dressed as a `finprog train` output (prompted zero-shot with the whole page,
+    1e12 training FLOPs)."""
     folder = tmp_path_factory.mktemp("trained") / "tiny_lora"
     shutil.copytree(tiny_qwen2_checkpoint_dir, folder)
-    record = {"kind": "train", "config": {"shots": 0, "max_prompt_tokens": 300, "technique": "lora"},
-              "flops": {"training_total": 1e12}}
-    (folder / "run.json").write_text(json.dumps(record))
+    write_run(folder, exact=0.0, training=1e12, curve=[(1e12, 0.0)], shots=0, max_prompt_tokens=300, context="page")
     return str(folder)
 
 
@@ -114,7 +115,8 @@ def test_only_one_term_may_be_left_open_for_a_sweep():
 
 def test_a_question_goes_on_until_a_model_is_accepted_and_pays_for_every_attempt():
     rule = parse_rule("executes+logprob:-0.5")
-    attempt = {"id": "q", "prompt_tokens": 10, "new_tokens": 3, "seconds": 1.0, "flops_executed": 2.0}
+    attempt = {"id": "q", "prompt_tokens": 10, "new_tokens": 3, "seconds": 1.0, "flops_executed": 2.0,
+               "ranker_flops": 0.5}
     tries = [
         {**attempt, "model": "a", "value": None, "logprob_mean": -0.1, "flops": 1.0, "exact": False},
         {**attempt, "model": "b", "value": 2.0, "logprob_mean": -0.9, "flops": 10.0, "exact": False},
@@ -125,7 +127,8 @@ def test_a_question_goes_on_until_a_model_is_accepted_and_pays_for_every_attempt
     routed = route(rule, tries)
     row = cascade_row(routed)
     assert [a["model"] for a in routed] == ["a", "b"] and row["answered_by"] == "b"
-    assert (row["value"], row["flops"], row["new_tokens"], row["prompt_tokens"]) == (2.0, 11.0, 6, 20)
+    summed = (row["flops"], row["new_tokens"], row["prompt_tokens"], row["ranker_flops"])
+    assert row["value"] == 2.0 and summed == (11.0, 6, 20, 1.0)
     assert [a["model"] for a in row["attempts"]] == ["a", "b"] and "id" not in row["attempts"][0]
 
 
@@ -152,6 +155,8 @@ def test_the_sweep_predicts_a_live_cascade_exactly(tmp_path, singles, tiny_check
             assert row[key] == expected[key], (qid, key)
         assert [a["model"] for a in row["attempts"]] == [a["model"] for a in expected["attempts"]]
         assert row["flops"] == sum(a["flops"] for a in row["attempts"])
+        assert row["ranker_flops"] == sum(a["ranker_flops"] for a in row["attempts"])
+        assert row["attempts"][0]["ranker_flops"] > 0  # the first model is shown retrieved facts
     assert {row["answered_by"] for row in live.values()} == {tiny_checkpoint_dir, trained}, "the rule routed nothing"
 
     result, files = sweep(singles, rule="logprob", target=0.0001, out=tmp_path / "sweep")
@@ -161,16 +166,16 @@ def test_the_sweep_predicts_a_live_cascade_exactly(tmp_path, singles, tiny_check
     assert point["answered_by"] == record["answered_by"]
     assert record["flops"]["training_total"] == 1e12  # the trained model's, counted once
     assert record["kind"] == "cascade" and record["config"]["technique"] == f"cascade({accept})"
+    stages = record["config"]["stages"]
+    assert [s["context"] for s in stages] == ["retrieved", "page"]  # the trained model's as it was trained
+    assert [s["shots"] for s in stages] == [1, 1] and stages[1]["max_prompt_tokens"] == 300
     assert [f.name for f in files] == ["sweep.json", "sweep.txt", "sweep.png"]
 
 
 def write_single_run(folder, model, flops, logprobs, exact, training=0.0):
     """A finished single-model run on questions q0, q1, ... with the given per-question signals and outcomes."""
-    folder.mkdir(parents=True)
     ids = [f"q{i}" for i in range(len(exact))]
-    record = {"kind": "solve", "status": "finished", "config": {"model": model},
-              "eval_set": {"name": "dev", "n": len(ids), "ids_sha256": "a" * 64}, "flops": {"training_total": training}}
-    (folder / "run.json").write_text(json.dumps(record))
+    write_run(folder, exact=sum(exact) / len(exact), inference=flops, training=training, n=len(ids), model=model)
     rows = [{"id": i, "value": 1.0, "logprob_mean": lp, "logprob_min": lp - 1, "exact": ok, "tolerant": ok,
              "flops": flops} for i, lp, ok in zip(ids, logprobs, exact)]
     (folder / "predictions.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
@@ -222,6 +227,14 @@ def test_a_cascade_is_one_run_in_the_report(tmp_path, singles, tiny_checkpoint_d
     assert rows["cascade"].run.training_flops == 1e12
     assert rows["cascade"].run.model == f"{Path(tiny_checkpoint_dir).name} > tiny_lora"
     assert len(result.groups) == 1 and all(f.exists() for f in files)
+
+
+def test_a_cascade_run_json_without_its_models_is_refused(tmp_path):
+    folder = write_run(tmp_path / "cascade", exact=0.5, technique="cascade(executes)")
+    record = json.loads((folder / "run.json").read_text())
+    (folder / "run.json").write_text(json.dumps({**record, "kind": "cascade"}))
+    with pytest.raises(RunError, match="field 'config.cascade' is missing"):
+        report([folder], target=0.5)
 
 
 # ---------------------------------------------------------------- bad input
@@ -297,3 +310,28 @@ def test_an_interrupted_cascade_resumes_without_losing_answered_questions(tmp_pa
 
     assert answers(rows_of(out)) == answers(map(json.loads, lines))
     assert len({r["answered_by"] for r in rows_of(out)}) == 2
+
+
+def test_a_cascade_stopped_by_ctrl_c_is_marked_interrupted_and_resumes(tmp_path, tiny_checkpoint_dir, trained,
+                                                                        monkeypatch, capsys):
+    from finprog import cascade as module
+
+    real, calls = module.scored_rows, []
+
+    def interrupted_in_the_second_model(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        yield from real(*args, **kwargs)
+
+    monkeypatch.setattr(module, "scored_rows", interrupted_in_the_second_model)
+    out = tmp_path / "cascade"
+    command = ["solve", "--cascade", tiny_checkpoint_dir, trained, "--accept", "logprob:0", *COMMON, "--out", str(out),
+               "--json"]
+    assert main(command) == 130
+    record = json.loads((out / "run.json").read_text())
+    assert record["status"] == "interrupted" and "Ctrl-C" in record["reason"]
+    monkeypatch.setattr(module, "scored_rows", real)
+    assert main(command) == 2 and "--resume" in capsys.readouterr().err
+    assert main([*command, "--resume"]) == 0
+    assert json.loads((out / "run.json").read_text())["status"] == "finished" and len(rows_of(out)) == 4

@@ -22,21 +22,26 @@ from finprog.report import (
     write_report,
 )
 
+from finprog.runs import RunError
+
 SET_A = "a" * 64
 SET_B = "b" * 64
 
 
-def write_run(folder, exact, inference=1e12, training=0.0, curve=None, technique=None, ids=SET_A, **config):
-    """Write a run.json in `folder`; `curve` is a list of (cumulative training FLOPs, exact accuracy)."""
+def write_run(folder, exact, inference=1e12, training=0.0, curve=None, technique=None, ids=SET_A, n=100, **config):
+    """Write a run.json for `n` questions in `folder`; `curve` lists (cumulative training FLOPs, exact accuracy)."""
     folder.mkdir(parents=True, exist_ok=True)
     record = {
         "kind": "train" if curve else "solve",
+        "status": "finished",
         "config": {"model": "tiny", "mode": "program", "technique": technique or ("lora" if curve else "few-shot"),
                    "shots": 4, **config},
-        "eval_set": {"name": "test_100", "n": 100, "ids_sha256": ids},
+        "eval_set": {"name": "test_100", "n": n, "ids_sha256": ids},
         "model": {"name": "tiny", "params": 500_000_000},
-        "metrics": {"n": 100, "exact": exact, "tolerant": exact, "program_accuracy": None},
-        "flops": {"inference_per_example": inference, "training_total": training},
+        "metrics": {"n": n, "exact": exact, "tolerant": exact, "program_accuracy": None, "outcomes": {},
+                    "prompt_tokens_per_example": 900, "new_tokens_per_example": 20},
+        "flops": {"inference_per_example": inference, "inference_per_example_executed": inference,
+                  "training_total": training},
         "timing": {"seconds_per_example": 0.5},
     }
     if curve:
@@ -228,7 +233,7 @@ def test_unfinished_runs_in_a_folder_are_left_out_and_named(tmp_path):
     result, _ = report([tmp_path / "runs"], target=0.3)
     assert [row.run.name for row in result.groups[0].rows] == ["done"]
     assert "Left out 1 unfinished run(s): " + str(running) in format_table(result)
-    with pytest.raises(ReportError, match="not finished .status 'running'.; continue it with --resume"):
+    with pytest.raises(RunError, match="not finished .status 'running'.; continue it with --resume"):
         load_runs([running])
 
 
@@ -242,7 +247,7 @@ def test_folder_without_runs_is_an_error(tmp_path):
 
 def test_invalid_json_names_the_file_and_line(tmp_path):
     (tmp_path / "run.json").write_text('{"kind": "solve",\n  oops}')
-    with pytest.raises(ReportError, match=r"run.json: invalid JSON at line 2"):
+    with pytest.raises(RunError, match=r"run.json: invalid JSON at line 2"):
         load_run(tmp_path / "run.json")
 
 
@@ -270,13 +275,13 @@ def break_field(folder, dotted, value):
         ("flops.inference_per_example", 0, "field 'flops.inference_per_example' must be a number from 1"),
         ("eval_set", None, "field 'eval_set.name' is missing"),
         ("eval_set", [], "field 'eval_set' must be an object, got list"),
-        ("kind", "evaluate", "field 'kind' must be one of solve, train, cascade"),
+        ("kind", "evaluate", "field 'kind' must be 'solve' or 'train' or 'cascade'"),
         ("config.constrained", "yes", "field 'config.constrained' must be true or false"),
     ],
 )
 def test_malformed_run_json_names_the_file_and_field(tmp_path, dotted, value, message):
     path = break_field(write_run(tmp_path / "run1", exact=0.2), dotted, value)
-    with pytest.raises(ReportError) as caught:
+    with pytest.raises(RunError) as caught:
         load_run(path)
     assert str(caught.value).startswith(str(path))
     assert message in str(caught.value)
@@ -287,17 +292,17 @@ def test_training_run_needs_a_curve_with_rising_flops(tmp_path):
     record = json.loads((folder / "run.json").read_text())
     record["curve"][1]["train_flops"] = -1.0
     (folder / "run.json").write_text(json.dumps(record))
-    with pytest.raises(ReportError, match=r"'curve\[1\].train_flops' must be a number from 0"):
+    with pytest.raises(RunError, match=r"'curve\[1\].train_flops' must be a number from 0"):
         load_run(folder / "run.json")
     record["curve"] = [record["curve"][0] | {"train_flops": 5e16}, record["curve"][0] | {"train_flops": 1e16}]
     (folder / "run.json").write_text(json.dumps(record))
-    with pytest.raises(ReportError, match=r"'curve\[1\].train_flops' is smaller than the one before it"):
+    with pytest.raises(RunError, match=r"'curve\[1\].train_flops' is smaller than the one before it"):
         load_run(folder / "run.json")
     break_field(folder, "curve", [])
-    with pytest.raises(ReportError, match="'curve' must be a non-empty list"):
+    with pytest.raises(RunError, match="'curve' must be a non-empty list"):
         load_run(folder / "run.json")
     break_field(folder, "curve", None)
-    with pytest.raises(ReportError, match="'curve' is missing"):
+    with pytest.raises(RunError, match="'curve' is missing"):
         load_run(folder / "run.json")
 
 

@@ -90,7 +90,7 @@ def test_a_trained_adapter_loads_and_solve_reproduces_its_final_evaluation(tmp_p
     train(opts, tmp_path / "run", progress=False)
     loaded = models.load_model(tmp_path / "run", dtype="fp32")
     assert loaded.adapter == (tmp_path / "run").resolve() and loaded.name == checkpoint
-    solved = solve(SolveOptions(model=str(tmp_path / "run"), mode="direct", data=opts.eval, limit=3,
+    solved = solve(SolveOptions.for_model(str(tmp_path / "run"), mode="direct", data=opts.eval, limit=3,
                                 batch_size=3, max_new_tokens=4, dtype="fp32"), tmp_path / "solve", progress=False)
     config = solved["config"]
     assert (config["shots"], config["max_prompt_tokens"], config["constrained"]) == (0, 300, False)  # as trained

@@ -1,0 +1,58 @@
+"""evals/gpu_check.py in its dry mode: every check runs (or is skipped, with the reason) and lands in the report."""
+
+import importlib.util
+import json
+import sys
+
+import pytest
+import torch
+
+from shared_data import REPO, finqa_file
+
+
+@pytest.fixture(scope="module")
+def gpu_check():
+    spec = importlib.util.spec_from_file_location("gpu_check", REPO / "evals" / "gpu_check.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_dry_run_passes_every_check_it_can_run_here(gpu_check, tmp_path):
+    dev, train = finqa_file("dev_200.json"), finqa_file("train_100.json")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny tensors: thread synchronisation would cost more than the work
+    try:
+        status = gpu_check.main(["--dry-run", "--out", str(tmp_path), "--dev", str(dev), "--train", str(train)])
+    finally:
+        torch.set_num_threads(threads)
+
+    report = json.loads((tmp_path / "gpu_check.json").read_text())
+    checks = {check["check"]: check for check in report["checks"]}
+    assert list(checks) == list(gpu_check.CHECKS)
+    failed = {name: check.get("error") or check["numbers"] for name, check in checks.items() if check["status"] == "fail"}
+    assert not failed and status == 0
+    skipped = {name for name, check in checks.items() if check["status"] == "skipped"}
+    assert skipped == (set() if torch.cuda.device_count() >= 2 else {"data parallel"})
+    assert checks["data parallel"].get("reason", "").startswith("needs 2 GPUs")
+    assert checks["batched vs batch-1"]["numbers"]["first_lines_differ"] == 0
+    assert checks["train lora"]["numbers"]["loss_second_half"] < checks["train lora"]["numbers"]["loss_first_half"]
+    assert report["environment"]["plan"]["name"] == "dry" and report["environment"]["versions"]["torch"]
+    markdown = (tmp_path / "gpu_check.md").read_text()
+    for name, check in checks.items():
+        assert f"| {name} | {check['status']} |" in markdown
+
+
+def test_a_failing_check_is_recorded_and_the_next_one_runs(gpu_check):
+    def broken(ctx):
+        raise ValueError("no such file")
+
+    def not_here(ctx):
+        raise gpu_check.Skipped("needs 2 GPUs")
+
+    results = [gpu_check.run_check(name, check, ctx=None) for name, check in
+               (("broken", broken), ("not here", not_here), ("fine", lambda ctx: {"passed": True, "x": 1}))]
+    assert [r["status"] for r in results] == ["fail", "skipped", "pass"]
+    assert results[0]["error"] == "ValueError: no such file" and "Traceback" in results[0]["traceback"]
+    assert results[1]["reason"] == "needs 2 GPUs" and results[2]["numbers"] == {"x": 1}
