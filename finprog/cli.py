@@ -8,8 +8,9 @@ import sys
 from pathlib import Path
 
 from finprog import __version__, flops
-from finprog.models import DTYPES
+from finprog.cascade import RULE_HELP
 from finprog.evaluation import METRICS
+from finprog.models import DTYPES
 from finprog.report import DEFAULT_METRIC, DEFAULT_QUESTIONS
 from finprog.retrieval import CONTEXTS, DEFAULT_CONTEXT, DEFAULT_RANKER, DEFAULT_TOP_K, RANKERS
 from finprog.solve import DEFAULT_MODEL, EXEMPLAR_CHOICES, MODES
@@ -50,6 +51,7 @@ USER_ERRORS = {
     "finprog.generation": ("GenerationError",),
     "finprog.constrained": ("ConstrainedDecodingError",),
     "finprog.retrieval": ("RetrievalError",),
+    "finprog.cascade": ("CascadeError",),
 }
 
 
@@ -71,7 +73,7 @@ def _build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"finprog {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in (_add_evaluate, _add_data, _add_solve, _add_compare, _add_train, _add_retrieve, _add_models,
-                _add_flops, _add_report):
+                _add_flops, _add_report, _add_cascade_sweep):
         add(commands)
     return parser
 
@@ -112,6 +114,12 @@ def _add_solve(commands) -> None:
     solve.add_argument("--mode", choices=MODES, default=MODES[0],
                        help="write a DSL program that finprog executes, or answer with a number (default: %(default)s)")
     solve.add_argument("--out", type=Path, help="run folder (default: runs/MODEL_MODE_DATA)")
+    solve.add_argument("--cascade", nargs="+", metavar="MODEL",
+                       help="a cascade instead of --model: each model answers the questions the ones before it "
+                            "did not get accepted; the last model's answers are always accepted")
+    solve.add_argument("--accept", metavar="RULE",
+                       help=f"with --cascade, when an answer is accepted (default: executes): {RULE_HELP}; "
+                            "e.g. executes+logprob:-0.3")
     solve.set_defaults(run=_solve)
 
 
@@ -236,6 +244,23 @@ def _add_report(commands) -> None:
     report.set_defaults(run=_report)
 
 
+def _add_cascade_sweep(commands) -> None:
+    sweep = commands.add_parser("cascade-sweep",
+                                help="a cascade's accuracy and FLOPs for every acceptance threshold, from finished runs")
+    sweep.add_argument("runs", nargs="+", type=Path,
+                       help="finished single-model run folders on the same questions, in cascade order (cheapest first)")
+    sweep.add_argument("--rule", required=True,
+                       help="an acceptance rule with one term left without a value, which is swept "
+                            "(logprob, minlogprob, agree; e.g. executes+logprob)")
+    sweep.add_argument("--target", required=True, help="EmAcc to reach: a fraction (0.3) or percent (30, 30%%)")
+    sweep.add_argument("--metric", choices=METRICS, default=DEFAULT_METRIC,
+                       help="the accuracy compared (default: %(default)s)")
+    sweep.add_argument("--out", type=Path, default=Path("sweep"),
+                       help="folder for sweep.json, sweep.txt and sweep.png (default: sweep)")
+    _add_json(sweep)
+    sweep.set_defaults(run=_cascade_sweep)
+
+
 def _evaluate(args) -> int:
     from finprog.data import load_finqa, resolve_data
     from finprog.evaluation import evaluate_programs, load_predictions
@@ -259,8 +284,7 @@ def _evaluate(args) -> int:
 
 
 def _add_solve_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default=DEFAULT_MODEL,
-                        help=f"zoo name, hub id or checkpoint folder (default: {DEFAULT_MODEL})")
+    parser.add_argument("--model", help=f"zoo name, hub id or checkpoint folder (default: {DEFAULT_MODEL})")
     parser.add_argument("--data", help="FinQA file, dataset folder, split or sample name, hf:NAME, or demo "
                                        "(default: official dev, else demo)")
     parser.add_argument("--limit", type=int, help="only the first N examples")
@@ -309,34 +333,67 @@ def _add_context_options(parser: argparse.ArgumentParser, inherited: bool = Fals
                              f"(default: {DEFAULT_RANKER}{trained})")
 
 
-def _solve_options(args, mode: str, constrained: bool | None = None):
+def _solve_options(args, mode: str, constrained: bool | None = None, model: str | None = None):
     from finprog.solve import SolveOptions
 
     return SolveOptions.for_model(
-        model=args.model, mode=mode, data=args.data, limit=args.limit, batch_size=args.batch_size,
-        max_new_tokens=args.max_new_tokens, shots=args.shots, exemplar_choice=args.exemplar_choice,
-        exemplars=args.exemplars, gold_exemplars=args.gold_exemplars, constrained=constrained, restrict_numbers=args.restrict_numbers, samples=args.samples,
-        temperature=args.temperature, top_p=args.top_p, seed=args.seed, dtype=args.dtype, quant=args.quant,
-        chat_template=args.chat_template, max_prompt_tokens=args.max_prompt_tokens, page_numbers=args.page_numbers,
+        model=model or args.model or DEFAULT_MODEL, mode=mode, data=args.data, limit=args.limit,
+        batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, shots=args.shots,
+        exemplar_choice=args.exemplar_choice, exemplars=args.exemplars, gold_exemplars=args.gold_exemplars,
+        constrained=constrained, restrict_numbers=args.restrict_numbers, page_numbers=args.page_numbers,
+        samples=args.samples, temperature=args.temperature, top_p=args.top_p, seed=args.seed, dtype=args.dtype,
+        quant=args.quant, chat_template=args.chat_template, max_prompt_tokens=args.max_prompt_tokens,
         context=args.context, top_k=args.top_k, ranker=args.ranker,
     )
 
 
-def _default_out(model: str, label: str, data: str | None = None) -> Path:
+def _default_out(model: str | None, label: str, data: str | None = None) -> Path:
     """runs/MODEL_LABEL[_DATA]: the same options give the same folder, so --resume finds it."""
-    name = Path(model).name if Path(model).exists() else model.replace("/", "--")
-    return Path("runs") / "_".join([name, label] + ([Path(data).stem] if data else []))
+    return Path("runs") / "_".join([_model_label(model or DEFAULT_MODEL), label] + ([Path(data).stem] if data else []))
+
+
+def _model_label(model: str) -> str:
+    return Path(model).name if Path(model).exists() else model.replace("/", "--")
 
 
 def _solve(args) -> int:
     from finprog.solve import solve, summary, summary_lines
 
-    out = args.out or _default_out(args.model, args.mode, args.data)
-    record = solve(_solve_options(args, args.mode, args.constrained), out, resume=args.resume, progress=not args.json)
+    if args.cascade or args.accept:
+        record = _cascade(args)
+    else:
+        out = args.out or _default_out(args.model, args.mode, args.data)
+        record = solve(_solve_options(args, args.mode, args.constrained), out, resume=args.resume,
+                       progress=not args.json)
     if args.json:
         print(json.dumps(summary(record)))
     else:
         print("\n".join(summary_lines(record)))
+    return 0
+
+
+def _cascade(args) -> dict:
+    from finprog.cascade import CascadeError, CascadeOptions, cascade
+
+    if not args.cascade:
+        raise CascadeError("--accept goes with --cascade MODEL_1 MODEL_2 ...")
+    if args.model:
+        raise CascadeError("give the models with --cascade or with --model, not both")
+    stages = [_solve_options(args, args.mode, args.constrained, model=model) for model in args.cascade]
+    options = CascadeOptions(stages, accept=args.accept or "executes")
+    out = args.out or _default_out("+".join(map(_model_label, args.cascade)), f"cascade_{args.mode}", args.data)
+    return cascade(options, out, resume=args.resume, progress=not args.json)
+
+
+def _cascade_sweep(args) -> int:
+    from finprog.sweep import format_sweep, sweep
+
+    result, files = sweep(args.runs, rule=args.rule, target=args.target, metric=args.metric, out=args.out)
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    print(format_sweep(result))
+    print("wrote " + ", ".join(str(f) for f in files))
     return 0
 
 

@@ -23,18 +23,26 @@ def compare_modes(runs: list, out: Path, resume: bool = False, progress: bool = 
 
 def compare_runs(run_dirs: list[Path]) -> dict:
     """Compare finished runs; they must have been scored on the same examples."""
-    runs = [_load(Path(d)) for d in run_dirs]
+    runs = [load_run_folder(Path(d)) for d in run_dirs]
+    check_same_examples(runs)
+    columns = [_column(run) for run in runs]
+    return {"eval_set": runs[0]["record"]["eval_set"], "runs": columns, "only_right": _only_right(runs)}
+
+
+def check_same_examples(runs: list[dict]) -> None:
+    """Refuse runs (as `load_run_folder` gives them) that were scored on different examples."""
     sets = {run["record"]["eval_set"]["ids_sha256"] for run in runs}
     if len(sets) > 1:
         described = "; ".join(f"{run['dir']}: {run['record']['eval_set']['name']} n={run['record']['eval_set']['n']}"
                               for run in runs)
         raise RunError(f"these runs were scored on different examples and cannot be compared ({described})")
-    columns = [_column(run) for run in runs]
-    return {"eval_set": runs[0]["record"]["eval_set"], "runs": columns, "only_right": _only_right(runs)}
 
 
-def _load(folder: Path) -> dict:
-    """A finished run and its predictions by id, read through `RunRecord` (RunError names the file and field)."""
+def load_run_folder(folder: Path) -> dict:
+    """A finished run folder: {dir, record (run.json), rows (predictions by id)}, read through `RunRecord`.
+
+    RunError names the file and field of what is wrong.
+    """
     record = RunRecord.load(folder).validate()
     predictions = record.folder / PREDICTIONS
     if not predictions.is_file():

@@ -11,6 +11,11 @@ Every `Completion` records two token counts. The useful ones (`prompt_tokens`,
 `batch_prompt_tokens`, `batch_new_tokens`) are what its batch ran: one prefill forward
 over `batch_size` x `batch_prompt_tokens` positions, then `batch_new_tokens - 1` decode
 forwards of `batch_size` positions each (the last token is sampled, never fed back).
+
+Every `Completion` also carries its confidence: the log-probability of each token it
+needed, under the model's own next-token distribution (fp32 log-softmax of the logits
+the forward pass already computed, before any grammar mask, temperature or top-p), so
+a constrained program's forced tokens show how little the model wanted them.
 """
 
 from __future__ import annotations
@@ -61,6 +66,18 @@ class Completion:
     """The batch's padded prompt length (the prefill ran `batch_size` x this many positions)."""
     batch_new_tokens: int
     """Positions the batch generated for every sequence: one per forward pass, the prefill included."""
+    token_logprobs: tuple[float, ...] = ()
+    """The log-probability of each of the `new_tokens` tokens under the model's own distribution (see above)."""
+
+    @property
+    def logprob_mean(self) -> float:
+        """Mean token log-probability: the completion's confidence (0 is certain)."""
+        return sum(self.token_logprobs) / len(self.token_logprobs)
+
+    @property
+    def logprob_min(self) -> float:
+        """The least likely token's log-probability."""
+        return min(self.token_logprobs)
 
 
 def first_line(text: str) -> int | None:
@@ -240,14 +257,16 @@ def _generate_batch(model, tokenizer, batch, batch_index, stop, settings) -> lis
     input_ids = torch.tensor([[pad_id] * (width - len(ids)) + ids for ids in batch], device=model.device)
     attention_mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in batch], device=model.device)
     stopper = _StopCriteria(tokenizer, width, settings["eos_token_id"], stop)
+    confidence = _TokenLogProbs()
     output = model.generate(
         input_ids=input_ids,
         attention_mask=attention_mask,
         stopping_criteria=StoppingCriteriaList([stopper]),
-        **settings,
+        **{**settings, "logits_processor": [confidence, *settings["logits_processor"]]},
     )
     generated = output[:, width:].tolist()
     steps = len(generated[0])
+    logprobs = confidence.finish(output)
     completions = []
     for row, (ids, new_ids) in enumerate(zip(batch, generated)):
         new_tokens, reason, text = stopper.finished.get(row) or (steps, "length", _decode(tokenizer, new_ids))
@@ -261,9 +280,40 @@ def _generate_batch(model, tokenizer, batch, batch_index, stop, settings) -> lis
                 batch_size=len(batch),
                 batch_prompt_tokens=width,
                 batch_new_tokens=steps,
+                token_logprobs=tuple(logprobs[row][:new_tokens]),
             )
         )
     return completions
+
+
+class _TokenLogProbs(LogitsProcessor):
+    """Records each chosen token's log-probability under the model's own distribution; changes no score.
+
+    It runs first among the caller's processors, so it sees the fp32 logits before any
+    grammar mask and before the sampling warpers (temperature, top-p), which generate
+    applies after every caller's processor. A step's choice is only known at the next
+    call (as the last input id) or, for the last step, from the output: `finish` reads it there.
+    The log-softmax is elementwise work on logits already computed: no FLOPs are added.
+    """
+
+    def __init__(self):
+        self.last: torch.Tensor | None = None  # the previous step's log-probabilities, batch x vocabulary
+        self.chosen: list[torch.Tensor] = []  # one per step: the chosen tokens' log-probabilities, batch
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        self._take(input_ids)
+        self.last = torch.log_softmax(scores.float(), dim=-1)
+        return scores
+
+    def _take(self, input_ids: torch.LongTensor) -> None:
+        if self.last is not None:
+            self.chosen.append(self.last.gather(1, input_ids[:, -1:]).squeeze(1))
+            self.last = None
+
+    def finish(self, output: torch.LongTensor) -> list[list[float]]:
+        """Per row, the log-probability of every generated token (rows past their end hold padding's)."""
+        self._take(output)
+        return torch.stack(self.chosen, dim=1).tolist()
 
 
 class _StopCriteria(StoppingCriteria):

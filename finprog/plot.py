@@ -16,8 +16,9 @@ from finprog.report import TECHNIQUE_NAMES, Group, Report, format_flops, format_
 
 _COLOURS = {
     "zero-shot": "tab:gray", "few-shot": "tab:blue", "lora": "tab:orange", "qlora": "tab:green", "full": "tab:red",
+    "cascade": "tab:purple",
 }
-_OTHER_COLOUR = "tab:purple"
+_OTHER_COLOUR = "tab:brown"
 _MARKERS = {"program": "o", "direct": "s"}
 _OTHER_MARKER = "D"
 # Label positions tried around a point, nearest first, as offsets in typographic points.
@@ -44,7 +45,7 @@ def _plot_group(axis, report: Report, group: Group) -> None:
     """One eval set's panel: each run's point (and learning curve), the frontier, the target and the legend."""
     inference = {row.run.path: report.questions * row.run.inference_flops_per_question for row in group.rows}
     for row in group.rows:
-        colour = _COLOURS.get(row.run.technique, _OTHER_COLOUR)
+        colour = _COLOURS.get(row.run.family, _OTHER_COLOUR)
         if row.run.curve:
             xs = [point.train_flops + inference[row.run.path] for point in row.run.curve]
             ys = [getattr(point, report.metric) for point in row.run.curve]
@@ -81,7 +82,7 @@ def _set_axes(axis, report: Report, group: Group, costs: list[float]) -> None:
 
 def _legend_handles(report: Report, group: Group) -> list[Line2D]:
     """The techniques and modes present, the frontier, the target, and the curve and star when drawn."""
-    present = {row.run.technique for row in group.rows}
+    present = {row.run.family for row in group.rows}
     techniques = [t for t in _COLOURS if t in present] + sorted(present - _COLOURS.keys())
     modes = sorted({row.run.mode for row in group.rows})
     cheapest = group.cheapest
@@ -169,3 +170,34 @@ def _overlap(box, others) -> float:
     width = np.clip(np.minimum(box[2], others[:, 2]) - np.maximum(box[0], others[:, 0]), 0, None)
     height = np.clip(np.minimum(box[3], others[:, 3]) - np.maximum(box[1], others[:, 1]), 0, None)
     return float((width * height).sum())
+
+
+def plot_sweep(result: dict, path: str | Path) -> Path:
+    """Write the PNG of a cascade sweep: accuracy against inference FLOPs per question over the thresholds."""
+    figure = Figure(figsize=(8, 5), dpi=130)
+    FigureCanvasAgg(figure)
+    axis = figure.subplots()
+    points = result["points"]
+    axis.plot([p["flops_per_question"] for p in points], [p["accuracy"] for p in points], color=_COLOURS["cascade"],
+              marker=".", markersize=4, linewidth=1, label=f"cascade, rule {result['rule']} over its thresholds")
+    for alone in result["alone"]:
+        axis.scatter(alone["flops_per_question"], alone["accuracy"], s=60, color="black", zorder=3)
+        axis.annotate(alone["model"], (alone["flops_per_question"], alone["accuracy"]), xytext=(6, 6),
+                      textcoords="offset points", fontsize=8)
+    axis.axhline(result["target"], color="crimson", linestyle="--", linewidth=1,
+                 label=f"target {format_percent(result['target'])}")
+    if result["chosen"]:
+        chosen = result["chosen"]
+        axis.scatter(chosen["flops_per_question"], chosen["accuracy"], marker="*", s=220, color="gold",
+                     edgecolors="black", zorder=4, label=f"chosen: {chosen['rule']}")
+    axis.set_xscale("log")
+    axis.yaxis.set_major_formatter(PercentFormatter(xmax=1, decimals=0))
+    axis.grid(True, which="major", alpha=0.3)
+    axis.set_xlabel("inference FLOPs per question, log scale")
+    axis.set_ylabel(f"{result['metric']} EmAcc")
+    axis.set_title(f"Cascade {' > '.join(result['models'])} on {result['eval_set']['name']}", loc="left", fontsize=9)
+    axis.legend(loc="best", fontsize=8)
+    figure.tight_layout()
+    path = Path(path)
+    figure.savefig(path)
+    return path

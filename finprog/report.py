@@ -27,6 +27,7 @@ ACCURACY_TOLERANCE = 1e-9
 
 TECHNIQUE_NAMES = {
     "zero-shot": "zero-shot", "few-shot": "few-shot", "lora": "LoRA", "qlora": "QLoRA", "full": "full FT",
+    "cascade": "cascade",
 }
 _TRAINED = {"lora", "qlora", "full"}
 
@@ -82,6 +83,11 @@ class RunSummary:
     def name(self) -> str:
         """The run's folder name, which tells runs of the same configuration apart."""
         return self.path.resolve().parent.name
+
+    @property
+    def family(self) -> str:
+        """The technique without its details: `cascade` for `cascade(executes+logprob:-0.3)`."""
+        return self.technique.split("(")[0]
 
     @property
     def technique_label(self) -> str:

@@ -25,7 +25,7 @@ PREDICTIONS = "predictions.jsonl"
 RUN = "run.json"
 LOCK = ".lock"
 DAMAGED = "predictions.damaged.jsonl"
-KINDS = ("solve", "train")
+KINDS = ("solve", "train", "cascade")
 STATUSES = ("running", "finished", "failed", "interrupted")
 
 
@@ -96,6 +96,13 @@ RESULTS = {
     "flops.inference_per_example_executed": NUMBER,
     "timing.seconds_per_example": NUMBER,
 }
+CASCADE = {
+    # a finished cascade's too
+    "config.cascade": Field(list),
+    "config.accept": TEXT,
+    "model.stages": Field(list),
+    "answered_by": OBJECT,
+}
 CURVE_POINT = {"train_flops": NUMBER, "exact": FRACTION, "tolerant": FRACTION}
 
 
@@ -154,6 +161,8 @@ class RunRecord:
             self._check(self.data, RESULTS)
             if self.data["kind"] == "train":
                 self._check_curve()
+            if self.data["kind"] == "cascade":
+                self._check(self.data, CASCADE)
         return self
 
     def get(self, name: str, default: object = None) -> object:

@@ -118,36 +118,21 @@ steps with 7-digit operands) take about 80 tokens in the zoo's tokenizers."""
 
 def solve(options: SolveOptions, out: Path, resume: bool = False, progress: bool = True) -> dict:
     """Run `options.model` over the data, writing `out/predictions.jsonl` and `out/run.json`; returns run.json."""
-    from finprog import models
-
-    data_path, described = resolve_data(options.data)
-    examples = load_finqa(data_path)[: options.limit]
-    if not examples:
-        raise SolveError(f"{data_path} holds no examples")
+    data_path, described, examples = load_examples(options)
     if options.context == "gold":
         retrieval.check_gold(examples, str(data_path))
-    pool, pool_described = _exemplar_pool(options, {e.id for e in examples})
-    retriever = prompts.ExemplarRetriever(pool)
+    retriever = exemplar_retriever(options, examples, progress)
     record = {
         "kind": "solve",
         "config": {**asdict(options), "data": str(data_path)},
         "eval_set": eval_set(data_path.stem, [e.id for e in examples]),
     }
-    source = models.resolve_model(options.model)  # an unknown model fails here, before a run folder is made
-    config = models.model_config(source)
-    shape = flops.ModelShape.from_config(config)  # so does one whose FLOPs cannot be counted
-    trained = RunRecord.trained(options.model)
+    source, config, shape = check_model(options)  # an unknown model, or one whose FLOPs cannot be counted, fails here
+    training = training_flops(options.model)
     with RunRecorder(out, record, resume=resume) as recorder:
         todo = [e for e in examples if e.id not in recorder.done_ids]
         _say(progress, f"data: {described}; {len(examples)} examples, {len(todo)} to run")
-        if pool_described:
-            _say(progress, f"exemplars: {options.shots} per question ({options.exemplar_choice}) from {pool_described}")
-
-        started = time.perf_counter()
-        loaded = models.load_model(source, dtype=options.dtype, quant=options.quant)
-        load_seconds = time.perf_counter() - started
-        record["model"] = {"name": options.model, "source": source.kind, "dtype": str(loaded.dtype),
-                           "device": str(loaded.device), "params": flops.parameter_counts(shape)["total"]}
+        loaded, record["model"], load_seconds = load(options, source, shape)
         fitted, cut = fit_to_context(options, todo, loaded.tokenizer, retriever, config.get("max_position_embeddings"))
         if cut:
             record["context_cut"] = cut
@@ -155,15 +140,62 @@ def solve(options: SolveOptions, out: Path, resume: bool = False, progress: bool
         recorder.update()
         for row in scored_rows(loaded.model, loaded.tokenizer, todo, fitted, retriever, progress, shape):
             recorder.add(row)
+        return recorder.finish(**results(recorder.rows, options.mode, training, load_seconds))
 
-        rows = recorder.rows
-        return recorder.finish(
-            metrics=metrics(rows, options.mode),
-            flops=flop_totals(rows, trained.data["flops"]["training_total"] if trained else 0.0),
-            timing={"seconds_total": sum(r["seconds"] for r in rows),
-                    "seconds_per_example": sum(r["seconds"] for r in rows) / len(rows) if rows else 0.0,
-                    "model_load_seconds": load_seconds},
-        )
+
+def load_examples(options: SolveOptions) -> tuple[Path, str, list[Example]]:
+    """The data file, how it was found, and its examples (the first `options.limit`); SolveError if there are none."""
+    data_path, described = resolve_data(options.data)
+    examples = load_finqa(data_path)[: options.limit]
+    if not examples:
+        raise SolveError(f"{data_path} holds no examples")
+    return data_path, described, examples
+
+
+def exemplar_retriever(options: SolveOptions, examples: list[Example], progress: bool) -> prompts.ExemplarRetriever:
+    """The exemplar pool for `options`, never holding one of `examples` (all the evaluated ones)."""
+    pool, pool_described = _exemplar_pool(options, {e.id for e in examples})
+    if pool_described:
+        _say(progress, f"exemplars: {options.shots} per question ({options.exemplar_choice}) from {pool_described}")
+    return prompts.ExemplarRetriever(pool)
+
+
+def check_model(options: SolveOptions) -> tuple:
+    """The model's source, config and FLOP shape, read without loading it: an unknown model or an uncountable one
+    fails here."""
+    from finprog import models
+
+    source = models.resolve_model(options.model)
+    config = models.model_config(source)
+    return source, config, flops.ModelShape.from_config(config)
+
+
+def load(options: SolveOptions, source, shape: flops.ModelShape) -> tuple:
+    """Load the model: (LoadedModel, the run record's `model` entry, seconds it took)."""
+    from finprog import models
+
+    started = time.perf_counter()
+    loaded = models.load_model(source, dtype=options.dtype, quant=options.quant)
+    entry = {"name": options.model, "source": source.kind, "dtype": str(loaded.dtype),
+             "device": str(loaded.device), "params": flops.parameter_counts(shape)["total"]}
+    return loaded, entry, time.perf_counter() - started
+
+
+def results(rows: list[dict], mode: str, training: float, load_seconds: float) -> dict:
+    """A finished run's metrics, FLOPs and timing (the fields `RunRecorder.finish` adds to run.json)."""
+    seconds = sum(r["seconds"] for r in rows)
+    return {
+        "metrics": metrics(rows, mode),
+        "flops": flop_totals(rows, training),
+        "timing": {"seconds_total": seconds, "seconds_per_example": seconds / len(rows) if rows else 0.0,
+                   "model_load_seconds": load_seconds},
+    }
+
+
+def training_flops(model: str) -> float:
+    """The training FLOPs behind `model`: those of the `finprog train` run that wrote it, else 0."""
+    trained = RunRecord.trained(model)
+    return trained.data["flops"]["training_total"] if trained else 0.0
 
 
 def fit_to_context(options: SolveOptions, examples: list[Example], tokenizer, retriever: prompts.ExemplarRetriever,
@@ -251,7 +283,8 @@ def scored_rows(model, tokenizer, examples: list[Example], options: SolveOptions
 
 
 def _row(example: Example, samples: list, mode: str, shape, ranker_flops: float = 0.0) -> dict:
-    """One example's record: its completion(s), score, token counts, seconds and FLOPs (the ranker's included)."""
+    """One example's record: its completion(s), score, confidence, token counts, seconds and FLOPs (the ranker's
+    included)."""
     scored = [(completion, score(example, completion.text, mode)) for completion, _ in samples]
     completion, row = _vote(scored) if len(scored) > 1 else scored[0]
     cost = flops.inference_flops(shape, [c for c, _ in scored])
@@ -259,6 +292,7 @@ def _row(example: Example, samples: list, mode: str, shape, ranker_flops: float 
         "id": example.id,
         "completion": completion.text,
         **row,
+        **confidence(completion),
         "finish_reason": completion.finish_reason,
         "prompt_tokens": completion.prompt_tokens,
         "new_tokens": sum(c.new_tokens for c, _ in scored),
@@ -268,8 +302,22 @@ def _row(example: Example, samples: list, mode: str, shape, ranker_flops: float 
         "ranker_flops": ranker_flops,
     }
     if len(scored) > 1:
-        row["samples"] = [{"completion": c.text, "value": r["value"], "outcome": r["outcome"]} for c, r in scored]
+        row["agreement"] = agreement(row["value"], [r["value"] for _, r in scored])
+        row["samples"] = [{"completion": c.text, "value": r["value"], "outcome": r["outcome"], **confidence(c)}
+                          for c, r in scored]
     return row
+
+
+def confidence(completion) -> dict:
+    """A completion's confidence signals: mean and least token log-probability (the model's own, before any mask)."""
+    return {"logprob_mean": completion.logprob_mean, "logprob_min": completion.logprob_min}
+
+
+def agreement(winner, values: list) -> float:
+    """The fraction of samples whose value equals the winning value (at 5 decimals); 0 when the winner has none."""
+    if winner is None:
+        return 0.0
+    return sum(v is not None and _vote_key(v) == _vote_key(winner) for v in values) / len(values)
 
 
 def _vote(scored: list) -> tuple:
@@ -325,6 +373,7 @@ def summary(record: dict) -> dict:
         "seconds_total": timing["seconds_total"], "seconds_per_example": timing["seconds_per_example"],
         "flops_total": cost["inference_total"], "flops_per_example": cost["inference_per_example"],
         "flops_total_executed": cost["inference_total_executed"], "context_cut": record.get("context_cut"),
+        **({"answered_by": record["answered_by"]} if "answered_by" in record else {}),
     }
 
 
@@ -350,4 +399,6 @@ def summary_lines(record: dict) -> list[str]:
         f"FLOPs: {cost['inference_total']:.3g} total, {cost['inference_per_example']:.3g} per example "
         f"({cost['inference_total_executed']:.3g} executed, padding and post-stop steps included)",
     ]
+    if "answered_by" in record:  # a cascade
+        lines.append("Answered by: " + ", ".join(f"{model} {n}" for model, n in record["answered_by"].items()))
     return lines

@@ -101,14 +101,24 @@ def tiny_model(request):
     return request.getfixturevalue(f"tiny_{request.param}")
 
 
-@pytest.fixture(scope="session")
-def tiny_checkpoint_dir(tmp_path_factory) -> str:
-    """A tiny random Llama and its tokenizer saved as an ordinary checkpoint folder (loadable by `--model`)."""
-    folder = tmp_path_factory.mktemp("tiny-checkpoint")
+def save_tiny_checkpoint(folder: Path, architecture: str) -> str:
+    """A tiny random model and its tokenizer saved as an ordinary checkpoint folder (loadable by `--model`)."""
     tokenizer = build_tiny_tokenizer()
-    build_tiny_model("llama", tokenizer).save_pretrained(folder)
+    build_tiny_model(architecture, tokenizer).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return str(folder)
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint_dir(tmp_path_factory) -> str:
+    """A tiny random Llama checkpoint folder."""
+    return save_tiny_checkpoint(tmp_path_factory.mktemp("tiny-checkpoint"), "llama")
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen2_checkpoint_dir(tmp_path_factory) -> str:
+    """A tiny random Qwen2 checkpoint folder: a second, different model (for cascades)."""
+    return save_tiny_checkpoint(tmp_path_factory.mktemp("tiny-qwen2-checkpoint"), "qwen2")
 
 
 @pytest.fixture(scope="session")

@@ -1,5 +1,6 @@
 """Batched generation on tiny random models: batch-1 equivalence, stop rules, token accounting, order."""
 
+import math
 import string
 from contextlib import contextmanager
 
@@ -221,3 +222,32 @@ def test_grouped_decode_attention_gives_the_same_logits_and_is_undone(fresh_tiny
         grouped = decode_logits()
     assert model.config._attn_implementation == "sdpa"
     torch.testing.assert_close(grouped, plain)
+
+
+def test_token_logprobs_are_the_models_own_before_any_mask(tiny_llama, tiny_tokenizer):
+    """Each token's log-probability is the unmasked model's, as a teacher-forced forward pass gives it."""
+    processors = readable(tiny_tokenizer)  # a mask: the recorded log-probs must not see it
+    completions = generate(tiny_llama, tiny_tokenizer, PROMPTS[:4], batch_size=2, max_new_tokens=6, stop=None,
+                           logits_processor=processors)
+    for prompt, completion in zip(PROMPTS, completions):
+        prompt_ids = tiny_tokenizer(prompt)["input_ids"]
+        new_ids = tiny_tokenizer(completion.text, add_special_tokens=False)["input_ids"][: completion.new_tokens]
+        with torch.no_grad():
+            logits = tiny_llama(torch.tensor([prompt_ids + new_ids])).logits[0, len(prompt_ids) - 1 : -1]
+        expected = torch.log_softmax(logits.float(), dim=-1).gather(1, torch.tensor(new_ids)[:, None]).squeeze(1)
+        assert len(completion.token_logprobs) == completion.new_tokens == len(new_ids)
+        torch.testing.assert_close(torch.tensor(completion.token_logprobs), expected, atol=1e-4, rtol=1e-4)
+        assert completion.logprob_min <= completion.logprob_mean <= 0
+    # the mask made some chosen tokens less likely than the model's favourite: proof the log-probs are unmasked
+    assert any(c.logprob_mean < -0.5 for c in completions)
+
+
+def test_sampled_token_logprobs_ignore_temperature_and_a_forcing_processor(tiny_llama, tiny_tokenizer):
+    script = Script(tiny_tokenizer, {"alpha": ["4", "2", "<eos>"]})  # the same tokens whatever the temperature
+    runs = [generate(tiny_llama, tiny_tokenizer, ["alpha"], do_sample=True, temperature=t, logits_processor=[script])[0]
+            for t in (5.0, 0.2)]
+    greedy_free = generate(tiny_llama, tiny_tokenizer, ["alpha"], max_new_tokens=1)[0]
+    assert runs[0].text == runs[1].text == "42"
+    assert runs[0].token_logprobs == pytest.approx(runs[1].token_logprobs)
+    assert all(math.isfinite(x) and x <= 0 for x in runs[0].token_logprobs)
+    assert greedy_free.logprob_mean >= runs[0].token_logprobs[0]  # greedy takes the model's most likely token

@@ -28,17 +28,17 @@ SET_A = "a" * 64
 SET_B = "b" * 64
 
 
-def write_run(folder, exact, inference=1e12, training=0.0, curve=None, technique=None, ids=SET_A, **config):
-    """Write a run.json in `folder`; `curve` is a list of (cumulative training FLOPs, exact accuracy)."""
+def write_run(folder, exact, inference=1e12, training=0.0, curve=None, technique=None, ids=SET_A, n=100, **config):
+    """Write a run.json for `n` questions in `folder`; `curve` lists (cumulative training FLOPs, exact accuracy)."""
     folder.mkdir(parents=True, exist_ok=True)
     record = {
         "kind": "train" if curve else "solve",
         "status": "finished",
         "config": {"model": "tiny", "mode": "program", "technique": technique or ("lora" if curve else "few-shot"),
                    "shots": 4, **config},
-        "eval_set": {"name": "test_100", "n": 100, "ids_sha256": ids},
+        "eval_set": {"name": "test_100", "n": n, "ids_sha256": ids},
         "model": {"name": "tiny", "params": 500_000_000},
-        "metrics": {"n": 100, "exact": exact, "tolerant": exact, "program_accuracy": None, "outcomes": {},
+        "metrics": {"n": n, "exact": exact, "tolerant": exact, "program_accuracy": None, "outcomes": {},
                     "prompt_tokens_per_example": 900, "new_tokens_per_example": 20},
         "flops": {"inference_per_example": inference, "inference_per_example_executed": inference,
                   "training_total": training},
@@ -275,7 +275,7 @@ def break_field(folder, dotted, value):
         ("flops.inference_per_example", 0, "field 'flops.inference_per_example' must be a number from 1"),
         ("eval_set", None, "field 'eval_set.name' is missing"),
         ("eval_set", [], "field 'eval_set' must be an object, got list"),
-        ("kind", "evaluate", "field 'kind' must be 'solve' or 'train'"),
+        ("kind", "evaluate", "field 'kind' must be 'solve' or 'train' or 'cascade'"),
         ("config.constrained", "yes", "field 'config.constrained' must be true or false"),
     ],
 )
