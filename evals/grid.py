@@ -8,7 +8,8 @@ evals/GRID.md.
     python evals/grid.py direct-dev      # direct answers, the four zoo models, dev_200
     python evals/grid.py program-dev     # few-shot programs (free decoding), dev_200
     python evals/grid.py train           # LoRA fine-tuning (learning curves on dev_200's first 50)
-    python evals/grid.py test            # direct, program, program constrained (and LoRA) on test_100
+    python evals/grid.py test            # direct, program, program constrained (and LoRA) on test_100, whole page
+    python evals/grid.py test-retrieved  # the same with solve's default context (retrieved facts)
     python evals/grid.py test --models smollm2-135m gemma3-270m   # a subset of the models
     python evals/grid.py test --models meta-llama/Llama-3.1-8B-Instruct   # any model solve takes (a GPU)
 
@@ -34,10 +35,15 @@ TECHNIQUES = {
     "program": dict(mode="program", constrained=False),
     "program-constrained": dict(mode="program", constrained=True),
 }
+PAGE = dict(context="page", shots=4, exemplars="train_100")
+"""The prompts before retrieval: the whole page, 4 similar exemplars from train_100."""
+RETRIEVED = dict(exemplars="train_2077", gold_exemplars=True)
+"""solve's defaults (retrieved facts), exemplars from train_2077's records with gold facts."""
 GRIDS = {
-    "direct-dev": ("dev_200", ["direct"]),
-    "program-dev": ("dev_200", ["program"]),
-    "test": ("test_100", ["direct", "program", "program-constrained"]),
+    "direct-dev": ("dev_200", ["direct"], PAGE),
+    "program-dev": ("dev_200", ["program"], PAGE),
+    "test": ("test_100", ["direct", "program", "program-constrained"], PAGE),
+    "test-retrieved": ("test_100", ["direct", "program", "program-constrained"], RETRIEVED),
 }
 HERE = Path(__file__).resolve().parent
 TRAINING = {
@@ -70,7 +76,7 @@ def cells(name: str, models: list[str]) -> list[tuple[str, str, Path]]:
             for technique in techniques if technique != "program-lora" or model in TRAINING]
 
 
-def run_grid(name: str, models: list[str], exemplars: str, limit: int | None, techniques: list[str] | None) -> None:
+def run_grid(name: str, models: list[str], limit: int | None, techniques: list[str] | None) -> None:
     for model, technique, out in cells(name, models):
         if finished(out) or (techniques and technique not in techniques):
             continue
@@ -80,14 +86,14 @@ def run_grid(name: str, models: list[str], exemplars: str, limit: int | None, te
             train(TrainOptions(model=model, **TRAINING[model]), out, resume=resume, progress=True)
         elif name == "train":
             settings = TRAINING[model]
-            solve(SolveOptions(model=model, data=settings["eval"], limit=settings["eval_limit"], exemplars=exemplars,
-                               constrained=False), out, resume=resume, progress=True)
+            solve(SolveOptions(model=model, data=settings["eval"], limit=settings["eval_limit"], constrained=False,
+                               **PAGE), out, resume=resume, progress=True)
         elif technique == "program-lora":
             solve(SolveOptions.for_model(os.path.relpath(trained_model(model)), data=GRIDS[name][0]), out,
                   resume=resume, progress=True)
         else:
-            options = SolveOptions(model=model, data=GRIDS[name][0], limit=limit, exemplars=exemplars,
-                                   **TECHNIQUES[technique])
+            data, _, prompts = GRIDS[name]
+            options = SolveOptions(model=model, data=data, limit=limit, **prompts, **TECHNIQUES[technique])
             solve(options, out, resume=resume, progress=True)
 
 
@@ -115,11 +121,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("grid", choices=[*GRIDS, "train"])
     parser.add_argument("--models", nargs="+", default=list(ZOO))
-    parser.add_argument("--exemplars", default="train_100", help="FinQA file or sample name for few-shot exemplars")
     parser.add_argument("--limit", type=int, help="only the data's first N questions")
     parser.add_argument("--techniques", nargs="+", help="run only these cells (e.g. program direct)")
     args = parser.parse_args()
-    run_grid(args.grid, args.models, args.exemplars, args.limit, args.techniques)
+    run_grid(args.grid, args.models, args.limit, args.techniques)
     records = [record for _, _, out in cells(args.grid, list(dict.fromkeys([*ZOO, *args.models])))
                if (record := finished(out))]
     data = "dev_200's first 50" if args.grid == "train" else GRIDS[args.grid][0]
