@@ -234,7 +234,8 @@ def _add_flops(commands) -> None:
 def _add_report(commands) -> None:
     report = commands.add_parser("report", help="cost against accuracy across runs: table, FLOPs-to-target, Pareto plot")
     report.add_argument("runs", nargs="+", type=Path, help="run folders, run.json files, or folders holding runs")
-    report.add_argument("--target", required=True, help="EmAcc to reach: a fraction (0.3) or percent (30, 30%%)")
+    report.add_argument("--target", required=True, nargs="+",
+                        help="EmAcc to reach, one or several (0.1 0.2 0.3): fractions or percents (30, 30%%)")
     report.add_argument("--questions", type=int, default=DEFAULT_QUESTIONS,
                         help="Q: questions answered after training (default: %(default)s, the FinQA test split)")
     report.add_argument("--metric", choices=METRICS, default=DEFAULT_METRIC,

@@ -113,6 +113,24 @@ def test_report_prints_the_table_and_writes_its_files(tmp_path, capsys):
     assert code == 2 and "target" in err and "Traceback" not in err
 
 
+def test_report_takes_several_targets(tmp_path, capsys):
+    write_run(tmp_path / "runs" / "few", exact=0.2, inference=5e11)
+    write_run(tmp_path / "runs" / "lora", exact=0.4, training=3e16, curve=[(0, 0.1), (3e16, 0.4)])
+    code, out, _ = run_cli(capsys, "report", tmp_path / "runs", "--target", "0.1", "20%", "30", "--questions", 100,
+                           "--out", tmp_path / "report")
+    assert code == 0 and "FLOPs to 10.0%  FLOPs to 20.0%  FLOPs to 30.0%" in out
+    assert [line.split(":")[0] for line in out.splitlines() if line.startswith("Cheapest")] == [
+        f"Cheapest to reach {percent}.0% exact EmAcc" for percent in (10, 20, 30)]
+    assert "Targets 10.0%, 20.0% and 30.0%" in (tmp_path / "report" / "report.md").read_text()
+    code, out, _ = run_cli(capsys, "report", tmp_path / "runs", "--target", "30", "10", "--out", tmp_path / "report",
+                           "--json")
+    group = json.loads(out)["groups"][0]
+    assert code == 0 and [entry["target"] for entry in group["to_targets"]] == [0.1, 0.3]
+    assert [entry["cheapest"].split("/")[-2] for entry in group["to_targets"]] == ["few", "lora"]
+    code, _, err = run_cli(capsys, "report", tmp_path / "runs", "--target", "20", "abc")
+    assert code == 2 and "target 'abc' is not a number" in err and "Traceback" not in err
+
+
 # ---------------------------------------------------------------- flops
 
 
