@@ -29,7 +29,7 @@ def test_every_option_of_every_command_has_help_text():
             for parser in parsers(_build_parser()) for action in parser._actions
             if not action.help and not isinstance(action, argparse._SubParsersAction)]
     assert bare == []
-    assert len(list(parsers(_build_parser()))) == 15  # finprog, 10 commands, data's and models' 2 actions each
+    assert len(list(parsers(_build_parser()))) == 16  # finprog, 11 commands, data's and models' 2 actions each
 
 
 # ---------------------------------------------------------------- train
@@ -92,6 +92,33 @@ def test_train_runs_a_tiny_model_and_prints_its_summary(tiny_checkpoint_dir, dem
     code, _, err = run_cli(capsys, "train", "--model", tiny_checkpoint_dir, "--train", demo_split / "train.json",
                            "--eval", demo_split / "train.json", "--out", tmp_path / "again")
     assert code == 2 and err.startswith("finprog: error: ") and "Traceback" not in err
+
+
+def test_export_adapter_writes_a_bf16_adapter_and_refuses_what_it_cannot_export(
+        tiny_checkpoint_dir, demo_split, tmp_path, capsys, monkeypatch):
+    def train_tiny(method, out):
+        code, _, _ = run_cli(capsys, "train", "--model", tiny_checkpoint_dir, "--train", demo_split / "train.json",
+                             "--eval", demo_split / "eval.json", "--mode", "direct", "--method", method,
+                             "--max-steps", 1, "--batch-size", 2, "--eval-limit", 1, "--no-eval-at-start",
+                             "--max-new-tokens", 2, "--out", out, "--json")
+        assert code == 0
+
+    train_tiny("lora", tmp_path / "lora")
+    code, out, _ = run_cli(capsys, "export-adapter", tmp_path / "lora", tmp_path / "adapters" / "tiny", "--json")
+    result = json.loads(out)
+    trained = json.loads((tmp_path / "lora" / "run.json").read_text())
+    assert code == 0 and result["dtype"] == "bf16" and result["training_flops"] == trained["flops"]["training_total"]
+    assert json.loads((tmp_path / "adapters" / "tiny" / "run.json").read_text()) == trained
+    code, out, _ = run_cli(capsys, "export-adapter", tmp_path / "lora", tmp_path / "again")
+    assert code == 0 and "in bf16" in out and f"finprog solve --model {tmp_path / 'again'}" in out
+
+    train_tiny("full", tmp_path / "full")
+    monkeypatch.setattr(training, "EXPORT_MAX_BYTES", 1000)
+    for run, message in [(tmp_path / "full", "is a full fine-tuning run"), (tmp_path / "lora", "above the export limit"),
+                         (tmp_path / "nothing", "is not a `finprog train` run folder")]:
+        code, out, err = run_cli(capsys, "export-adapter", run, tmp_path / "refused")
+        assert code == 2 and message in err and len(err.splitlines()) == 1 and out == ""
+    assert not (tmp_path / "refused").exists()
 
 
 # ---------------------------------------------------------------- report
