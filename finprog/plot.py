@@ -68,12 +68,12 @@ def _plot_target(axis, group: Group, index: int, target: float) -> None:
     """The target's dashed line, labelled at its right end with the cheapest FLOPs to it, and that run's star."""
     axis.axhline(target, color="crimson", linestyle="--", linewidth=1)
     cheapest = group.cheapest_to(index)
-    reached = "not reached" if cheapest is None else f"cheapest {format_flops(cheapest.crossings[index].flops_to_target)}"
+    flops = None if cheapest is None else cheapest.crossings[index].flops_to_target
+    reached = "not reached" if flops is None else f"cheapest {format_flops(flops)}"
     axis.text(0.995, target, f"target {format_percent(target)}: {reached}", color="crimson", fontsize=7.5,
               ha="right", va="bottom", transform=blended_transform_factory(axis.transAxes, axis.transData))
-    if cheapest is not None:
-        axis.scatter(cheapest.crossings[index].flops_to_target, target, marker="*", s=220, color="gold",
-                     edgecolors="black", zorder=2.5)  # under the run markers, so a run sitting on the target stays visible
+    if flops is not None:  # under the run markers (zorder), so a run sitting on the target stays visible
+        axis.scatter(flops, target, marker="*", s=220, color="gold", edgecolors="black", zorder=2.5)
 
 
 def _set_axes(axis, report: Report, group: Group, costs: list[float]) -> None:

@@ -114,11 +114,48 @@ def test_export_adapter_writes_a_bf16_adapter_and_refuses_what_it_cannot_export(
 
     train_tiny("full", tmp_path / "full")
     monkeypatch.setattr(training, "EXPORT_MAX_BYTES", 1000)
-    for run, message in [(tmp_path / "full", "is a full fine-tuning run"), (tmp_path / "lora", "above the export limit"),
-                         (tmp_path / "nothing", "is not a `finprog train` run folder")]:
+    refusals = [(tmp_path / "full", "is a full fine-tuning run"), (tmp_path / "lora", "above the export limit"),
+                (tmp_path / "nothing", "is not a `finprog train` run folder")]
+    for run, message in refusals:
         code, out, err = run_cli(capsys, "export-adapter", run, tmp_path / "refused")
         assert code == 2 and message in err and len(err.splitlines()) == 1 and out == ""
     assert not (tmp_path / "refused").exists()
+
+
+@pytest.fixture
+def no_model_loads(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("a model was loaded")
+
+    monkeypatch.setattr(models, "load_model", refuse)
+
+
+@pytest.mark.parametrize("base", ["/no/such/base-model", "nobody-here/no-such-model"])
+def test_solve_with_an_adapter_whose_base_is_missing_says_so_in_one_line(
+        base, fresh_tiny_llama, tmp_path, capsys, no_model_loads):
+    from peft import LoraConfig, get_peft_model
+
+    adapter = tmp_path / "adapter"
+    get_peft_model(fresh_tiny_llama, LoraConfig(r=2, target_modules=["q_proj"])).save_pretrained(adapter)
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    (adapter / "adapter_config.json").write_text(json.dumps({**config, "base_model_name_or_path": base}))
+    code, _, err = run_cli(capsys, "solve", "--model", adapter, "--data", "demo", "--limit", 1,
+                           "--out", tmp_path / "run", "--json")
+    assert code == 2 and len(err.splitlines()) == 1 and "Traceback" not in err
+    assert err.startswith(f"finprog: error: adapter {adapter} names base model {base!r}, which is unusable")
+
+
+def test_train_on_records_without_pages_in_program_mode_names_the_first(
+        tiny_checkpoint_dir, demo_split, tmp_path, capsys, no_model_loads):
+    records = [{"id": f"no-page-{i}", "pre_text": [], "post_text": [], "table": [],
+                "qa": {"question": "What is the change?", "program": "subtract(5, 3)", "exe_ans": 2.0}}
+               for i in range(2)]
+    (tmp_path / "programs.json").write_text(json.dumps(records))
+    code, _, err = run_cli(capsys, "train", "--model", tiny_checkpoint_dir, "--train", tmp_path / "programs.json",
+                           "--eval", demo_split / "eval.json", "--out", tmp_path / "run")
+    assert code == 2 and len(err.splitlines()) == 1 and "Traceback" not in err
+    assert "programs.json: record 'no-page-0' has no page (no text, no table)" in err
+    assert not (tmp_path / "run").exists()
 
 
 # ---------------------------------------------------------------- report
