@@ -72,8 +72,8 @@ def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="finprog", description=DESCRIPTION)
     parser.add_argument("--version", action="version", version=f"finprog {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_evaluate, _add_data, _add_solve, _add_compare, _add_train, _add_retrieve, _add_models,
-                _add_flops, _add_report, _add_cascade_sweep):
+    for add in (_add_evaluate, _add_data, _add_solve, _add_compare, _add_train, _add_export_adapter, _add_retrieve,
+                _add_models, _add_flops, _add_report, _add_cascade_sweep):
         add(commands)
     return parser
 
@@ -177,6 +177,16 @@ def _add_train(commands) -> None:
     train.set_defaults(run=_train)
 
 
+def _add_export_adapter(commands) -> None:
+    export = commands.add_parser("export-adapter",
+                                 help="a finished LoRA or QLoRA run's adapter as bf16 safetensors, with its run.json")
+    export.add_argument("run_dir", metavar="RUN", type=Path, help="the `finprog train` run folder")
+    export.add_argument("dest", metavar="DEST", type=Path, help="a new folder for adapter_model.safetensors, adapter_config.json and "
+                                                "run.json (then: finprog solve --model DEST)")
+    _add_json(export)
+    export.set_defaults(run=_export_adapter)
+
+
 def _add_method_options(parser: argparse.ArgumentParser) -> None:
     """--method, --lora-r, --lora-targets and --gradient-checkpointing: the same in train and flops."""
     parser.add_argument("--method", choices=flops.METHODS, default="lora",
@@ -234,7 +244,8 @@ def _add_flops(commands) -> None:
 def _add_report(commands) -> None:
     report = commands.add_parser("report", help="cost against accuracy across runs: table, FLOPs-to-target, Pareto plot")
     report.add_argument("runs", nargs="+", type=Path, help="run folders, run.json files, or folders holding runs")
-    report.add_argument("--target", required=True, help="EmAcc to reach: a fraction (0.3) or percent (30, 30%%)")
+    report.add_argument("--target", required=True, nargs="+",
+                        help="EmAcc to reach, one or several (0.1 0.2 0.3): fractions or percents (30, 30%%)")
     report.add_argument("--questions", type=int, default=DEFAULT_QUESTIONS,
                         help="Q: questions answered after training (default: %(default)s, the FinQA test split)")
     report.add_argument("--metric", choices=METRICS, default=DEFAULT_METRIC,
@@ -416,6 +427,18 @@ def _train(args) -> int:
     out = args.out or _default_out(args.model, f"{args.method}_{args.mode}")
     record = train(options, out, resume=args.resume, progress=not args.json)
     print(json.dumps(summary(record)) if args.json else "\n".join(summary_lines(record)))
+    return 0
+
+
+def _export_adapter(args) -> int:
+    from finprog.training import export_adapter
+
+    result = export_adapter(args.run_dir, args.dest)
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    print(f"wrote {', '.join(result['files'])}: {result['tensors']} tensors in bf16, {result['bytes'] / 1e6:.2f} MB, "
+          f"{result['training_flops']:.3g} training FLOPs; use it with finprog solve --model {result['dest']}")
     return 0
 
 

@@ -129,6 +129,7 @@ ZOO: dict[str, ZooModel] = {
 PROVENANCE_FILE = "finprog_zoo.json"  # written next to a converted zoo checkpoint: where it came from
 DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}  # --dtype name -> torch attribute
 QUANTS = ("none", "4bit", "8bit")
+ADAPTER_WEIGHT_FILES = ("adapter_model.safetensors", "adapter_model.bin")  # what PEFT's save_pretrained writes
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
 
@@ -201,13 +202,18 @@ def _local_source(path: Path) -> ModelSource:
         try:
             return ModelSource("adapter", str(path), base=resolve_model(base))
         except ModelNotFoundError as error:
-            raise ModelNotFoundError(f"adapter {path} names base model {base!r}, which is unusable: {error}") from None
+            raise ModelNotFoundError(_unusable_base_message(path, base, error)) from None
     if (path / "config.json").is_file():
         return ModelSource("checkpoint", str(path))
     raise ModelNotFoundError(
         f"{path} holds neither config.json (a checkpoint) nor adapter_config.json (a PEFT adapter); "
         "point --model at the folder that save_pretrained or `finprog train` wrote"
     )
+
+
+def _unusable_base_message(adapter: str | Path, base: str, error: Exception) -> str:
+    return (f"adapter {adapter} names base model {base!r}, which is unusable (set base_model_name_or_path in "
+            f"{Path(adapter) / 'adapter_config.json'} to the zoo name, hub id or folder it was trained on): {error}")
 
 
 def zoo_path(name: str) -> Path:
@@ -502,9 +508,15 @@ def model_config(spec: str | os.PathLike, *, fetch_missing: bool = True) -> dict
     """
     from transformers import AutoConfig
 
-    base = _base_of(resolve_model(spec))
-    with _hub_errors_explained(base):
-        return AutoConfig.from_pretrained(_weights_location(base, fetch_missing)).to_dict()
+    source = resolve_model(spec)
+    base = _base_of(source)
+    try:
+        with _hub_errors_explained(base):
+            return AutoConfig.from_pretrained(_weights_location(base, fetch_missing)).to_dict()
+    except ModelError as error:  # an adapter's base that cannot be found or fetched: say which adapter names it
+        if source.kind != "adapter":
+            raise
+        raise type(error)(_unusable_base_message(source.location, base.location, error)) from None
 
 
 def _base_of(source: ModelSource) -> ModelSource:
@@ -537,6 +549,11 @@ def _load_weights(
     from transformers import AutoModelForCausalLM
 
     if source.kind == "adapter":
+        if not any((Path(source.location) / name).is_file() for name in ADAPTER_WEIGHT_FILES):
+            raise ModelNotFoundError(
+                f"adapter {source.location} holds no weights ({' or '.join(ADAPTER_WEIGHT_FILES)}); "
+                "point --model at the folder that save_pretrained or `finprog train` wrote"
+            )
         from peft import PeftModel
 
         base = _load_weights(source.base, dtype, device, quantization, fetch_missing)
@@ -583,6 +600,6 @@ def _hub_errors_explained(source: ModelSource) -> Iterator[None]:
             raise
         raise ModelNotFoundError(
             f"cannot load hub model {source.location!r}, and no folder {Path(source.location).resolve()} exists "
-            f"({error}). Without hub access, use an offline-zoo name ({', '.join(ZOO)}) or a local folder; "
-            "otherwise check the id's spelling"
+            f"({' '.join(str(error).split())}). Without hub access, use an offline-zoo name ({', '.join(ZOO)}) "
+            "or a local folder; otherwise check the id's spelling"
         ) from error

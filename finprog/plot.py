@@ -1,4 +1,4 @@
-"""The report's plot: per eval set, accuracy against total FLOPs, the target, the frontier, and run labels."""
+"""The report's plot: per eval set, accuracy against total FLOPs, the targets, the frontier, and run labels."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.text import Text
 from matplotlib.ticker import MaxNLocator, PercentFormatter
+from matplotlib.transforms import blended_transform_factory
 
 from finprog.report import TECHNIQUE_NAMES, Group, Report, format_flops, format_percent
 
@@ -27,7 +28,7 @@ _OFFSETS = [(dx * radius, dy * radius) for radius in (7, 16, 28, 42, 58, 76) for
 
 
 def plot_report(report: Report, path: str | Path) -> Path:
-    """Write the PNG: per eval set, accuracy against total FLOPs (log), the target line and the frontier."""
+    """Write the PNG: per eval set, accuracy against total FLOPs (log), a line per target and the frontier."""
     figure = Figure(figsize=(12, 6.5 * len(report.groups)), dpi=130)
     FigureCanvasAgg(figure)
     axes = figure.subplots(len(report.groups), 1, squeeze=False)[:, 0]
@@ -42,7 +43,7 @@ def plot_report(report: Report, path: str | Path) -> Path:
 
 
 def _plot_group(axis, report: Report, group: Group) -> None:
-    """One eval set's panel: each run's point (and learning curve), the frontier, the target and the legend."""
+    """One eval set's panel: each run's point (and learning curve), the frontier, the targets and the legend."""
     inference = {row.run.path: report.questions * row.run.inference_flops_per_question for row in group.rows}
     for row in group.rows:
         colour = _COLOURS.get(row.run.family, _OTHER_COLOUR)
@@ -57,20 +58,29 @@ def _plot_group(axis, report: Report, group: Group) -> None:
     frontier = group.frontier
     axis.plot([row.total_flops for row in frontier], [row.accuracy for row in frontier],
               color="black", linewidth=1.2, drawstyle="steps-post", zorder=2)
-    axis.axhline(report.target, color="crimson", linestyle="--", linewidth=1)
-    cheapest = group.cheapest
-    if cheapest is not None:
-        axis.scatter(cheapest.flops_to_target, report.target, marker="*", s=220, color="gold", edgecolors="black",
-                     zorder=2.5)  # under the run markers, so a run sitting on the target stays visible
+    for index, target in enumerate(report.targets):
+        _plot_target(axis, group, index, target)
     _set_axes(axis, report, group, costs=[row.total_flops for row in group.rows] + list(inference.values()))
     axis.legend(handles=_legend_handles(report, group), loc="best", fontsize=8, framealpha=0.9)
+
+
+def _plot_target(axis, group: Group, index: int, target: float) -> None:
+    """The target's dashed line, labelled at its right end with the cheapest FLOPs to it, and that run's star."""
+    axis.axhline(target, color="crimson", linestyle="--", linewidth=1)
+    cheapest = group.cheapest_to(index)
+    flops = None if cheapest is None else cheapest.crossings[index].flops_to_target
+    reached = "not reached" if flops is None else f"cheapest {format_flops(flops)}"
+    axis.text(0.995, target, f"target {format_percent(target)}: {reached}", color="crimson", fontsize=7.5,
+              ha="right", va="bottom", transform=blended_transform_factory(axis.transAxes, axis.transData))
+    if flops is not None:  # under the run markers (zorder), so a run sitting on the target stays visible
+        axis.scatter(flops, target, marker="*", s=220, color="gold", edgecolors="black", zorder=2.5)
 
 
 def _set_axes(axis, report: Report, group: Group, costs: list[float]) -> None:
     """Log FLOPs from a quarter of the cheapest to four times the dearest cost; whole percentages of accuracy."""
     axis.set_xscale("log")
     axis.set_xlim(min(costs) / 4, max(costs) * 4)
-    top = max([row.accuracy for row in group.rows] + [report.target])
+    top = max([row.accuracy for row in group.rows] + list(report.targets))
     axis.set_ylim(0, min(1.0, top + 0.1))
     axis.yaxis.set_major_locator(MaxNLocator(steps=[1, 2, 5, 10]))  # whole percentages: ticks every 1, 2, 5, 10 ...
     axis.yaxis.set_major_formatter(PercentFormatter(xmax=1, decimals=0))
@@ -81,11 +91,10 @@ def _set_axes(axis, report: Report, group: Group, costs: list[float]) -> None:
 
 
 def _legend_handles(report: Report, group: Group) -> list[Line2D]:
-    """The techniques and modes present, the frontier, the target, and the curve and star when drawn."""
+    """The techniques and modes present, the frontier, the targets, and the curve and star when drawn."""
     present = {row.run.family for row in group.rows}
     techniques = [t for t in _COLOURS if t in present] + sorted(present - _COLOURS.keys())
     modes = sorted({row.run.mode for row in group.rows})
-    cheapest = group.cheapest
     handles = [
         Line2D([], [], color=_COLOURS.get(technique, _OTHER_COLOUR), marker="o", linestyle="",
                label=TECHNIQUE_NAMES.get(technique, technique))
@@ -97,14 +106,13 @@ def _legend_handles(report: Report, group: Group) -> list[Line2D]:
     ]
     handles += [
         Line2D([], [], color="black", linewidth=1.2, label="Pareto frontier (outlined)"),
-        Line2D([], [], color="crimson", linestyle="--",
-               label=f"target {format_percent(report.target)}" + ("" if cheapest else " (no run reaches it)")),
+        Line2D([], [], color="crimson", linestyle="--", label="target EmAcc (labelled on the line)"),
     ]
     if any(row.run.curve for row in group.rows):
         handles.append(Line2D([], [], color="gray", alpha=0.5, marker=".", label="learning curve"))
-    if cheapest is not None:
+    if any(group.cheapest_to(index) for index in range(len(report.targets))):
         handles.append(Line2D([], [], color="gold", marker="*", markersize=12, markeredgecolor="black", linestyle="",
-                              label=f"cheapest to target: {format_flops(cheapest.flops_to_target)}"))
+                              label="cheapest to a target: its FLOPs to target"))
     return handles
 
 
@@ -117,6 +125,7 @@ def _place_labels(axis, group: Group) -> None:
         for centre in axis.transData.transform(collection.get_offsets()):
             heavy.append(np.concatenate([centre - radius, centre + radius]))
     heavy.append(axis.get_legend().get_window_extent(renderer).extents)
+    heavy += [text.get_window_extent(renderer).extents for text in axis.texts]  # the target labels
     light = np.vstack([  # the lines, as small boxes along them
         _line_boxes(line.get_transform().transform(line.get_path().vertices)) for line in axis.get_lines()
     ])

@@ -4,13 +4,15 @@ Every run becomes one point: its final accuracy against the total FLOPs it needs
 answer Q questions (training FLOPs + Q x inference FLOPs per question). A training
 run also keeps its learning curve, which tells how much training reaches the target.
 Runs evaluated on different question sets (a different `eval_set.ids_sha256`) are
-reported in separate groups, never compared with each other.
+reported in separate groups, never compared with each other. A report may hold several
+targets (10%, 20%, 30%): each gets its FLOPs-to-target column and its cheapest run.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from finprog import __version__
@@ -115,16 +117,37 @@ class RunSummary:
 
 
 @dataclass(frozen=True)
+class Crossing:
+    """Where one run first reaches one target accuracy."""
+
+    target: float
+    training_flops: float | None  # training FLOPs at the first crossing; None: never reached
+    interpolated: bool  # the crossing lies between two evaluations of the learning curve
+    flops_to_target: float | None  # training_flops + Q x inference FLOPs per question
+
+
+@dataclass(frozen=True)
 class Row:
-    """One run scored for the report: its cost for Q questions and what reaching the target costs."""
+    """One run scored for the report: its cost for Q questions and what reaching each target costs."""
 
     run: RunSummary
     accuracy: float
     total_flops: float
-    target_training_flops: float | None  # training FLOPs at the first crossing; None: never reached
-    interpolated: bool  # the crossing lies between two evaluations of the learning curve
-    flops_to_target: float | None  # target_training_flops + Q x inference FLOPs per question
+    crossings: tuple[Crossing, ...]  # one per target of the report, in its order
     on_frontier: bool
+
+    # The first target's crossing, as the single-target report had it.
+    @property
+    def target_training_flops(self) -> float | None:
+        return self.crossings[0].training_flops
+
+    @property
+    def interpolated(self) -> bool:
+        return self.crossings[0].interpolated
+
+    @property
+    def flops_to_target(self) -> float | None:
+        return self.crossings[0].flops_to_target
 
 
 @dataclass(frozen=True)
@@ -134,11 +157,15 @@ class Group:
     eval_set: EvalSet
     rows: tuple[Row, ...]
 
+    def cheapest_to(self, index: int) -> Row | None:
+        """The run with the least FLOPs to the report's target number `index`; ties go to the more accurate run."""
+        reached = [row for row in self.rows if row.crossings[index].flops_to_target is not None]
+        return min(reached, key=lambda row: (row.crossings[index].flops_to_target, -row.accuracy), default=None)
+
     @property
     def cheapest(self) -> Row | None:
-        """The run with the least FLOPs-to-target; ties go to the more accurate run."""
-        reached = [row for row in self.rows if row.flops_to_target is not None]
-        return min(reached, key=lambda row: (row.flops_to_target, -row.accuracy), default=None)
+        """The cheapest run to the report's first target."""
+        return self.cheapest_to(0)
 
     @property
     def frontier(self) -> tuple[Row, ...]:
@@ -147,31 +174,50 @@ class Group:
 
 @dataclass(frozen=True)
 class Report:
-    """All runs, grouped by eval set, measured against one target accuracy."""
+    """All runs, grouped by eval set, measured against one or more target accuracies (ascending)."""
 
-    target: float
+    targets: tuple[float, ...]
     questions: int
     metric: str
     groups: tuple[Group, ...]
     unfinished: tuple[Path, ...] = ()  # runs found in folders but not finished: left out, and said so
 
     def to_dict(self) -> dict:
-        """The report as plain JSON-ready data (for `--json`)."""
+        """The report as plain JSON-ready data (for `--json`).
+
+        `target`, a group's `cheapest` and a row's `flops_to_target` are the first target's, as
+        with a single target; `targets` and the `to_targets` lists hold every target's.
+        """
         return {
-            "target": self.target,
+            "target": self.targets[0],
+            "targets": list(self.targets),
             "questions": self.questions,
             "metric": self.metric,
             "unfinished": [str(path) for path in self.unfinished],
             "groups": [
                 {
                     "eval_set": vars(group.eval_set),
-                    "cheapest": str(group.cheapest.run.path) if group.cheapest else None,
+                    "cheapest": _path_or_none(group.cheapest),
+                    "to_targets": [_cheapest_dict(group, i, target) for i, target in enumerate(self.targets)],
                     "frontier": [str(row.run.path) for row in group.frontier],
                     "rows": [_row_dict(row) for row in group.rows],
                 }
                 for group in self.groups
             ],
         }
+
+
+def _path_or_none(row: Row | None) -> str | None:
+    return str(row.run.path) if row else None
+
+
+def _cheapest_dict(group: Group, index: int, target: float) -> dict:
+    cheapest = group.cheapest_to(index)
+    return {
+        "target": target,
+        "cheapest": _path_or_none(cheapest),
+        "flops_to_target": cheapest.crossings[index].flops_to_target if cheapest else None,
+    }
 
 
 def _row_dict(row: Row) -> dict:
@@ -194,6 +240,7 @@ def _row_dict(row: Row) -> dict:
         "target_training_flops": row.target_training_flops,
         "flops_to_target": row.flops_to_target,
         "interpolated": row.interpolated,
+        "to_targets": [asdict(crossing) for crossing in row.crossings],
         "on_frontier": row.on_frontier,
     }
 
@@ -286,6 +333,14 @@ def parse_target(value: float | str) -> float:
     return fraction
 
 
+def parse_targets(value: float | str | Sequence[float | str]) -> tuple[float, ...]:
+    """One target or several (see `parse_target`), as fractions in ascending order without repeats."""
+    values = [value] if isinstance(value, (str, int, float)) else list(value)
+    if not values:
+        raise ReportError("no target given; give one or more, such as 0.1 0.2 0.3")
+    return tuple(sorted(set(map(parse_target, values))))
+
+
 def training_flops_to_target(
     curve: tuple[CurvePoint, ...], metric: str, target: float
 ) -> tuple[float | None, bool]:
@@ -316,10 +371,13 @@ def _dominates(a: tuple[float, float], b: tuple[float, float]) -> bool:
 
 
 def build_report(
-    runs: list[RunSummary], target: float | str, questions: int = DEFAULT_QUESTIONS, metric: str = DEFAULT_METRIC
+    runs: list[RunSummary],
+    target: float | str | Sequence[float | str],
+    questions: int = DEFAULT_QUESTIONS,
+    metric: str = DEFAULT_METRIC,
 ) -> Report:
-    """Score every run against `target` for `questions` questions, grouped by eval set."""
-    target = parse_target(target)
+    """Score every run against `target` (one or several) for `questions` questions, grouped by eval set."""
+    targets = parse_targets(target)
     if metric not in METRICS:
         raise ReportError(f"metric {metric!r} is unknown; use one of {', '.join(METRICS)}")
     if isinstance(questions, bool) or not isinstance(questions, int) or questions < 1:
@@ -329,30 +387,31 @@ def build_report(
     by_set: dict[str, list[RunSummary]] = {}
     for run in runs:
         by_set.setdefault(run.eval_set.ids_sha256, []).append(run)
-    groups = [_score_group(members, target, questions, metric) for members in by_set.values()]
+    groups = [_score_group(members, targets, questions, metric) for members in by_set.values()]
     groups.sort(key=lambda group: (group.eval_set.name, group.eval_set.ids_sha256))
-    return Report(target, questions, metric, tuple(groups))
+    return Report(targets, questions, metric, tuple(groups))
 
 
-def _score_group(runs: list[RunSummary], target: float, questions: int, metric: str) -> Group:
+def _crossing(run: RunSummary, target: float, questions: int, metric: str) -> Crossing:
+    # A run without a learning curve is a single evaluation after all its training.
+    curve = run.curve or (CurvePoint(run.training_flops, run.exact, run.tolerant),)
+    training, interpolated = training_flops_to_target(curve, metric, target)
+    inference = questions * run.inference_flops_per_question
+    return Crossing(target, training, interpolated, None if training is None else training + inference)
+
+
+def _score_group(runs: list[RunSummary], targets: tuple[float, ...], questions: int, metric: str) -> Group:
     points = [(run.training_flops + questions * run.inference_flops_per_question, run.accuracy(metric)) for run in runs]
-    rows = []
-    for run, (total, accuracy) in zip(runs, points):
-        # A run without a learning curve is a single evaluation after all its training.
-        curve = run.curve or (CurvePoint(run.training_flops, run.exact, run.tolerant),)
-        training, interpolated = training_flops_to_target(curve, metric, target)
-        inference = questions * run.inference_flops_per_question
-        rows.append(
-            Row(
-                run=run,
-                accuracy=accuracy,
-                total_flops=total,
-                target_training_flops=training,
-                interpolated=interpolated,
-                flops_to_target=None if training is None else training + inference,
-                on_frontier=not any(_dominates(other, (total, accuracy)) for other in points),
-            )
+    rows = [
+        Row(
+            run=run,
+            accuracy=accuracy,
+            total_flops=total,
+            crossings=tuple(_crossing(run, target, questions, metric) for target in targets),
+            on_frontier=not any(_dominates(other, (total, accuracy)) for other in points),
         )
+        for run, (total, accuracy) in zip(runs, points)
+    ]
     rows.sort(key=lambda row: (row.total_flops, -row.accuracy, row.run.name))
     # The same questions may carry different names (test_100 from two files); show them all.
     names = " / ".join(sorted({run.eval_set.name for run in runs}))
@@ -383,44 +442,50 @@ def format_percent(fraction: float) -> str:
 def _table(report: Report, group: Group) -> tuple[list[str], list[list[str]]]:
     headers = [
         "run", "model", "params", "technique", "mode", "EmAcc exact", "EmAcc tolerant", "training FLOPs",
-        "inference FLOPs/q", f"total FLOPs (Q={report.questions})", "s/q", f"FLOPs to {format_percent(report.target)}",
-        "frontier",
+        "inference FLOPs/q", f"total FLOPs (Q={report.questions})", "s/q",
+        *[f"FLOPs to {format_percent(target)}" for target in report.targets], "frontier",
     ]
     cells = []
     for row in group.rows:
         run = row.run
-        if row.flops_to_target is None:
-            to_target = "not reached"
-        else:
-            to_target = ("~" if row.interpolated else "") + format_flops(row.flops_to_target)
         cells.append([
             run.name, run.model, format_params(run.params), run.technique_label, run.mode, format_percent(run.exact),
             format_percent(run.tolerant), format_flops(run.training_flops),
             format_flops(run.inference_flops_per_question), format_flops(row.total_flops),
-            f"{run.seconds_per_question:.2f}", to_target, "*" if row.on_frontier else "",
+            f"{run.seconds_per_question:.2f}", *map(_to_target_cell, row.crossings), "*" if row.on_frontier else "",
         ])
     return headers, cells
 
 
+def _to_target_cell(crossing: Crossing) -> str:
+    if crossing.flops_to_target is None:
+        return "not reached"
+    return ("~" if crossing.interpolated else "") + format_flops(crossing.flops_to_target)
+
+
 def _summary(report: Report, group: Group) -> list[str]:
-    goal = f"{format_percent(report.target)} {report.metric} EmAcc"
-    cheapest = group.cheapest
-    if cheapest is None:
-        best = max(group.rows, key=lambda row: row.accuracy)
-        first = (
-            f"No run reaches {goal}; the most accurate is {best.run.name} ({best.run.label}) "
-            f"at {format_percent(best.accuracy)}."
-        )
-    else:
-        how = "interpolated on its learning curve" if cheapest.interpolated else "measured"
-        first = (
-            f"Cheapest to reach {goal}: {cheapest.run.name} ({cheapest.run.label}), "
-            f"{format_flops(cheapest.flops_to_target)} FLOPs ({how})."
-        )
     frontier = " -> ".join(
         f"{row.run.name} ({format_percent(row.accuracy)}, {format_flops(row.total_flops)})" for row in group.frontier
     )
-    return [first, f"Pareto frontier, cheapest first: {frontier}."]
+    cheapest = [_cheapest_line(report, group, index) for index in range(len(report.targets))]
+    return [*cheapest, f"Pareto frontier, cheapest first: {frontier}."]
+
+
+def _cheapest_line(report: Report, group: Group, index: int) -> str:
+    goal = f"{format_percent(report.targets[index])} {report.metric} EmAcc"
+    cheapest = group.cheapest_to(index)
+    if cheapest is None:
+        best = max(group.rows, key=lambda row: row.accuracy)
+        return (
+            f"No run reaches {goal}; the most accurate is {best.run.name} ({best.run.label}) "
+            f"at {format_percent(best.accuracy)}."
+        )
+    crossing = cheapest.crossings[index]
+    how = "interpolated on its learning curve" if crossing.interpolated else "measured"
+    return (
+        f"Cheapest to reach {goal}: {cheapest.run.name} ({cheapest.run.label}), "
+        f"{format_flops(crossing.flops_to_target)} FLOPs ({how})."
+    )
 
 
 def _mixing_warning(report: Report) -> str | None:
@@ -472,13 +537,19 @@ def format_table(report: Report) -> str:
     return "\n".join(parts + _notes(report))
 
 
+def _targets_text(report: Report) -> str:
+    """`Target 30.0%`, `Targets 10.0%, 20.0% and 30.0%`."""
+    *rest, last = map(format_percent, report.targets)
+    return f"Targets {', '.join(rest)} and {last}" if rest else f"Target {last}"
+
+
 def format_markdown(report: Report, plot_name: str = REPORT_PNG) -> str:
     """The report as Markdown: summary, the plot, one table per eval set, and how to read them."""
     runs = sum(len(group.rows) for group in report.groups)
     parts = [
         "# finprog report",
         "",
-        f"Target {format_percent(report.target)} {report.metric} EmAcc, Q = {report.questions} questions, "
+        f"{_targets_text(report)} {report.metric} EmAcc, Q = {report.questions} questions, "
         f"{runs} runs on {len(report.groups)} eval set{'s' if len(report.groups) > 1 else ''}. "
         f"Written {now()} by finprog {__version__}; each run's run.json records its own date, machine and "
         "package versions.",
@@ -511,12 +582,13 @@ def write_report(report: Report, out_dir: str | Path) -> list[Path]:
 
 def report(
     paths: list[str | Path],
-    target: float | str,
+    target: float | str | Sequence[float | str],
     questions: int = DEFAULT_QUESTIONS,
     metric: str = DEFAULT_METRIC,
     out: str | Path | None = None,
 ) -> tuple[Report, list[Path]]:
-    """`finprog report`: read the runs under `paths`, score them, and write report.md and report.png to `out`.
+    """`finprog report`: read the runs under `paths`, score them against `target` (one or several), and write
+    report.md and report.png to `out`.
 
     Returns the report and the files written (none when `out` is None).
     """

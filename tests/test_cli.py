@@ -29,7 +29,7 @@ def test_every_option_of_every_command_has_help_text():
             for parser in parsers(_build_parser()) for action in parser._actions
             if not action.help and not isinstance(action, argparse._SubParsersAction)]
     assert bare == []
-    assert len(list(parsers(_build_parser()))) == 15  # finprog, 10 commands, data's and models' 2 actions each
+    assert len(list(parsers(_build_parser()))) == 16  # finprog, 11 commands, data's and models' 2 actions each
 
 
 # ---------------------------------------------------------------- train
@@ -94,6 +94,70 @@ def test_train_runs_a_tiny_model_and_prints_its_summary(tiny_checkpoint_dir, dem
     assert code == 2 and err.startswith("finprog: error: ") and "Traceback" not in err
 
 
+def test_export_adapter_writes_a_bf16_adapter_and_refuses_what_it_cannot_export(
+        tiny_checkpoint_dir, demo_split, tmp_path, capsys, monkeypatch):
+    def train_tiny(method, out):
+        code, _, _ = run_cli(capsys, "train", "--model", tiny_checkpoint_dir, "--train", demo_split / "train.json",
+                             "--eval", demo_split / "eval.json", "--mode", "direct", "--method", method,
+                             "--max-steps", 1, "--batch-size", 2, "--eval-limit", 1, "--no-eval-at-start",
+                             "--max-new-tokens", 2, "--out", out, "--json")
+        assert code == 0
+
+    train_tiny("lora", tmp_path / "lora")
+    code, out, _ = run_cli(capsys, "export-adapter", tmp_path / "lora", tmp_path / "adapters" / "tiny", "--json")
+    result = json.loads(out)
+    trained = json.loads((tmp_path / "lora" / "run.json").read_text())
+    assert code == 0 and result["dtype"] == "bf16" and result["training_flops"] == trained["flops"]["training_total"]
+    assert json.loads((tmp_path / "adapters" / "tiny" / "run.json").read_text()) == trained
+    code, out, _ = run_cli(capsys, "export-adapter", tmp_path / "lora", tmp_path / "again")
+    assert code == 0 and "in bf16" in out and f"finprog solve --model {tmp_path / 'again'}" in out
+
+    train_tiny("full", tmp_path / "full")
+    monkeypatch.setattr(training, "EXPORT_MAX_BYTES", 1000)
+    refusals = [(tmp_path / "full", "is a full fine-tuning run"), (tmp_path / "lora", "above the export limit"),
+                (tmp_path / "nothing", "is not a `finprog train` run folder")]
+    for run, message in refusals:
+        code, out, err = run_cli(capsys, "export-adapter", run, tmp_path / "refused")
+        assert code == 2 and message in err and len(err.splitlines()) == 1 and out == ""
+    assert not (tmp_path / "refused").exists()
+
+
+@pytest.fixture
+def no_model_loads(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("a model was loaded")
+
+    monkeypatch.setattr(models, "load_model", refuse)
+
+
+@pytest.mark.parametrize("base", ["/no/such/base-model", "nobody-here/no-such-model"])
+def test_solve_with_an_adapter_whose_base_is_missing_says_so_in_one_line(
+        base, fresh_tiny_llama, tmp_path, capsys, no_model_loads):
+    from peft import LoraConfig, get_peft_model
+
+    adapter = tmp_path / "adapter"
+    get_peft_model(fresh_tiny_llama, LoraConfig(r=2, target_modules=["q_proj"])).save_pretrained(adapter)
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    (adapter / "adapter_config.json").write_text(json.dumps({**config, "base_model_name_or_path": base}))
+    code, _, err = run_cli(capsys, "solve", "--model", adapter, "--data", "demo", "--limit", 1,
+                           "--out", tmp_path / "run", "--json")
+    assert code == 2 and len(err.splitlines()) == 1 and "Traceback" not in err
+    assert err.startswith(f"finprog: error: adapter {adapter} names base model {base!r}, which is unusable")
+
+
+def test_train_on_records_without_pages_in_program_mode_names_the_first(
+        tiny_checkpoint_dir, demo_split, tmp_path, capsys, no_model_loads):
+    records = [{"id": f"no-page-{i}", "pre_text": [], "post_text": [], "table": [],
+                "qa": {"question": "What is the change?", "program": "subtract(5, 3)", "exe_ans": 2.0}}
+               for i in range(2)]
+    (tmp_path / "programs.json").write_text(json.dumps(records))
+    code, _, err = run_cli(capsys, "train", "--model", tiny_checkpoint_dir, "--train", tmp_path / "programs.json",
+                           "--eval", demo_split / "eval.json", "--out", tmp_path / "run")
+    assert code == 2 and len(err.splitlines()) == 1 and "Traceback" not in err
+    assert "programs.json: record 'no-page-0' has no page (no text, no table)" in err
+    assert not (tmp_path / "run").exists()
+
+
 # ---------------------------------------------------------------- report
 
 
@@ -111,6 +175,24 @@ def test_report_prints_the_table_and_writes_its_files(tmp_path, capsys):
     assert code == 0 and result["metric"] == "tolerant" and result["questions"] == 1147
     code, _, err = run_cli(capsys, "report", tmp_path / "runs", "--target", "150%")
     assert code == 2 and "target" in err and "Traceback" not in err
+
+
+def test_report_takes_several_targets(tmp_path, capsys):
+    write_run(tmp_path / "runs" / "few", exact=0.2, inference=5e11)
+    write_run(tmp_path / "runs" / "lora", exact=0.4, training=3e16, curve=[(0, 0.1), (3e16, 0.4)])
+    code, out, _ = run_cli(capsys, "report", tmp_path / "runs", "--target", "0.1", "20%", "30", "--questions", 100,
+                           "--out", tmp_path / "report")
+    assert code == 0 and "FLOPs to 10.0%  FLOPs to 20.0%  FLOPs to 30.0%" in out
+    assert [line.split(":")[0] for line in out.splitlines() if line.startswith("Cheapest")] == [
+        f"Cheapest to reach {percent}.0% exact EmAcc" for percent in (10, 20, 30)]
+    assert "Targets 10.0%, 20.0% and 30.0%" in (tmp_path / "report" / "report.md").read_text()
+    code, out, _ = run_cli(capsys, "report", tmp_path / "runs", "--target", "30", "10", "--out", tmp_path / "report",
+                           "--json")
+    group = json.loads(out)["groups"][0]
+    assert code == 0 and [entry["target"] for entry in group["to_targets"]] == [0.1, 0.3]
+    assert [entry["cheapest"].split("/")[-2] for entry in group["to_targets"]] == ["few", "lora"]
+    code, _, err = run_cli(capsys, "report", tmp_path / "runs", "--target", "20", "abc")
+    assert code == 2 and "target 'abc' is not a number" in err and "Traceback" not in err
 
 
 # ---------------------------------------------------------------- flops

@@ -123,6 +123,26 @@ def test_adapter_with_a_missing_or_unknown_base_is_refused(tmp_path):
         finprog_models.resolve_model(_write_adapter_config(tmp_path / "b", "nonsense"))
 
 
+def test_adapter_whose_hub_base_cannot_be_loaded_is_named_in_one_line(tmp_path):
+    adapter = _write_adapter_config(tmp_path / "adapter", "nobody-here/no-such-model")
+    with pytest.raises(ModelNotFoundError) as caught:
+        finprog_models.model_config(adapter)
+    message = str(caught.value)
+    assert message.startswith(f"adapter {adapter} names base model 'nobody-here/no-such-model', which is unusable")
+    assert "Without hub access" in message and "\n" not in message
+
+
+def test_adapter_without_weights_is_refused_before_its_base_loads(tmp_path, tiny_checkpoint, monkeypatch):
+    from transformers import AutoModelForCausalLM
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the base model was loaded")
+
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", refuse)
+    with pytest.raises(ModelNotFoundError, match="adapter .* holds no weights"):
+        finprog_models.load_model(_write_adapter_config(tmp_path / "adapter", str(tiny_checkpoint)), device="cpu")
+
+
 # --- dtype, device, quantization --------------------------------------------------------------
 
 

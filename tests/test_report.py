@@ -8,7 +8,9 @@ import subprocess
 import sys
 
 import pytest
+from matplotlib.figure import Figure
 
+from finprog.plot import _plot_group
 from finprog.report import (
     ReportError,
     build_report,
@@ -142,6 +144,73 @@ def test_bad_metric_and_question_count_are_refused(tmp_path):
         build_report(runs, target=0.3, metric="program")
     with pytest.raises(ReportError, match="questions"):
         build_report(runs, target=0.3, questions=0)
+
+
+def write_three_runs(runs):
+    """Three runs, each cheapest to one of 10%, 20% and 30% for 100 questions."""
+    write_run(runs / "few", exact=0.15, inference=2e12)  # 2e14 FLOPs for 100 questions: reaches 10% only
+    write_run(runs / "lora", exact=0.4, inference=1e12, training=3e16, curve=[(0, 0.05), (1e16, 0.25), (3e16, 0.4)])
+    write_run(runs / "big", exact=0.35, inference=1e14)  # 1e16 FLOPs: reaches all three
+    return runs
+
+
+def test_several_targets_each_get_their_flops_and_cheapest_run(tmp_path):
+    runs = load_runs([write_three_runs(tmp_path / "runs")])
+    result = build_report(runs, target=[0.3, "10%", 20, 0.3], questions=100)
+    assert result.targets == pytest.approx((0.1, 0.2, 0.3))  # ascending, once each
+    rows, group = only_group(result)
+    lora = [crossing.flops_to_target for crossing in rows["lora"].crossings]
+    # 10% a quarter of the way from 5% to 25%, 20% three quarters, 30% a third from 25% to 40%; + 100 x 1e12
+    assert lora == pytest.approx([2.5e15 + 1e14, 7.5e15 + 1e14, 1e16 + 2e16 / 3 + 1e14])
+    assert all(crossing.interpolated for crossing in rows["lora"].crossings)
+    assert [crossing.flops_to_target for crossing in rows["few"].crossings] == [pytest.approx(2e14), None, None]
+    assert [group.cheapest_to(i).run.name for i in range(3)] == ["few", "lora", "big"]
+    assert group.cheapest is group.cheapest_to(0) and rows["lora"].flops_to_target == lora[0]
+
+
+def test_several_targets_in_the_table_markdown_and_json(tmp_path):
+    result = build_report(load_runs([write_three_runs(tmp_path / "runs")]), target=[0.1, 0.2, 0.3], questions=100)
+    text = format_table(result)
+    header = text.splitlines()[1]
+    assert header.index("FLOPs to 10.0%") < header.index("FLOPs to 20.0%") < header.index("FLOPs to 30.0%")
+    assert "Cheapest to reach 10.0% exact EmAcc: few" in text
+    assert "Cheapest to reach 20.0% exact EmAcc: lora (tiny LoRA + 4-shot program), 7.60e15 FLOPs (interpolated" in text
+    assert "Cheapest to reach 30.0% exact EmAcc: big" in text
+    assert [line for line in text.splitlines() if line.startswith("few ")][0].count("not reached") == 2
+    markdown = format_markdown(result)
+    assert "Targets 10.0%, 20.0% and 30.0% exact EmAcc, Q = 100 questions" in markdown
+    assert "| FLOPs to 10.0% | FLOPs to 20.0% | FLOPs to 30.0% |" in markdown
+    data = json.loads(json.dumps(result.to_dict()))
+    assert data["targets"] == [0.1, 0.2, 0.3] and data["target"] == 0.1
+    (group,) = data["groups"]
+    assert [entry["cheapest"].split("/")[-2] for entry in group["to_targets"]] == ["few", "lora", "big"]
+    assert group["cheapest"] == group["to_targets"][0]["cheapest"]
+    few = next(row for row in group["rows"] if row["name"] == "few")
+    assert [entry["flops_to_target"] for entry in few["to_targets"]] == [pytest.approx(2e14), None, None]
+
+
+def test_one_target_reads_as_before(tmp_path):
+    result = build_report(load_runs([write_three_runs(tmp_path / "runs")]), target=0.2, questions=100)
+    assert result.targets == (0.2,) and "Target 20.0% exact EmAcc" in format_markdown(result)
+    assert format_table(result).count("Cheapest to reach") == 1
+    assert result.to_dict()["target"] == 0.2
+
+
+def test_no_target_is_refused(tmp_path):
+    with pytest.raises(ReportError, match="no target given"):
+        build_report(load_runs([write_run(tmp_path / "few", exact=0.2)]), target=[])
+
+
+def test_several_targets_draw_one_labelled_line_each(tmp_path):
+    result = build_report(load_runs([write_three_runs(tmp_path / "runs")]), target=[0.1, 0.2, 0.3], questions=100)
+    _, png = write_report(result, tmp_path / "out")
+    assert png_size(png)[0] > 800
+    axis = Figure().subplots()
+    _plot_group(axis, result, result.groups[0])
+    dashed = sorted(line.get_ydata()[0] for line in axis.get_lines() if line.get_linestyle() == "--")
+    assert dashed == pytest.approx([0.1, 0.2, 0.3])
+    assert [text.get_text() for text in axis.texts] == [
+        "target 10.0%: cheapest 2.00e14", "target 20.0%: cheapest 7.60e15", "target 30.0%: cheapest 1.00e16"]
 
 
 # ---------------------------------------------------------------- frontier and cheapest

@@ -103,6 +103,38 @@ def test_a_trained_adapter_loads_and_solve_reproduces_its_final_evaluation(tmp_p
     assert solved["flops"]["training_total"] == record["flops"]["training_total"] > 0
 
 
+def test_an_exported_adapter_is_bf16_and_solves_with_its_training_flops(tmp_path, checkpoint, files, monkeypatch):
+    from safetensors import safe_open
+
+    def dtypes(folder) -> list[str]:
+        with safe_open(folder / "adapter_model.safetensors", "pt") as weights:
+            return [str(weights.get_tensor(name).dtype) for name in weights.keys()]
+
+    opts = options(checkpoint, files, max_steps=2, eval_every=None, eval_at_start=False, max_prompt_tokens=300,
+                   dtype="fp32")
+    record = train(opts, tmp_path / "run", progress=False)
+    result = training.export_adapter(tmp_path / "run", tmp_path / "export")
+    assert sorted(p.name for p in (tmp_path / "export").iterdir()) == [
+        "adapter_config.json", "adapter_model.safetensors", "run.json"]
+    assert dtypes(tmp_path / "run") == ["torch.float32"] * 8  # A and B of q_proj and v_proj in 2 layers
+    assert dtypes(tmp_path / "export") == ["torch.bfloat16"] * 8 and result["tensors"] == 8
+    assert result["training_flops"] == record["flops"]["training_total"] > 0
+    solved = solve(SolveOptions.for_model(str(tmp_path / "export"), mode="direct", data=opts.eval, limit=2,
+                                          batch_size=2, max_new_tokens=4, dtype="fp32"), tmp_path / "solve",
+                   progress=False)
+    assert solved["model"]["source"] == "adapter"
+    assert solved["flops"]["training_total"] == record["flops"]["training_total"]
+    assert (solved["config"]["technique"], solved["config"]["max_prompt_tokens"]) == ("lora", 300)  # as trained
+    with pytest.raises(TrainingError, match="already exists and is not an empty folder"):
+        training.export_adapter(tmp_path / "run", tmp_path / "export")
+    monkeypatch.setattr(training, "EXPORT_MAX_BYTES", result["bytes"] // 2)
+    with pytest.raises(TrainingError, match=r"MB in bf16, above the export limit"):
+        training.export_adapter(tmp_path / "run", tmp_path / "too_big")
+    assert not (tmp_path / "too_big").exists()
+    with pytest.raises(TrainingError, match="is not a `finprog train` run folder"):
+        training.export_adapter(tmp_path / "solve", tmp_path / "again")
+
+
 def test_full_fine_tuning_saves_a_checkpoint_that_loads(tmp_path, checkpoint, files):
     opts = options(checkpoint, files, method="full", mode="program", max_steps=2, eval_every=None,
                    eval_at_start=False, batch_size=4, max_new_tokens=6)
@@ -114,6 +146,8 @@ def test_full_fine_tuning_saves_a_checkpoint_that_loads(tmp_path, checkpoint, fi
     assert record["config"]["technique"] == "full" and record["curve"][-1]["outcomes"]
     assert record["model"]["trainable"] == record["model"]["params"]
     assert models.resolve_model(tmp_path / "run").kind == "checkpoint"
+    with pytest.raises(TrainingError, match="is a full fine-tuning run: it holds a whole model, not an adapter"):
+        training.export_adapter(tmp_path / "run", tmp_path / "export")
     loaded = models.load_model(tmp_path / "run", dtype="fp32")
     original = models.load_model(checkpoint, dtype="fp32")
     changed = [name for name, p in loaded.model.named_parameters()
