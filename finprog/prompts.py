@@ -134,12 +134,6 @@ def _dot(a: dict[str, float], b: dict[str, float]) -> float:
 
 # ---------------------------------------------------------------- fitting a prompt to a token budget
 
-_STOP_WORDS = frozenset(
-    "a an and are as at be by did do does for from how in is it its of on or that the their this to was "
-    "were what which with".split()
-)
-
-
 def fit_context(example: Example, fits: Callable[[Example], bool]) -> Example:
     """`example` with the fewest report sentences, then table rows, removed so that `fits` accepts it.
 
@@ -151,7 +145,7 @@ def fit_context(example: Example, fits: Callable[[Example], bool]) -> Example:
     """
     if fits(example):
         return example
-    question = set(_words(example.question)) - _STOP_WORDS
+    question = set(_words(example.question)) - retrieval.STOP_WORDS
     pre, post = len(example.pre_text), len(example.post_text)
     sentences = [("pre", i, example.pre_text[i], pre - i) for i in range(pre)]
     sentences += [("post", j, example.post_text[j], j + 1) for j in range(post)]

@@ -93,7 +93,7 @@ class BM25Ranker:
         return 0.0
 
 
-_STOP_WORDS = frozenset(
+STOP_WORDS = frozenset(
     "a an and are as at be by did do does for from how in is it its of on or that the their this to was "
     "were what which with".split())
 _YEAR = re.compile(r"\b(?:19|20)\d\d\b")
@@ -108,7 +108,7 @@ def fact_features(question: str, facts: Sequence[Fact]) -> list[dict[str, float]
     bm25 = BM25Ranker().scores(question, facts)
     best = max(bm25, default=0.0) or 1.0
     rank = {i: r for r, i in enumerate(sorted(range(len(facts)), key=lambda i: -bm25[i]))}
-    words = set(tokens(question)) - _STOP_WORDS
+    words = set(tokens(question)) - STOP_WORDS
     years = set(_YEAR.findall(question))
     cues = [bool(words & set(cue)) for cue in _CUES]
     sentences = sum(fact.row is None for fact in facts) or 1
@@ -116,7 +116,7 @@ def fact_features(question: str, facts: Sequence[Fact]) -> list[dict[str, float]
     features = []
     for i, fact in enumerate(facts):
         row = fact.row is not None
-        label = set(tokens(fact.row[0])) - _STOP_WORDS if row else set()
+        label = set(tokens(fact.row[0])) - STOP_WORDS if row else set()
         fact_years = set(_YEAR.findall(fact.text))
         total = row and "total" in label
         feature = {
