@@ -13,7 +13,7 @@ from finprog.evaluation import METRICS
 from finprog.models import DTYPES
 from finprog.report import DEFAULT_METRIC, DEFAULT_QUESTIONS
 from finprog.retrieval import CONTEXTS, DEFAULT_CONTEXT, DEFAULT_RANKER, DEFAULT_TOP_K, RANKERS
-from finprog.solve import DEFAULT_MODEL, EXEMPLAR_CHOICES, MODES
+from finprog.solve import DEFAULT_MODEL, DEFAULT_SHOTS, EXEMPLAR_CHOICES, MODES
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -302,7 +302,7 @@ def _add_solve_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, help="default: 1 on a CPU, 8 on a GPU")
     parser.add_argument("--max-new-tokens", type=int, help="default: 24 direct, 96 program")
     parser.add_argument("--shots", type=int,
-                        help="few-shot exemplars in program mode (default: 4, or as a finprog-trained model was trained)")
+                        help=f"few-shot exemplars in program mode (default: {DEFAULT_SHOTS}, or as a finprog-trained model was trained)")
     parser.add_argument("--exemplars", help="FinQA file the exemplars come from (default: official train, else demo)")
     parser.add_argument("--gold-exemplars", action="store_true",
                         help="exemplars only from training records with annotated facts (the others are "
