@@ -1,0 +1,46 @@
+"""A cascade chosen on dev and applied unchanged on test: qwen2.5-coder-0.5b, then qwen2.5-coder-1.5b.
+
+1. `finprog cascade-sweep` over the two models' dev runs (each alone, solve's defaults,
+   dev_200's first 100) with the rule `executes+logprob`: the threshold that matches
+   the larger model's dev EmAcc for the fewest FLOPs (evals/cascade/dev/).
+2. That rule, unchanged, in a live `finprog solve --cascade` on test_100
+   (evals/runs/test-retrieved/cascade_...), and the same sweep over the two models' test
+   runs as a check that the live cascade and the offline routing agree (evals/cascade/test/).
+
+    python evals/cascade_eval.py    # after context_dev.py and grid.py test-retrieved made the single runs
+
+Run from the repository root with FINPROG_DATA_DIR=../shared/finqa.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from finprog.cli import main as finprog
+from finprog.sweep import sweep
+
+HERE = Path(__file__).resolve().parent
+MODELS = ("qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b")
+RULE = "executes+logprob"
+DEV = [HERE / "runs" / "context-dev" / f"{m}_retrieved5-1shot-gold2077_first100" for m in MODELS]
+TEST = [HERE / "runs" / "test-retrieved" / f"{m}_program-constrained" for m in MODELS]
+CASCADE = HERE / "runs" / "test-retrieved" / "cascade_qwen2.5-coder-0.5b+1.5b_program-constrained"
+
+
+def main() -> None:
+    alone, _ = sweep(DEV, RULE, target=1.0)
+    target = alone["alone"][-1]["accuracy"]
+    chosen, _ = sweep(DEV, RULE, target=target, out=HERE / "cascade" / "dev")
+    if chosen["chosen"] is None:
+        raise SystemExit(f"no threshold of {RULE} reaches {target:.0%} on dev; see evals/cascade/dev/sweep.txt")
+    rule = chosen["chosen"]["rule"]
+    print(f"dev: target {target:.0%} (the larger model alone), chosen rule {rule}", flush=True)
+    resume = ["--resume"] if (CASCADE / "run.json").exists() else []
+    finprog(["solve", "--cascade", *MODELS, "--accept", rule, "--data", "test_100", "--exemplars", "train_2077",
+             "--gold-exemplars", "--out", str(CASCADE), *resume])
+    finprog(["cascade-sweep", *map(str, TEST), "--rule", RULE, "--target", f"{target}", "--out",
+             str(HERE / "cascade" / "test")])
+
+
+if __name__ == "__main__":
+    main()
