@@ -25,6 +25,7 @@ from pathlib import Path
 
 from finprog.cascade import SIGNALS, CascadeError, Rule, parse_rule, route
 from finprog.compare import check_same_examples, load_run_folder
+from finprog.provenance import header
 from finprog.report import DEFAULT_METRIC, METRICS, format_flops, format_percent, parse_target
 
 DECIMALS = 3
@@ -206,11 +207,11 @@ def _bin_label(calibration_bin: dict) -> str:
 
 
 def write_sweep(result: dict, out: str | Path) -> list[Path]:
-    """Write sweep.json, sweep.txt and sweep.png into `out`; returns their paths."""
+    """Write sweep.json, sweep.txt (with a provenance line) and sweep.png into `out`; returns their paths."""
     from finprog.plot import plot_sweep  # matplotlib loads only when a plot is drawn
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / SWEEP_JSON).write_text(json.dumps(result, indent=2) + "\n")
-    (out / SWEEP_TXT).write_text(format_sweep(result) + "\n")
+    (out / SWEEP_TXT).write_text(f"{header()}\n{format_sweep(result)}\n")
     return [out / SWEEP_JSON, out / SWEEP_TXT, plot_sweep(result, out / SWEEP_PNG)]
