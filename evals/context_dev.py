@@ -33,6 +33,7 @@ VARIANTS = {
     "retrieved5-1shot-gold2077": dict(context="retrieved", top_k=5, shots=1, **GOLD_2077),
     "retrieved3-2shot-gold2077": dict(context="retrieved", top_k=3, shots=2, **GOLD_2077),
     "retrieved5-2shot-all2077": dict(context="retrieved", top_k=5, shots=2, exemplars="train_2077"),
+    "retrieved5-1shot-all2077": dict(context="retrieved", top_k=5, shots=1, exemplars="train_2077"),
     "retrieved5-2shot-gold2077-pagenumbers": dict(context="retrieved", top_k=5, shots=2, page_numbers=True,
                                                   **GOLD_2077),
 }

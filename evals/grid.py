@@ -39,11 +39,14 @@ PAGE = dict(context="page", shots=4, exemplars="train_100")
 """The prompts before retrieval: the whole page, 4 similar exemplars from train_100."""
 RETRIEVED = dict(exemplars="train_2077", gold_exemplars=True)
 """solve's defaults (retrieved facts), exemplars from train_2077's records with gold facts."""
+RETRIEVED_ALL = dict(exemplars="train_2077")
+"""solve's defaults, exemplars from all of train_2077 (those without gold facts shown with retrieved ones)."""
 GRIDS = {
     "direct-dev": ("dev_200", ["direct"], PAGE),
     "program-dev": ("dev_200", ["program"], PAGE),
     "test": ("test_100", ["direct", "program", "program-constrained"], PAGE),
     "test-retrieved": ("test_100", ["direct", "program", "program-constrained"], RETRIEVED),
+    "test-retrieved-all2077": ("test_100", ["program-constrained"], RETRIEVED_ALL),
 }
 HERE = Path(__file__).resolve().parent
 TRAINING = {
