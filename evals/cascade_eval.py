@@ -14,12 +14,13 @@ Run from the repository root with FINPROG_DATA_DIR=../shared/finqa.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from finprog.cli import main as finprog
 from finprog.sweep import sweep
 
-HERE = Path(__file__).resolve().parent
+HERE = Path(os.path.relpath(Path(__file__).resolve().parent))  # relative, so records name no machine's folders
 MODELS = ("qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b")
 RULE = "executes+logprob"
 DEV = [HERE / "runs" / "context-dev" / f"{m}_retrieved5-1shot-gold2077_first100" for m in MODELS]
