@@ -25,7 +25,7 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=10)
     parser.add_argument("--model", default=DEFAULT_MODEL)
     parser.add_argument("--variants", nargs="+", choices=list(VARIANTS),
-                        default=["page-4shot", "retrieved5-2shot-gold2077", "gold-4shot"])
+                        default=["page-4shot", "retrieved5-1shot-all2077", "gold-4shot"])
     args = parser.parse_args()
     print(header())
     print(f"{args.model}, program mode, constrained, first {args.limit} questions of dev_200, each variant alone")
