@@ -171,13 +171,17 @@ def adds_special_tokens(tokenizer, options) -> bool:
     return not (options.chat_template and getattr(tokenizer, "chat_template", None))
 
 
-def chosen_exemplars(example: Example, options, retriever: ExemplarRetriever) -> list[Example]:
-    """The exemplars `options` asks for (program mode only), each cut to its context."""
+def _chosen(example: Example, options, retriever: ExemplarRetriever) -> list[Example]:
+    """The exemplars `options` asks for, whole (program mode only)."""
     if options.mode != "program" or not options.shots:
         return []
+    return retriever.choose(example, options.shots, options.exemplar_choice)
+
+
+def chosen_exemplars(example: Example, options, retriever: ExemplarRetriever) -> list[Example]:
+    """The exemplars `options` asks for, each cut to its context."""
     rank = retrieval.ranker(options.ranker)
-    return [exemplar_context(e, options.top_k, rank)
-            for e in retriever.choose(example, options.shots, options.exemplar_choice)]
+    return [exemplar_context(e, options.top_k, rank) for e in _chosen(example, options, retriever)]
 
 
 def shown_example(example: Example, options) -> Example:
@@ -189,8 +193,7 @@ def ranker_flops(example: Example, options, retriever: ExemplarRetriever) -> flo
     """FLOPs the ranker spends on `example`'s prompt: the question's page, and exemplars shown with retrieved facts."""
     rank = retrieval.ranker(options.ranker)
     pages = [example] if options.context == "retrieved" else []
-    if options.mode == "program" and options.shots:
-        pages += [e for e in retriever.choose(example, options.shots, options.exemplar_choice) if not e.gold_inds]
+    pages += [e for e in _chosen(example, options, retriever) if not e.gold_inds]
     return sum(rank.flops(page.question, retrieval.candidates(page)) for page in pages)
 
 

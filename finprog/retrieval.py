@@ -266,6 +266,8 @@ def recall_at_k(examples: Sequence[Example], rank, ks: Sequence[int]) -> list[Re
     if not annotated:
         raise RetrievalError("no record has gold_inds, so recall cannot be measured")
     orders = [ranked(e, rank) for e in annotated]
+    n = len(annotated)
+    chars_page = sum(map(context_chars, annotated)) / n
     results = []
     for k in ks:
         full = mean = chars = 0.0
@@ -275,6 +277,5 @@ def recall_at_k(examples: Sequence[Example], rank, ks: Sequence[int]) -> list[Re
             full += found == 1.0
             mean += found
             chars += context_chars(with_facts(example, order[:k]))
-        n = len(annotated)
-        results.append(Recall(n, k, full / n, mean / n, sum(map(context_chars, annotated)) / n, chars / n))
+        results.append(Recall(n, k, full / n, mean / n, chars_page, chars / n))
     return results

@@ -40,7 +40,7 @@ class SolveOptions:
     limit: int | None = None
     batch_size: int | None = None  # None: 8 on a GPU, 1 on a CPU (see default_batch_size)
     max_new_tokens: int | None = None
-    shots: int | None = None  # None: 4, or the shots of the `finprog train` run that wrote `model`
+    shots: int | None = None  # None: DEFAULT_SHOTS, or the shots of the `finprog train` run that wrote `model`
     exemplar_choice: str = "similar"
     exemplars: str | None = None
     gold_exemplars: bool = False  # only training records with annotated facts (the others are shown with retrieved ones)
@@ -57,7 +57,7 @@ class SolveOptions:
     max_prompt_tokens: int | None = None  # cut the report's least relevant sentences to fit; None: no cut, or as trained
     context: str | None = None  # page, retrieved or gold (retrieval.CONTEXTS); None: retrieved, or as trained
     top_k: int | None = None  # facts kept by the ranker; None: 5, or as trained
-    ranker: str | None = None  # retrieval.RANKERS; None: bm25, or as trained
+    ranker: str | None = None  # retrieval.RANKERS; None: linear, or as trained
     technique: str = ""  # derived unless given: few-shot or zero-shot; training sets lora, qlora or full
 
     def __post_init__(self):
