@@ -1,16 +1,17 @@
-"""Learning curves of the training runs in evals/runs/train/: CSV, PNG, and a Markdown page with the commands.
+"""Learning curves of a training grid's runs (evals/runs/GRID/): CSV, PNG, and a Markdown page with the commands.
 
 Each curve point is one evaluation of `finprog train` (through solve's scoring path) on
-the run's eval questions; the dashed line is the same model's few-shot program-mode run
-on the same questions (the grid's "program few-shot" cell), so a curve that crosses it
-is training that beat prompting.
+the run's eval questions; the dashed line is the same model's best prompted run (no
+training) on the same questions, found among every solve under evals/runs/, so a curve
+that crosses it is training that beat prompting.
 
-    python evals/grid.py train      # makes the runs (resumable)
-    python evals/curves.py          # writes evals/curves.csv, evals/curves.png, evals/curves.md
+    python evals/grid.py train-2077      # makes the runs (resumable)
+    python evals/curves.py train-2077    # writes evals/train-2077-curves.{csv,png,md}
 """
 
 from __future__ import annotations
 
+import argparse
 import csv
 import json
 from dataclasses import fields
@@ -20,30 +21,45 @@ from finprog.provenance import header
 from finprog.training import TrainOptions
 
 HERE = Path(__file__).resolve().parent
-RUNS = HERE / "runs" / "train"
+RUNS = HERE / "runs"
 FAILURES = ("parse_error", "no_program")
 BEFORE_FIELD = {"context": "page"}  # what a run made before an option existed did (otherwise: today's default)
-COLUMNS = ("model", "method", "step", "epoch", "tokens", "train_flops", "train_loss", "exact", "tolerant",
+COLUMNS = ("run", "model", "method", "train_data", "step", "epoch", "tokens", "train_flops", "train_loss", "exact", "tolerant",
            "program_accuracy", "parse_failures", "n", "eval_flops")
 
 
-def load(kind: str) -> list[dict]:
-    records = [json.loads(path.read_text()) for path in sorted(RUNS.glob("*/run.json"))]
+def load(kind: str, pattern: str) -> list[dict]:
+    """The finished runs of `kind` ("train" or "solve") in the run folders matching `pattern`, named by folder."""
+    records = [{**json.loads(path.read_text()), "run": path.parent.name, "path": str(path.parent)}
+               for path in sorted(RUNS.glob(f"{pattern}/run.json"))]
     return [r for r in records if r["kind"] == kind and r["status"] == "finished"]
+
+
+def train_data(run: dict) -> str:
+    return "+".join(Path(path).stem for path in run["config"]["train"])
 
 
 def curve_rows(run: dict) -> list[dict]:
     """One row per evaluation; parse_failures counts completions without a parseable program."""
     n = run["eval_set"]["n"]
-    return [{"model": run["model"]["name"], "method": run["config"]["method"], "n": n,
+    return [{"run": run["run"], "model": run["model"]["name"], "method": run["config"]["method"],
+             "train_data": train_data(run), "n": n,
              "parse_failures": sum(point["outcomes"].get(kind, 0) for kind in FAILURES),
              **{key: point[key] for key in COLUMNS if key in point}} for point in run["curve"]]
 
 
 def baseline(run: dict, solves: list[dict]) -> dict | None:
-    """The few-shot solve of the same model on the same questions, if there is one."""
-    return next((s for s in solves if s["model"]["name"] == run["model"]["name"]
-                 and s["eval_set"]["ids_sha256"] == run["eval_set"]["ids_sha256"]), None)
+    """The most accurate untrained solve of the same model on the same questions, if there is one."""
+    same = [s for s in solves if s["model"]["name"] == run["model"]["name"] and s["config"]["technique"] == "few-shot"
+            and s["eval_set"]["ids_sha256"] == run["eval_set"]["ids_sha256"]]
+    return max(same, key=lambda s: s["metrics"]["exact"], default=None)
+
+
+def prompting(solve: dict) -> str:
+    """How a baseline was prompted and decoded, in a few words."""
+    config = solve["config"]
+    return (f"{config['shots']}-shot {config.get('context', 'page')}, "
+            + ("constrained" if config.get("constrained") else "free decoding"))
 
 
 def command(run: dict) -> str:
@@ -69,19 +85,21 @@ def plot(runs: list[dict], solves: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     figure, (accuracy, failures) = plt.subplots(1, 2, figsize=(12, 4.5))
+    drawn = set()
     for run in runs:
         rows = curve_rows(run)
-        label = f"{run['model']['name']} {run['config']['method']}"
+        label = f"{run['model']['name']} {run['config']['method']} ({train_data(run)})"
         x = [row["train_flops"] for row in rows]
         line, = accuracy.plot(x, [100 * row["exact"] for row in rows], marker="o", label=f"{label}: exact")
         accuracy.plot(x, [100 * row["tolerant"] for row in rows], marker="x", linestyle=":", color=line.get_color(),
                       label=f"{label}: tolerant")
         failures.plot(x, [100 * row["parse_failures"] / row["n"] for row in rows], marker="o", color=line.get_color(),
                       label=label)
-        few_shot = baseline(run, solves)
-        if few_shot:
-            accuracy.axhline(100 * few_shot["metrics"]["exact"], color=line.get_color(), linestyle="--",
-                             label=f"{run['model']['name']} {few_shot['config']['shots']}-shot, no training: exact")
+        untrained = baseline(run, solves)
+        if untrained and untrained["run"] not in drawn:
+            drawn.add(untrained["run"])
+            accuracy.axhline(100 * untrained["metrics"]["exact"], color=line.get_color(), linestyle="--",
+                             label=f"{run['model']['name']} {prompting(untrained)}, no training: exact")
     accuracy.set(xlabel="cumulative training FLOPs", ylabel="EmAcc on the eval questions (%)",
                  title="Accuracy while training")
     failures.set(xlabel="cumulative training FLOPs", ylabel="completions without a parseable program (%)",
@@ -94,22 +112,29 @@ def plot(runs: list[dict], solves: list[dict], path: Path) -> None:
 
 
 def main() -> None:
-    runs, solves = load("train"), load("solve")
-    rows = [row for run in runs for row in curve_rows(run)]
-    with (HERE / "curves.csv").open("w", newline="") as handle:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("grid", nargs="?", default="train", help="training grid of evals/grid.py (default: train)")
+    grid = parser.parse_args().grid
+    runs, solves = load("train", f"{grid}/*"), load("solve", "*/*")
+    if not runs:
+        raise SystemExit(f"no finished training run under evals/runs/{grid}/; run `python evals/grid.py {grid}` first")
+    stem = f"{grid}-curves"
+    with (HERE / f"{stem}.csv").open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=COLUMNS)
         writer.writeheader()
-        writer.writerows(rows)
-    plot(runs, solves, HERE / "curves.png")
-    lines = [header(), "", "Learning curves made by `python evals/grid.py train`, drawn by `python evals/curves.py`",
-             "(data: [curves.csv](curves.csv); plot: [curves.png](curves.png)).", ""]
+        writer.writerows(row for run in runs for row in curve_rows(run))
+    plot(runs, solves, HERE / f"{stem}.png")
+    lines = [header(), "", f"Learning curves made by `python evals/grid.py {grid}`, drawn by `python evals/curves.py "
+             f"{grid}` (data: [{stem}.csv]({stem}.csv); plot: [{stem}.png]({stem}.png)).", ""]
     for run in runs:
-        few_shot = baseline(run, solves)
-        lines += [f"## {run['model']['name']} {run['config']['method']}", "", "```", command(run), "```", ""]
-        if few_shot:
-            m = few_shot["metrics"]
-            lines += [f"Baseline, no training ({few_shot['config']['shots']}-shot program mode, same "
-                      f"{m['n']} questions): exact {m['exact']:.1%}, tolerant {m['tolerant']:.1%}, outcomes "
+        untrained = baseline(run, solves)
+        lines += [f"## {run['run']}", "", "```", command(run), "```", "",
+                  f"Trained {run['created'][:10]} on {run['machine']}, {run['timing']['seconds_per_step']:.1f} s per step.", ""]
+        if untrained:
+            m = untrained["metrics"]
+            lines += [f"Baseline, no training ({prompting(untrained)}, same {m['n']} questions, "
+                      f"evals/runs/{Path(untrained['path']).parent.name}/{untrained['run']}): exact {m['exact']:.1%}, "
+                      f"tolerant {m['tolerant']:.1%}, outcomes "
                       + ", ".join(f"{k} {v}" for k, v in sorted(m["outcomes"].items())) + ".", ""]
         lines += ["| step | train FLOPs | loss | exact | tolerant | parse failures | outcomes |", "|---|---|---|---|---|---|---|"]
         for point, row in zip(run["curve"], curve_rows(run)):
@@ -118,7 +143,7 @@ def main() -> None:
             lines.append(f"| {point['step']} | {point['train_flops']:.3g} | {loss} | {point['exact']:.1%} "
                          f"| {point['tolerant']:.1%} | {row['parse_failures']}/{row['n']} | {outcomes} |")
         lines.append("")
-    (HERE / "curves.md").write_text("\n".join(lines))
+    (HERE / f"{stem}.md").write_text("\n".join(lines))
     print("\n".join(lines))
 
 

@@ -7,7 +7,8 @@ evals/GRID.md.
 
     python evals/grid.py direct-dev      # direct answers, the four zoo models, dev_200
     python evals/grid.py program-dev     # few-shot programs (free decoding), dev_200
-    python evals/grid.py train           # LoRA fine-tuning (learning curves on dev_200's first 50)
+    python evals/grid.py train           # LoRA fine-tuning on 122 records (learning curves on dev_200's first 50)
+    python evals/grid.py train-2077      # curves on train_2077, then test_100 with each trained model
     python evals/grid.py test            # direct, program, program constrained (and LoRA) on test_100, whole page
     python evals/grid.py test-retrieved  # the same with solve's default context (retrieved facts)
     python evals/grid.py test --models smollm2-135m gemma3-270m   # a subset of the models
@@ -26,7 +27,7 @@ from pathlib import Path
 from finprog.provenance import header
 from finprog.runs import RUN, RunRecord
 from finprog.solve import SolveOptions, solve
-from finprog.training import TrainOptions, train
+from finprog.training import TrainOptions, export_adapter, train
 
 TRAINED = ("lora", "qlora", "full")
 ZOO = ("smollm2-135m", "gemma3-270m", "qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b")
@@ -49,17 +50,34 @@ GRIDS = {
     "test-retrieved-all2077": ("test_100", ["program-constrained"], RETRIEVED_ALL),
 }
 HERE = Path(__file__).resolve().parent
+ADAPTERS = HERE / "adapters"
+RETRIEVED_CURVE = dict(train=["train_2077"], eval="dev_200", eval_limit=100, eval_at_start=False, eval_batch_size=8,
+                       dtype="bf16", lora_r=16, lora_targets="all-linear")
+"""Curves on train_2077 with solve's default context (retrieved facts, zero-shot), evaluated with free
+decoding on dev_200's first 100 (CPU time forces the subset), sized to about an hour each on 2 cores."""
 TRAINING = {
-    "smollm2-135m": dict(method="lora", mode="program", train=["train_100", "train3"], eval="dev_200", eval_limit=50,
-                         eval_every=10, epochs=2, lr=5e-4, lora_r=16, lora_targets="all-linear", dtype="bf16",
-                         eval_batch_size=8, context="page"),  # as the recorded run was made
+    "train": {  # 122 records, the whole page: the run made before train_2077 and retrieval
+        "smollm2-135m_lora_program": dict(
+            model="smollm2-135m", method="lora", train=["train_100", "train3"], eval="dev_200", eval_limit=50,
+            eval_every=10, epochs=2, lr=5e-4, lora_r=16, lora_targets="all-linear", dtype="bf16",
+            eval_batch_size=8, context="page"),
+    },
+    "train-2077": {
+        "qwen2.5-coder-0.5b_lora_program": dict(model="qwen2.5-coder-0.5b", method="lora", max_steps=120,
+                                                eval_every=40, **RETRIEVED_CURVE),
+        "smollm2-135m_lora_program": dict(model="smollm2-135m", method="lora", max_steps=240, eval_every=60, lr=5e-4,
+                                          **RETRIEVED_CURVE),
+        "smollm2-135m_full_program": dict(model="smollm2-135m", method="full", max_steps=60, eval_every=30,
+                                          **RETRIEVED_CURVE),
+        "smollm2-135m_lora_program_122": dict(model="smollm2-135m", method="lora", max_steps=60, eval_every=30,
+                                              lr=5e-4, **{**RETRIEVED_CURVE, "train": ["train_100", "train3"]}),
+    },
 }
-"""LoRA runs (2 epochs over train_100 + train3, 122 records) that fit a 2-core CPU; the test
-grid then solves test_100 with each trained model (technique "program-lora")."""
-
-
-def trained_model(model: str) -> Path:
-    return HERE / "runs" / "train" / f"{model}_lora_program"
+"""Training grids: run folder name -> `finprog train` options. The "train" grid also solves its eval
+questions few-shot (the curve's baseline) and test_100 with the trained model; "train-2077" exports each
+LoRA adapter to evals/adapters/NAME and solves test_100 from there, free (as its curve was evaluated) and
+constrained."""
+TEST_DECODING = {"program": False, "program-constrained": True}
 
 
 def finished(out: Path) -> dict | None:
@@ -68,15 +86,63 @@ def finished(out: Path) -> dict | None:
     return record.validate().data if record and record.status == "finished" else None
 
 
+def trained_cells(name: str, models: list[str]) -> list[tuple[str, str, Path]]:
+    """(model, technique, run folder) of a training grid: each run, then what solves with or beside it."""
+    runs = HERE / "runs" / name
+    result = []
+    for run, options in TRAINING[name].items():
+        if options["model"] not in models:
+            continue
+        model, technique = options["model"], run.removeprefix(f"{options['model']}_")
+        if name == "train":
+            result += [(model, "program few-shot", runs / f"{model}_program_few-shot"), (model, technique, runs / run)]
+        else:
+            result += [(model, technique, runs / run)] + [
+                (model, f"{technique} test {decoding}", runs / f"{run}_test_{decoding}") for decoding in TEST_DECODING]
+    return result
+
+
 def cells(name: str, models: list[str]) -> list[tuple[str, str, Path]]:
     """(model, technique, run folder) of the grid `name`, in table order."""
-    if name == "train":  # each training run, and the same model few-shot on the same questions (the baseline)
-        return [cell for model in models if model in TRAINING for cell in (
-            (model, "program few-shot", trained_model(model).with_name(f"{model}_program_few-shot")),
-            (model, "lora", trained_model(model)))]
+    if name in TRAINING:
+        return trained_cells(name, models)
+    trained = {options["model"] for options in TRAINING["train"].values()}
     techniques = GRIDS[name][1] + (["program-lora"] if name == "test" else [])
     return [(model, technique, HERE / "runs" / name / f"{model.replace('/', '--')}_{technique}") for model in models
-            for technique in techniques if technique != "program-lora" or model in TRAINING]
+            for technique in techniques if technique != "program-lora" or model in trained]
+
+
+def trained_model(name: str, run: Path) -> str:
+    """What `finprog solve --model` takes for a finished training run: its exported adapter, or the run folder."""
+    if name == "train" or TRAINING[name][run.name]["method"] == "full":
+        return os.path.relpath(run)
+    adapter = ADAPTERS / run.name.replace("_program", "")
+    if not adapter.is_dir():
+        export_adapter(run, adapter)
+    return os.path.relpath(adapter)
+
+
+def run_cell(name: str, model: str, technique: str, out: Path, limit: int | None) -> None:
+    resume = (out / RUN).exists()
+    if name in TRAINING and out.name in TRAINING[name]:
+        train(TrainOptions(**TRAINING[name][out.name]), out, resume=resume, progress=True)
+    elif technique == "program few-shot":
+        settings = TRAINING[name][f"{model}_lora_program"]
+        options = SolveOptions(model=model, data=settings["eval"], limit=settings["eval_limit"],
+                               constrained=False, **PAGE)
+        solve(options, out, resume=resume, progress=True)
+    elif technique == "program-lora":
+        run = HERE / "runs" / "train" / f"{model}_lora_program"
+        solve(SolveOptions.for_model(trained_model("train", run), data="test_100"), out, resume=resume, progress=True)
+    elif name in TRAINING:
+        run_name, decoding = out.name.split("_test_")
+        model = trained_model(name, out.parent / run_name)
+        options = SolveOptions.for_model(model, data="test_100", limit=limit, constrained=TEST_DECODING[decoding])
+        solve(options, out, resume=resume, progress=True)
+    else:
+        data, _, prompts = GRIDS[name]
+        options = SolveOptions(model=model, data=data, limit=limit, **prompts, **TECHNIQUES[technique])
+        solve(options, out, resume=resume, progress=True)
 
 
 def run_grid(name: str, models: list[str], limit: int | None, techniques: list[str] | None) -> None:
@@ -84,27 +150,14 @@ def run_grid(name: str, models: list[str], limit: int | None, techniques: list[s
         if finished(out) or (techniques and technique not in techniques):
             continue
         print(f"== {model} {technique}", flush=True)
-        resume = (out / "run.json").exists()
-        if technique == "lora":
-            train(TrainOptions(model=model, **TRAINING[model]), out, resume=resume, progress=True)
-        elif name == "train":
-            settings = TRAINING[model]
-            solve(SolveOptions(model=model, data=settings["eval"], limit=settings["eval_limit"], constrained=False,
-                               **PAGE), out, resume=resume, progress=True)
-        elif technique == "program-lora":
-            solve(SolveOptions.for_model(os.path.relpath(trained_model(model)), data=GRIDS[name][0]), out,
-                  resume=resume, progress=True)
-        else:
-            data, _, prompts = GRIDS[name]
-            options = SolveOptions(model=model, data=data, limit=limit, **prompts, **TECHNIQUES[technique])
-            solve(options, out, resume=resume, progress=True)
+        run_cell(name, model, technique, out, limit)
 
 
 def table(records: list[dict]) -> str:
     """One row per run: EmAcc, outcomes, tokens, time and FLOPs per example (a training run: its last evaluation)."""
     lines = [
-        "| model | technique | n | exact | tolerant | program acc. | outcomes | prompt tok/ex | new tok/ex | s/ex | GFLOPs/ex |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| model | technique | data | n | exact | tolerant | program acc. | outcomes | prompt tok/ex | new tok/ex | s/ex | GFLOPs/ex |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in records:
         m, config = r["metrics"], r["config"]
@@ -113,7 +166,7 @@ def table(records: list[dict]) -> str:
         outcomes = ", ".join(f"{k} {v}" for k, v in sorted(m["outcomes"].items()))
         program = "-" if m["program_accuracy"] is None else f"{m['program_accuracy']:.1%}"
         lines.append(
-            f"| {Path(r['model']['name']).name} | {technique} | {m['n']} | {m['exact']:.1%} | {m['tolerant']:.1%} | {program} "
+            f"| {Path(r['model']['name']).name} | {technique} | {Path(config.get('data') or config['eval']).stem} | {m['n']} | {m['exact']:.1%} | {m['tolerant']:.1%} | {program} "
             f"| {outcomes} | {m['prompt_tokens_per_example']:.0f} | {m['new_tokens_per_example']:.1f} "
             f"| {r['timing']['seconds_per_example']:.2f} | {r['flops']['inference_per_example'] / 1e9:,.0f} |"
         )
@@ -122,7 +175,7 @@ def table(records: list[dict]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("grid", choices=[*GRIDS, "train"])
+    parser.add_argument("grid", choices=[*GRIDS, *TRAINING])
     parser.add_argument("--models", nargs="+", default=list(ZOO))
     parser.add_argument("--limit", type=int, help="only the data's first N questions")
     parser.add_argument("--techniques", nargs="+", help="run only these cells (e.g. program direct)")
@@ -130,7 +183,8 @@ def main() -> None:
     run_grid(args.grid, args.models, args.limit, args.techniques)
     records = [record for _, _, out in cells(args.grid, list(dict.fromkeys([*ZOO, *args.models])))
                if (record := finished(out))]
-    data = "dev_200's first 50" if args.grid == "train" else GRIDS[args.grid][0]
+    data = {"train": "dev_200's first 50", "train-2077": "dev_200's first 100 while training, then test_100"}.get(
+        args.grid) or GRIDS[args.grid][0]
     data += f"'s first {args.limit}" if args.limit else ""
     command = f"python evals/grid.py {args.grid}" + (f" --limit {args.limit}" if args.limit else "")
     text = f"{header()}\n\nGrid `{args.grid}` ({data}), produced by `{command}` "
