@@ -65,7 +65,7 @@ TRAINING = {
     "train-2077": {
         "qwen2.5-coder-0.5b_lora_program": dict(model="qwen2.5-coder-0.5b", method="lora", max_steps=120,
                                                 eval_every=40, **RETRIEVED_CURVE),
-        "smollm2-135m_lora_program": dict(model="smollm2-135m", method="lora", max_steps=240, eval_every=60, lr=5e-4,
+        "smollm2-135m_lora_program": dict(model="smollm2-135m", method="lora", max_steps=180, eval_every=60, lr=5e-4,
                                           **RETRIEVED_CURVE),
         "smollm2-135m_full_program": dict(model="smollm2-135m", method="full", max_steps=60, eval_every=30,
                                           **RETRIEVED_CURVE),
