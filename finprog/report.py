@@ -11,6 +11,7 @@ targets (10%, 20%, 30%): each gets its FLOPs-to-target column and its cheapest r
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -80,11 +81,13 @@ class RunSummary:
     inference_flops_per_question: float
     seconds_per_question: float
     curve: tuple[CurvePoint, ...] = ()
+    qualified: bool = False  # named with its parent folder too, because another run has the same folder name
 
     @property
     def name(self) -> str:
-        """The run's folder name, which tells runs of the same configuration apart."""
-        return self.path.resolve().parent.name
+        """The run's folder name, which tells runs of the same configuration apart (`parent/folder` if qualified)."""
+        folder = self.path.resolve().parent
+        return f"{folder.parent.name}/{folder.name}" if self.qualified else folder.name
 
     @property
     def family(self) -> str:
@@ -280,8 +283,11 @@ def _status(path: Path) -> object:
 
 
 def load_runs(paths: list[str | Path]) -> list[RunSummary]:
-    """Every finished run found under `paths` (see `find_run_files`), read and checked."""
-    return [load_run(file) for file in find_run_files(paths)[0]]
+    """Every finished run found under `paths` (see `find_run_files`), read and checked; runs whose folders
+    share a name are named with their parent folder too."""
+    runs = [load_run(file) for file in find_run_files(paths)[0]]
+    repeated = {name for name, count in Counter(run.name for run in runs).items() if count > 1}
+    return [replace(run, qualified=True) if run.name in repeated else run for run in runs]
 
 
 def load_run(path: str | Path) -> RunSummary:

@@ -286,6 +286,14 @@ def test_runs_are_found_in_run_folders_files_and_parents_once_each(tmp_path):
     assert sorted(run.name for run in runs) == ["x", "y", "z"]
 
 
+def test_runs_in_folders_of_the_same_name_are_named_with_their_parent(tmp_path):
+    write_run(tmp_path / "page" / "qwen_program", exact=0.1)
+    write_run(tmp_path / "retrieved" / "qwen_program", exact=0.2)
+    write_run(tmp_path / "retrieved" / "qwen_direct", exact=0.0)
+    runs = load_runs([tmp_path])
+    assert sorted(run.name for run in runs) == ["page/qwen_program", "qwen_direct", "retrieved/qwen_program"]
+
+
 def test_a_local_model_is_named_by_its_folder(tmp_path):
     folder = write_run(tmp_path / "lora_solve", exact=0.1)
     record = json.loads((folder / "run.json").read_text())
