@@ -96,7 +96,7 @@ def _add_data(commands) -> None:
     data = commands.add_parser("data", help="FinQA files: inspect or download")
     data_commands = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
     info = data_commands.add_parser("info", help="counts, split, fields of FinQA files")
-    info.add_argument("paths", nargs="+", type=Path, help="FinQA files or folders of them")
+    info.add_argument("paths", nargs="+", type=Path, help="FinQA files, folders of them, or split names (dev_200)")
     _add_json(info)
     info.set_defaults(run=_data_info)
     download = data_commands.add_parser(
@@ -537,10 +537,12 @@ def _report(args) -> int:
 
 
 def _data_info(args) -> int:
-    from finprog.data import DataValidationError, describe, is_dataset_folder
+    from finprog.data import DataValidationError, describe, is_dataset_folder, resolve_data
 
     files = []
     for path in args.paths:
+        if not path.exists() and str(path) == path.name and not path.suffix:  # a split name, as --data takes
+            path = resolve_data(path.name)[0]
         if path.is_dir() and not is_dataset_folder(path):
             found = sorted(p for p in path.glob("*.json") if p.name != "manifest.json")
         else:

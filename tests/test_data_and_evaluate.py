@@ -4,6 +4,7 @@ import dataclasses
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -74,6 +75,15 @@ def test_data_info_counts(capsys):
         ("train", 22, 22, 0),
         ("dev", 200, 200, 200),
     ]
+
+
+def test_data_info_takes_split_names_as_data_does(capsys):
+    code, out, _ = run_cli("data", "info", "train_2077", "--json", capsys=capsys)
+    (row,) = json.loads(out)
+    assert code == 0 and Path(row["file"]).name == "train_2077.json"
+    assert (row["split"], row["records"], row["with_program"]) == ("train", 2077, 2077)
+    code, _, err = run_cli("data", "info", "no_such_split", capsys=capsys)
+    assert code == 2 and "'no_such_split' is neither a file" in err
 
 
 def test_offline_download_fails_fast_with_a_hint(tmp_path, capsys, monkeypatch):
