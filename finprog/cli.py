@@ -557,7 +557,8 @@ def _data_info(args) -> int:
     for row in rows:
         print(f"{row['file']}")
         print(f"  split {row['split']}, {row['records']} records, {row['with_program']} with a program, "
-              f"{row['with_exe_ans']} with exe_ans, {row['yes_no_answers']} yes/no answers")
+              f"{row['with_exe_ans']} with exe_ans, {row['with_page']} with a page, "
+              f"{row['yes_no_answers']} yes/no answers")
         print(f"  fields: {', '.join(row['fields'])}")
         print(f"  qa fields: {', '.join(row['qa_fields'])}")
     return 0

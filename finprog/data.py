@@ -33,6 +33,14 @@ class Example:
     gold_inds: dict[str, str] = field(default_factory=dict)
 
 
+PAGE_FIELDS = ("pre_text", "post_text", "table")
+
+
+def has_page(example: Example) -> bool:
+    """Whether the record has a report page (text or a table) for a prompt to show."""
+    return bool(example.pre_text or example.post_text or example.table)
+
+
 def load_finqa(path: str | Path) -> list[Example]:
     """Read FinQA records: the official JSON list (either release), JSON Lines, or a `datasets` folder."""
     path = Path(path)
@@ -147,7 +155,8 @@ def _to_example(path: Path, index: int, record: object) -> Example:
         return mapping[key]
 
     qa = require(record, "qa", dict, "qa")
-    table = require(record, "table", list, "table")
+    pageless = not any(key in record for key in PAGE_FIELDS)  # a question and program only (train_programs_6251)
+    table = [] if pageless else require(record, "table", list, "table")
     for row_index, row in enumerate(table):
         if not isinstance(row, list) or not all(isinstance(cell, str) for cell in row):
             raise DataValidationError(
@@ -336,6 +345,7 @@ def describe(paths: list[Path]) -> list[dict]:
                 "records": len(examples),
                 "with_program": sum(e.program is not None for e in examples),
                 "with_exe_ans": sum(e.exe_ans is not None for e in examples),
+                "with_page": sum(map(has_page, examples)),
                 "yes_no_answers": sum(e.exe_ans in ("yes", "no") for e in examples),
                 "fields": fields,
                 "qa_fields": qa_fields,

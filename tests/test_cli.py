@@ -147,9 +147,8 @@ def test_solve_with_an_adapter_whose_base_is_missing_says_so_in_one_line(
 
 def test_train_on_records_without_pages_in_program_mode_names_the_first(
         tiny_checkpoint_dir, demo_split, tmp_path, capsys, no_model_loads):
-    records = [{"id": f"no-page-{i}", "pre_text": [], "post_text": [], "table": [],
-                "qa": {"question": "What is the change?", "program": "subtract(5, 3)", "exe_ans": 2.0}}
-               for i in range(2)]
+    records = [{"id": f"no-page-{i}", "qa": {"question": "What is the change?", "program": "subtract(5, 3)",
+                                             "exe_ans": 2.0}} for i in range(2)]  # as train_programs_6251 holds them
     (tmp_path / "programs.json").write_text(json.dumps(records))
     code, _, err = run_cli(capsys, "train", "--model", tiny_checkpoint_dir, "--train", tmp_path / "programs.json",
                            "--eval", demo_split / "eval.json", "--out", tmp_path / "run")

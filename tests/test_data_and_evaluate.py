@@ -86,6 +86,19 @@ def test_data_info_takes_split_names_as_data_does(capsys):
     assert code == 2 and "'no_such_split' is neither a file" in err
 
 
+def test_data_info_describes_a_file_of_questions_and_programs_without_pages(capsys):
+    code, out, _ = run_cli("data", "info", "train_programs_6251", "--json", capsys=capsys)
+    (row,) = json.loads(out)
+    assert code == 0 and (row["records"], row["with_program"], row["with_page"]) == (6251, 6251, 0)
+
+
+def test_a_record_with_part_of_a_page_still_needs_its_table(tmp_path, capsys):
+    path = tmp_path / "half.json"
+    path.write_text(json.dumps([{k: v for k, v in BAD_RECORD.items() if k != "table"}]))
+    code, _, err = run_cli("data", "info", path, capsys=capsys)
+    assert code == 2 and "record 0 (id 'X/1'): missing field 'table'" in err
+
+
 def test_offline_download_fails_fast_with_a_hint(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(data, "OFFICIAL_URL", "http://127.0.0.1:9/{split}.json")
     code, _, err = run_cli("data", "download", "--split", "dev", "--dir", tmp_path, capsys=capsys)

@@ -127,6 +127,7 @@ def test_nonsense_settings_are_refused_before_any_model_loads(tmp_path, tiny_che
     ("", "holds no examples"),
     ('{\n  "id": "x"\n}\n', "holds one JSON object; expected a JSON list"),
     (b'[{"id": "caf\xe9"}]', "not UTF-8 text (byte 12"),
+    ('[{"id": "q1", "qa": {"question": "q?", "program": "add(1, 2)"}}]', "record 'q1' has no page"),
 ])
 def test_bad_data_files_are_refused_before_any_model_loads(tmp_path, tiny_checkpoint_dir, capsys, no_model_loads,
                                                            content, message):
