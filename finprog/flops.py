@@ -248,8 +248,10 @@ def inference_flops(shape: ModelShape, completions) -> dict[str, int]:
 
 def training_step_flops(shape: ModelShape, seq_len: int, batch: int = 1, method: str = "full",
                         lora_rank: int = 8, targets: str | tuple[str, ...] = LORA_TARGETS,
-                        gradient_checkpointing: bool = False, inputs_require_grad: bool | None = None) -> int:
-    """A training step's forward and backward over `batch` sequences of `seq_len` tokens (logits everywhere).
+                        gradient_checkpointing: bool = False, inputs_require_grad: bool | None = None,
+                        logits: int | None = None) -> int:
+    """A training step's forward and backward over `batch` sequences of `seq_len` tokens, with the LM head
+    over each sequence's last `logits` positions (None: everywhere).
 
     The optimizer update is elementwise and not counted. Attention is the dense
     seq_len x seq_len score matrix in every layer, as eager attention computes it.
@@ -271,7 +273,7 @@ def training_step_flops(shape: ModelShape, seq_len: int, batch: int = 1, method:
         inputs_require_grad = full or gradient_checkpointing
     tokens = batch * seq_len
     attention = 2 * shape.heads * shape.head_dim * tokens * seq_len  # MACs of Q K^T plus P V, one layer
-    head = tokens * shape.hidden * shape.vocab
+    head = batch * min(logits or seq_len, seq_len) * shape.hidden * shape.vocab
     adapter = tokens * lora_rank * sum(sum(shape.projections()[t]) for t in adapted)
 
     layer_forward = tokens * sum(i * o for i, o in shape.projections().values()) + attention + adapter
@@ -350,10 +352,11 @@ def trainer_total_flos(shape: ModelShape, tokens: int) -> int:
 def summary(shape: ModelShape, prompt_tokens: int = 512, new_tokens: int = 16, method: str = "lora",
             lora_rank: int = 8, targets: str | tuple[str, ...] = LORA_TARGETS,
             gradient_checkpointing: bool = False) -> dict:
-    """Parameters and FLOPs for one example: its generation, and a training step on prompt + new tokens."""
+    """Parameters and FLOPs for one example: its generation, and a training step on prompt + new tokens (the new
+    tokens as the reply, as `finprog train` runs it: logits over the reply only)."""
     seq = prompt_tokens + new_tokens
     step = training_step_flops(shape, seq, method=method, lora_rank=lora_rank, targets=targets,
-                               gradient_checkpointing=gradient_checkpointing)
+                               gradient_checkpointing=gradient_checkpointing, logits=new_tokens + 1)
     return {
         "model_type": shape.model_type,
         "prompt_tokens": prompt_tokens,
@@ -386,7 +389,8 @@ def format_summary(result: dict) -> str:
         ("prefill", f["prefill"], f"{result['prompt_tokens']} prompt tokens, logits for the last"),
         ("first decode step", f["decode_step_first"], f"context {result['prompt_tokens'] + 1}"),
         ("generation", f["generation"], f"prefill + {result['new_tokens'] - 1} decode steps"),
-        ("training step", f["training_step"], f"{seq} tokens, {f['training_per_token']:.4g} per token"),
+        ("training step", f["training_step"], f"{seq} tokens, logits over the last {result['new_tokens'] + 1}, "
+                                               f"{f['training_per_token']:.4g} per token"),
         ("HF Trainer total_flos", f["trainer_total_flos_per_token"] * seq, "not used: 6 x tokens x non-embedding "
                                                                            "parameters, whatever the method"),
     ]
@@ -425,7 +429,8 @@ def check(model, prompt_tokens: int = 128, new_tokens: int = 8, train_tokens: in
     requires_grad = [p.requires_grad for p in model.parameters()]
     model.set_attn_implementation("eager")
     rows = _inference_rows(model, shape, prompt, ids, new_tokens)
-    training_rows, model = _training_rows(model, shape, ids, lora_rank, targets, gradient_checkpointing)
+    training_rows, model = _training_rows(model, shape, ids, min(new_tokens, train_tokens - 1), lora_rank, targets,
+                                          gradient_checkpointing)
     for p, flag in zip(model.parameters(), requires_grad):
         p.requires_grad_(flag)
     model.set_attn_implementation(attention)
@@ -470,18 +475,25 @@ def _inference_rows(model, shape: ModelShape, prompt, ids, new_tokens: int) -> l
         ]
 
 
-def _training_rows(model, shape: ModelShape, ids, lora_rank: int, targets: tuple[str, ...],
+def _training_rows(model, shape: ModelShape, ids, reply: int, lora_rank: int, targets: tuple[str, ...],
                    gradient_checkpointing: bool) -> tuple[list[tuple[str, int, int]], object]:
-    """(what, analytic, measured) of a full and a LoRA training step on `ids`, and the model with LoRA unloaded."""
+    """(what, analytic, measured) of a full and a LoRA training step on `ids` as `finprog train` runs one (loss on
+    the last `reply` tokens, `training.reply_loss`), and the model with LoRA unloaded."""
+    import torch
     from peft import LoraConfig, get_peft_model
 
+    from finprog.training import reply_loss
+
+    inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids),
+              "position_ids": torch.arange(ids.shape[1], device=ids.device)[None], "labels": ids[:, -reply:]}
+
     def step(net) -> None:
-        net(input_ids=ids, labels=ids).loss.backward()
+        reply_loss(net, inputs).backward()
         net.zero_grad(set_to_none=True)
 
     def analytic(method: str) -> int:
         return training_step_flops(shape, ids.shape[1], method=method, lora_rank=lora_rank, targets=targets,
-                                   gradient_checkpointing=gradient_checkpointing)
+                                   gradient_checkpointing=gradient_checkpointing, logits=reply + 1)
 
     if gradient_checkpointing:  # HF's own switch, which also makes the embedding output require grad
         (getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable)()

@@ -7,6 +7,7 @@ import sys
 
 import pytest
 
+from conftest import build_tiny_model, build_tiny_tokenizer
 from finprog import flops, models, prompts, training
 from finprog.data import Example, load_finqa
 from finprog.report import load_run
@@ -55,10 +56,12 @@ def encoded_examples(opts, checkpoint) -> tuple[list, flops.ModelShape]:
 
 
 def step_cost(opts, checkpoint) -> tuple[int, int]:
-    """FLOPs and real tokens of one step over all training examples in one batch, counted apart from the loop."""
+    """FLOPs and real tokens of one step over all training examples in one batch, counted apart from the loop
+    (logits over the longest reply and one more position)."""
     encoded, shape = encoded_examples(opts, checkpoint)
     cost = flops.training_step_flops(shape, max(e.length for e in encoded), len(encoded), method=opts.method,
-                                     lora_rank=opts.lora_r, targets=opts.lora_targets)
+                                     lora_rank=opts.lora_r, targets=opts.lora_targets,
+                                     logits=max(len(e.target) for e in encoded) + 1)
     return cost, sum(e.length for e in encoded)
 
 
@@ -289,9 +292,36 @@ def test_prompts_are_cut_to_the_limit_the_same_way_for_training_and_evaluation(c
     evaluated = tokenizer(prompts.build_prompt(example, tokenizer, cut, retriever), add_special_tokens=False)
     assert evaluated["input_ids"] == short.prompt
     batch = training.collate([short, whole], tokenizer.pad_token_id, "cpu")
+    padding = whole.length - short.length
     assert batch["input_ids"].shape == (2, whole.length)
-    assert batch["labels"][0].tolist() == [-100] * len(short.prompt) + short.target + [-100] * (
-        whole.length - short.length)
+    assert batch["input_ids"][0].tolist() == [tokenizer.pad_token_id] * padding + short.prompt + short.target
+    assert batch["attention_mask"][0].tolist() == [0] * padding + [1] * short.length
+    assert batch["position_ids"][0].tolist() == [0] * padding + list(range(short.length))
+    assert batch["labels"].tolist() == [short.target, whole.target]  # the reply window: the same replies here
+
+
+@pytest.mark.parametrize("architecture", ["llama", "qwen2"])
+def test_the_reply_loss_equals_the_loss_over_every_position_with_labels_on_the_reply_alone(architecture):
+    """Left padding, position ids and logits over the reply window only give the loss and gradients of the
+    whole right-padded batch with the prompt's labels masked (what `labels=` in transformers computes)."""
+    import torch
+
+    model = build_tiny_model(architecture, build_tiny_tokenizer())
+    short, long = training.Encoded([5, 6, 7], [8, 9]), training.Encoded([5, 6, 7, 10, 11, 12], [13, 14, 15])
+    pad = 0
+    width = long.length
+    right = torch.tensor([e.prompt + e.target + [pad] * (width - e.length) for e in (short, long)])
+    labels = torch.tensor([[-100] * len(e.prompt) + e.target + [-100] * (width - e.length) for e in (short, long)])
+
+    def gradients(loss):
+        model.zero_grad()
+        loss.backward()
+        return loss.item(), [p.grad.clone() for p in model.parameters()]
+
+    expected, expected_grads = gradients(model(input_ids=right, attention_mask=right.ne(pad).long(), labels=labels).loss)
+    got, grads = gradients(training.reply_loss(model, training.collate([short, long], pad, "cpu")))
+    assert got == pytest.approx(expected, rel=1e-5)
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(grads, expected_grads))
 
 
 def test_fit_context_drops_the_least_relevant_sentences_first():
