@@ -2,7 +2,6 @@
 
 import json
 import string
-from datetime import timedelta
 
 import pytest
 from hypothesis import given, settings
@@ -153,7 +152,7 @@ def test_equivalence(gold, predicted, same):
 
 # ---------------------------------------------------------------- property-based safety
 
-FAST = settings(max_examples=300, deadline=timedelta(milliseconds=50))
+FAST = settings(max_examples=300, deadline=None)  # speed is measured in evals/, never asserted
 OPS = list(dsl.ARITHMETIC_OPS + dsl.TABLE_OPS)
 TABLE = [["", "2025"], ["revenue", "$ 1,000"], ["costs", "( 20 )"], ["name", "abc"]]
 
