@@ -70,7 +70,7 @@ TRAINING = {
         "smollm2-135m_lora_program_122": dict(model="smollm2-135m", method="lora", max_steps=60, eval_every=30,
                                               lr=5e-4, **{**RETRIEVED_CURVE, "train": ["train_100", "train3"]}),
         "smollm2-135m_full_program": dict(model="smollm2-135m", method="full", max_steps=48, eval_every=24, lr=1e-4,
-                                          **RETRIEVED_CURVE),  # 1e-5, the default, barely moves in 48 steps
+                                          **RETRIEVED_CURVE),  # a short run: 1e-4, not the default 1e-5
     },
 }
 """Training grids: run folder name -> `finprog train` options. The "train" grid also solves its eval
