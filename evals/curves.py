@@ -72,7 +72,10 @@ def command(run: dict) -> str:
         value = config.get(field.name, BEFORE_FIELD.get(field.name, getattr(defaults, field.name)))
         if value != getattr(defaults, field.name):
             flag = "--" + field.name.replace("_", "-")
-            parts.append(flag if value is True else f"{flag} {value}")
+            if isinstance(value, bool):  # a switch: --flag, or --no-flag for one that is on by default
+                parts.append(flag if value else f"--no-{flag[2:]}")
+            else:
+                parts.append(f"{flag} {value}")
     names = " ".join(Path(path).stem for path in config["train"])
     parts[2:2] = [f"--train {names}", f"--eval {Path(config['eval']).stem}"]
     return " ".join(parts)
