@@ -24,8 +24,8 @@ HERE = Path(__file__).resolve().parent
 RUNS = HERE / "runs"
 FAILURES = ("parse_error", "no_program")
 BEFORE_FIELD = {"context": "page"}  # what a run made before an option existed did (otherwise: today's default)
-COLUMNS = ("run", "model", "method", "train_data", "step", "epoch", "tokens", "train_flops", "train_loss", "exact", "tolerant",
-           "program_accuracy", "parse_failures", "n", "eval_flops")
+COLUMNS = ("run", "model", "method", "train_data", "step", "epoch", "tokens", "train_flops", "train_loss", "exact",
+           "tolerant", "program_accuracy", "parse_failures", "n", "eval_flops")
 
 
 def load(kind: str, pattern: str) -> list[dict]:

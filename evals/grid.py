@@ -74,9 +74,9 @@ TRAINING = {
     },
 }
 """Training grids: run folder name -> `finprog train` options. The "train" grid also solves its eval
-questions few-shot (the curve's baseline) and test_100 with the trained model; "train-2077" exports each
-LoRA adapter to evals/adapters/NAME and solves test_100 from there, free (as its curve was evaluated) and
-constrained."""
+questions few-shot (the curve's baseline; the "test" grid solves test_100 with its trained model);
+"train-2077" exports each LoRA adapter to evals/adapters/NAME and solves test_100 from there, free (as
+its curve was evaluated) and constrained."""
 TEST_DECODING = {"program": False, "program-constrained": True}
 
 
@@ -166,7 +166,8 @@ def table(records: list[dict]) -> str:
         outcomes = ", ".join(f"{k} {v}" for k, v in sorted(m["outcomes"].items()))
         program = "-" if m["program_accuracy"] is None else f"{m['program_accuracy']:.1%}"
         lines.append(
-            f"| {Path(r['model']['name']).name} | {technique} | {Path(config.get('data') or config['eval']).stem} | {m['n']} | {m['exact']:.1%} | {m['tolerant']:.1%} | {program} "
+            f"| {Path(r['model']['name']).name} | {technique} | {Path(config.get('data') or config['eval']).stem} "
+            f"| {m['n']} | {m['exact']:.1%} | {m['tolerant']:.1%} | {program} "
             f"| {outcomes} | {m['prompt_tokens_per_example']:.0f} | {m['new_tokens_per_example']:.1f} "
             f"| {r['timing']['seconds_per_example']:.2f} | {r['flops']['inference_per_example'] / 1e9:,.0f} |"
         )

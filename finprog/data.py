@@ -41,6 +41,11 @@ def has_page(example: Example) -> bool:
     return bool(example.pre_text or example.post_text or example.table)
 
 
+def first_without_page(examples) -> str | None:
+    """The id of the first record without a page, or None when every record has one."""
+    return next((e.id for e in examples if not has_page(e)), None)
+
+
 def load_finqa(path: str | Path) -> list[Example]:
     """Read FinQA records: the official JSON list (either release), JSON Lines, or a `datasets` folder."""
     path = Path(path)

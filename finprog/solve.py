@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from finprog import flops, prompts, retrieval
-from finprog.data import Example, has_page, load_finqa, resolve_data
+from finprog.data import Example, first_without_page, load_finqa, resolve_data
 from finprog.evaluation import metrics, score
 from finprog.runs import RunRecord, RunRecorder, eval_set
 
@@ -149,7 +149,7 @@ def load_examples(options: SolveOptions) -> tuple[Path, str, list[Example]]:
     examples = load_finqa(data_path)[: options.limit]
     if not examples:
         raise SolveError(f"{data_path} holds no examples")
-    pageless = next((e.id for e in examples if not has_page(e)), None)
+    pageless = first_without_page(examples)
     if pageless:
         raise SolveError(f"{data_path}: record {pageless!r} has no page (no text, no table) to answer from; "
                          "solve a FinQA file with pages")

@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from finprog import flops, models, prompts, retrieval
-from finprog.data import Example, has_page, load_finqa, resolve_data
+from finprog.data import Example, first_without_page, load_finqa, resolve_data
 from finprog.evaluation import METRICS, gold_value, metrics
 from finprog.models import DTYPES
 from finprog.runs import PREDICTIONS, RUN, RunError, RunRecord, RunRecorder, eval_set, open_run, read_rows, write_rows
@@ -213,7 +213,7 @@ def _check_examples(options: TrainOptions, data: TrainData, eval_ids: set[str]) 
             f"{train_name}: {len(untrainable)} of {len(data.train)} training records have no {what} "
             f"(first: {', '.join(untrainable[:3])}); {options.mode} mode trains on it: {advice}"
         )
-    pageless = next((e.id for e in data.train if not has_page(e)), None)
+    pageless = first_without_page(data.train)
     if pageless and options.mode == "program":
         raise TrainingError(f"{train_name}: record {pageless!r} has no page (no text, no table), so a program "
                             "prompt has no numbers to use; train on a FinQA file with pages (such as train_2077)")
