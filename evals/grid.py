@@ -65,6 +65,9 @@ TRAINING = {
     "train-2077": {
         "qwen2.5-coder-0.5b_lora_program": dict(model="qwen2.5-coder-0.5b", method="lora", max_steps=120,
                                                 eval_every=40, **RETRIEVED_CURVE),
+        "qwen2.5-coder-0.5b_lora_program_cosine240": dict(  # twice as long, the rate decaying to 0
+            model="qwen2.5-coder-0.5b", method="lora", max_steps=240, eval_every=80, warmup_steps=10,
+            lr_schedule="cosine", **RETRIEVED_CURVE),
         "smollm2-135m_lora_program": dict(model="smollm2-135m", method="lora", max_steps=180, eval_every=60, lr=5e-4,
                                           **RETRIEVED_CURVE),
         "smollm2-135m_lora_program_122": dict(model="smollm2-135m", method="lora", max_steps=60, eval_every=30,

@@ -14,6 +14,7 @@ from finprog.models import DTYPES
 from finprog.report import DEFAULT_METRIC, DEFAULT_QUESTIONS
 from finprog.retrieval import CONTEXTS, DEFAULT_CONTEXT, DEFAULT_RANKER, DEFAULT_TOP_K, RANKERS
 from finprog.solve import DEFAULT_MODEL, DEFAULT_SHOTS, EXEMPLAR_CHOICES, MODES
+from finprog.training import LR_SCHEDULES
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -161,7 +162,10 @@ def _add_train(commands) -> None:
     train.add_argument("--target-metric", choices=METRICS, default="exact",
                        help="the accuracy --target applies to (default: %(default)s)")
     train.add_argument("--lr", type=float, help="AdamW learning rate (default: 2e-4 LoRA and QLoRA, 1e-5 full)")
-    train.add_argument("--warmup-steps", type=int, default=0, help="linear warmup, then a constant rate (default: 0)")
+    train.add_argument("--warmup-steps", type=int, default=0, help="steps of linear warmup (default: 0)")
+    train.add_argument("--lr-schedule", choices=LR_SCHEDULES, default="constant",
+                       help="after the warmup: a constant rate, or a linear or cosine decay to 0 at the step limit "
+                            "(default: constant)")
     train.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay (default: 0)")
     train.add_argument("--batch-size", type=int, default=4, help="sequences per step and process (default: %(default)s)")
     train.add_argument("--shots", type=int, default=0, help="few-shot exemplars in training prompts (default: 0)")
@@ -419,7 +423,7 @@ def _train(args) -> int:
         target=parse_target(args.target) if args.target else None, target_metric=args.target_metric,
         eval_every=args.eval_every, eval_at_start=args.eval_at_start, eval_limit=args.eval_limit,
         eval_batch_size=args.eval_batch_size, max_new_tokens=args.max_new_tokens, lr=args.lr,
-        warmup_steps=args.warmup_steps, weight_decay=args.weight_decay, batch_size=args.batch_size,
+        warmup_steps=args.warmup_steps, lr_schedule=args.lr_schedule, weight_decay=args.weight_decay, batch_size=args.batch_size,
         gradient_checkpointing=args.gradient_checkpointing, lora_r=args.lora_r, lora_alpha=args.lora_alpha,
         lora_dropout=args.lora_dropout, lora_targets=args.lora_targets, seed=args.seed, dtype=args.dtype,
         context=args.context, top_k=args.top_k, ranker=args.ranker,

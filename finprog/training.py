@@ -51,6 +51,7 @@ from finprog.solve import EXEMPLAR_CHOICES, MODES, SolveOptions, flop_totals, sc
 
 METHODS = flops.METHODS
 DEFAULT_LR = {"full": 1e-5, "lora": 2e-4, "qlora": 2e-4}
+LR_SCHEDULES = ("constant", "linear", "cosine")
 DEFAULT_MAX_PROMPT_TOKENS = 1024
 CHECKPOINT = "checkpoint.pt"
 EVALS = "evals"
@@ -93,9 +94,11 @@ class TrainOptions:
     eval_limit: int | None = None  # only the eval file's first N examples
     eval_batch_size: int | None = None  # None: as solve (8 on a GPU, 1 on a CPU)
     max_new_tokens: int | None = None  # default: solve's (96 program, 24 direct)
-    # optimisation: AdamW, linear warmup then a constant rate (so the curve does not depend on the step limit)
+    # optimisation: AdamW, linear warmup, then a constant rate (a curve that does not depend on the step limit)
+    # or one that decays to 0 at the step limit
     lr: float | None = None  # default: DEFAULT_LR[method]
     warmup_steps: int = 0
+    lr_schedule: str = "constant"  # constant, linear or cosine
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
     batch_size: int = 4  # sequences per step and process
@@ -130,6 +133,8 @@ class TrainOptions:
             fail(str(error))
         if self.dtype not in ("auto", *DTYPES):
             fail(f"unknown dtype {self.dtype!r}; use auto, {', '.join(DTYPES)}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            fail(f"unknown learning-rate schedule {self.lr_schedule!r}; choose one of {', '.join(LR_SCHEDULES)}")
         if self.target_metric not in METRICS:
             fail(f"unknown target metric {self.target_metric!r}; choose {' or '.join(METRICS)}")
         if self.max_steps is not None and self.epochs is not None:
@@ -553,7 +558,8 @@ def _loop(setup: Setup, state: TrainState, progress: bool) -> str:
                 break
             clock = time.perf_counter()
             loss = _training_step(accelerator, setup.model, setup.optimizer, setup.trainable,
-                                  collate(batch, setup.tokenizer.pad_token_id, accelerator.device), options, state.step)
+                                  collate(batch, setup.tokenizer.pad_token_id, accelerator.device), options,
+                                  learning_rate(options, state.step, total_steps))
             state.training_seconds += time.perf_counter() - clock
             losses.append(loss)
             state.step += 1
@@ -618,10 +624,21 @@ def _add_curve_point(setup: Setup, state: TrainState, loss: float | None) -> str
     return reason
 
 
-def _training_step(accelerator, model, optimizer, trainable, inputs: dict, options: TrainOptions, step: int) -> float:
-    """Forward, backward, clip, AdamW update at the warmed-up learning rate; returns the mean loss over processes."""
+def learning_rate(options: TrainOptions, step: int, total_steps: int) -> float:
+    """The rate of 0-based `step`: linear warmup over warmup_steps, then constant, or decaying linearly or along
+    a half cosine to 0 after the last of `total_steps`."""
+    warm = min(1.0, (step + 1) / (options.warmup_steps + 1))
+    if options.lr_schedule == "constant" or step < options.warmup_steps:
+        return options.lr * warm
+    done = (step - options.warmup_steps) / max(1, total_steps - options.warmup_steps)
+    left = 1 - done if options.lr_schedule == "linear" else (1 + math.cos(math.pi * done)) / 2
+    return options.lr * warm * max(0.0, left)
+
+
+def _training_step(accelerator, model, optimizer, trainable, inputs: dict, options: TrainOptions, rate: float) -> float:
+    """Forward, backward, clip, AdamW update at learning rate `rate`; returns the mean loss over processes."""
     for group in optimizer.param_groups:
-        group["lr"] = options.lr * min(1.0, (step + 1) / (options.warmup_steps + 1))
+        group["lr"] = rate
     loss = reply_loss(model, inputs)
     accelerator.backward(loss)
     accelerator.clip_grad_norm_(trainable, options.max_grad_norm)

@@ -324,6 +324,17 @@ def test_the_reply_loss_equals_the_loss_over_every_position_with_labels_on_the_r
     assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(grads, expected_grads))
 
 
+@pytest.mark.parametrize("schedule, rates", [
+    ("constant", [0.25, 0.5, 0.75, 1, 1, 1, 1, 1]),
+    ("linear", [0.25, 0.5, 0.75, 1, 0.8, 0.6, 0.4, 0.2]),
+    ("cosine", [0.25, 0.5, 0.75, 1, 0.9045, 0.6545, 0.3455, 0.0955]),
+])
+def test_learning_rate_warms_up_then_holds_or_decays_to_zero_at_the_step_limit(schedule, rates):
+    options = TrainOptions(model="m", train="t", eval="e", lr=2.0, warmup_steps=3, lr_schedule=schedule)
+    got = [training.learning_rate(options, step, total_steps=8) for step in range(8)]
+    assert got == pytest.approx([2 * rate for rate in rates], abs=1e-4)
+
+
 def test_fit_context_drops_the_least_relevant_sentences_first():
     example = Example(id="x", pre_text=["alpha revenue rose .", "unrelated filler text ."],
                       post_text=["more filler .", "revenue in 2008 was 5 ."],
@@ -360,6 +371,7 @@ def no_model_loads(monkeypatch):
 
 @pytest.mark.parametrize("case, message", [
     ("method", "unknown training method 'dora'"),
+    ("schedule", "unknown learning-rate schedule 'step'"),
     ("no_programs", "8 of 8 training records have no gold program"),
     ("shared_ids", "shares 5 id"),
     ("repeated_ids", "8 id\\(s\\) occur more than once"),
@@ -370,6 +382,8 @@ def test_bad_input_fails_before_any_model_loads(tmp_path, checkpoint, files, no_
     changes = {}
     if case == "method":
         changes["method"] = "dora"
+    elif case == "schedule":
+        changes["lr_schedule"] = "step"
     elif case == "no_programs":
         records = json.loads((files / "train.json").read_text())
         for record in records:
