@@ -72,6 +72,8 @@ TRAINING = {
                                           **RETRIEVED_CURVE),
         "smollm2-135m_lora_program_122": dict(model="smollm2-135m", method="lora", max_steps=60, eval_every=30,
                                               lr=5e-4, **{**RETRIEVED_CURVE, "train": ["train_100", "train3"]}),
+        "smollm2-135m_qlora_program": dict(model="smollm2-135m", method="qlora", max_steps=60, eval_every=30,
+                                           lr=5e-4, **RETRIEVED_CURVE),  # the LoRA run's first 60 steps, 4-bit base
         "smollm2-135m_full_program": dict(model="smollm2-135m", method="full", max_steps=48, eval_every=24, lr=1e-4,
                                           **RETRIEVED_CURVE),  # a short run: 1e-4, not the default 1e-5
     },
