@@ -1,0 +1,65 @@
+"""What retrieval recall buys: each run's exact accuracy on questions whose shown facts hold every gold fact, and
+on those where the ranker missed one.
+
+    python evals/recall_accuracy.py evals/runs/train-2077/*_test_* evals/runs/test-retrieved/*_program-constrained \
+        > evals/recall_accuracy.txt
+
+For every run with `--context retrieved`, the run's own ranker and k are applied again to
+each question's page (ranking is deterministic), and its rows are split by whether
+every `gold_inds` fact was among the kept facts; questions without gold facts are
+counted apart. Runs with another context are skipped.
+
+Run from the repository root with FINPROG_DATA_DIR=../shared/finqa.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from finprog import retrieval
+from finprog.data import load_finqa, resolve_data
+from finprog.provenance import header
+from finprog.runs import PREDICTIONS, RUN, RunRecord, read_rows
+
+GROUPS = ("all gold facts shown", "a gold fact missed", "no gold facts annotated")
+
+
+def group(example, kept: set[str]) -> str:
+    if not example.gold_inds:
+        return GROUPS[2]
+    return GROUPS[0] if set(example.gold_inds) <= kept else GROUPS[1]
+
+
+def split(run: Path) -> dict[str, list[bool]] | None:
+    """Exact-match results of a retrieved-context run, by whether its facts held every gold fact."""
+    config = RunRecord.load(run / RUN).data["config"]
+    if config.get("context") != "retrieved":
+        return None
+    examples = {e.id: e for e in load_finqa(resolve_data(config.get("data") or config["eval"])[0])}
+    rank = retrieval.ranker(config["ranker"])
+    result: dict[str, list[bool]] = {name: [] for name in GROUPS}
+    for row in read_rows(run / PREDICTIONS):
+        example = examples[row["id"]]
+        kept = {fact.key for fact in retrieval.top_facts(example, config["top_k"], rank)}
+        result[group(example, kept)].append(bool(row["exact"]))
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("runs", nargs="+", type=Path)
+    args = parser.parse_args()
+    print(header())
+    print("exact EmAcc by whether the retrieved facts held every gold fact (right / questions)\n")
+    print(f"{'run':<72}" + "".join(f"{name:>26}" for name in GROUPS))
+    for run in args.runs:
+        result = split(run)
+        if result is None:
+            continue
+        cells = [f"{sum(v) / len(v):.0%} ({sum(v)}/{len(v)})" if v else "-" for v in result.values()]
+        print(f"{run.parent.name + '/' + run.name:<72}" + "".join(f"{cell:>26}" for cell in cells))
+
+
+if __name__ == "__main__":
+    main()
