@@ -91,7 +91,7 @@ def plot(runs: list[dict], solves: list[dict], path: Path) -> None:
     drawn = set()
     for run in runs:
         rows = curve_rows(run)
-        label = f"{run['model']['name']} {run['config']['method']} ({train_data(run)})"
+        label = f"{run['run']} ({train_data(run)})"
         x = [row["train_flops"] for row in rows]
         line, = accuracy.plot(x, [100 * row["exact"] for row in rows], marker="o", label=f"{label}: exact")
         accuracy.plot(x, [100 * row["tolerant"] for row in rows], marker="x", linestyle=":", color=line.get_color(),
