@@ -627,12 +627,11 @@ def _add_curve_point(setup: Setup, state: TrainState, loss: float | None) -> str
 def learning_rate(options: TrainOptions, step: int, total_steps: int) -> float:
     """The rate of 0-based `step`: linear warmup over warmup_steps, then constant, or decaying linearly or along
     a half cosine to 0 after the last of `total_steps`."""
-    warm = min(1.0, (step + 1) / (options.warmup_steps + 1))
     if options.lr_schedule == "constant" or step < options.warmup_steps:
-        return options.lr * warm
+        return options.lr * min(1.0, (step + 1) / (options.warmup_steps + 1))
     done = (step - options.warmup_steps) / max(1, total_steps - options.warmup_steps)
     left = 1 - done if options.lr_schedule == "linear" else (1 + math.cos(math.pi * done)) / 2
-    return options.lr * warm * max(0.0, left)
+    return options.lr * max(0.0, left)
 
 
 def _training_step(accelerator, model, optimizer, trainable, inputs: dict, options: TrainOptions, rate: float) -> float:
