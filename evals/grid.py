@@ -65,9 +65,11 @@ TRAINING = {
     "train-2077": {
         "qwen2.5-coder-0.5b_lora_program": dict(model="qwen2.5-coder-0.5b", method="lora", max_steps=120,
                                                 eval_every=40, **RETRIEVED_CURVE),
-        "qwen2.5-coder-0.5b_lora_program_cosine240": dict(  # twice as long, the rate decaying to 0
+        # twice as long, the rate decaying to 0; batches of 4 whole took 24 GB, so it resumed at step 160 in
+        # micro-batches of 1 (the same updates)
+        "qwen2.5-coder-0.5b_lora_program_cosine240": dict(
             model="qwen2.5-coder-0.5b", method="lora", max_steps=240, eval_every=80, warmup_steps=10,
-            lr_schedule="cosine", **RETRIEVED_CURVE),
+            lr_schedule="cosine", micro_batch_size=1, **RETRIEVED_CURVE),
         "smollm2-135m_lora_program": dict(model="smollm2-135m", method="lora", max_steps=180, eval_every=60, lr=5e-4,
                                           **RETRIEVED_CURVE),
         "smollm2-135m_lora_program_122": dict(model="smollm2-135m", method="lora", max_steps=60, eval_every=30,

@@ -168,6 +168,9 @@ def _add_train(commands) -> None:
                             "(default: constant)")
     train.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay (default: 0)")
     train.add_argument("--batch-size", type=int, default=4, help="sequences per step and process (default: %(default)s)")
+    train.add_argument("--micro-batch-size", type=int,
+                       help="sequences per forward and backward, gradients summed over the batch: the same update "
+                            "in less memory; a --resume may change it (default: the batch)")
     train.add_argument("--shots", type=int, default=0, help="few-shot exemplars in training prompts (default: 0)")
     train.add_argument("--max-prompt-tokens", type=int, default=1024,
                        help="cut the report's least relevant sentences to fit (default: %(default)s)")
@@ -424,7 +427,7 @@ def _train(args) -> int:
         eval_every=args.eval_every, eval_at_start=args.eval_at_start, eval_limit=args.eval_limit,
         eval_batch_size=args.eval_batch_size, max_new_tokens=args.max_new_tokens, lr=args.lr,
         warmup_steps=args.warmup_steps, lr_schedule=args.lr_schedule, weight_decay=args.weight_decay,
-        batch_size=args.batch_size,
+        batch_size=args.batch_size, micro_batch_size=args.micro_batch_size,
         gradient_checkpointing=args.gradient_checkpointing, lora_r=args.lora_r, lora_alpha=args.lora_alpha,
         lora_dropout=args.lora_dropout, lora_targets=args.lora_targets, seed=args.seed, dtype=args.dtype,
         context=args.context, top_k=args.top_k, ranker=args.ranker,

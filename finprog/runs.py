@@ -256,11 +256,11 @@ def lock(out: Path):
     return handle
 
 
-def open_run(out: Path, config: dict, resume: bool) -> RunRecord | None:
+def open_run(out: Path, config: dict, resume: bool, may_change: tuple[str, ...] = ()) -> RunRecord | None:
     """The record already in `out` when resuming it (None for a new folder).
 
     Refuses to write over an existing run without `resume` (saying how it ended), and to
-    resume a run that was made with another config.
+    resume a run that was made with another config (but for the keys in `may_change`).
     """
     path = Path(out) / RUN
     if not path.exists():
@@ -272,7 +272,8 @@ def open_run(out: Path, config: dict, resume: bool) -> RunRecord | None:
     saved_config = saved.data.get("config")
     if not isinstance(saved_config, dict):
         raise RunError(f"{path}: field 'config' is missing; cannot resume this run")
-    changed = sorted(k for k in set(saved_config) | set(config) if saved_config.get(k) != config.get(k))
+    changed = sorted(k for k in set(saved_config) | set(config)
+                     if saved_config.get(k) != config.get(k) and k not in may_change)
     if changed:
         details = ", ".join(f"{k}: {saved_config.get(k)!r} -> {config.get(k)!r}" for k in changed)
         raise RunError(f"{out} was run with another config ({details}); resume with the same options")
@@ -322,13 +323,13 @@ def write_rows(path: Path, rows: list[dict]) -> None:
 class RunRecorder:
     """Writes one run folder under its lock; with `resume`, continues a folder that an earlier call started."""
 
-    def __init__(self, out: Path, record: dict, resume: bool = False):
+    def __init__(self, out: Path, record: dict, resume: bool = False, may_change: tuple[str, ...] = ()):
         self.out = Path(out)
         if self.out.exists() and not self.out.is_dir():
             raise RunError(f"--out {out} is a file; give a folder for the run")
         self._lock = lock(self.out)
         try:
-            saved = open_run(self.out, record["config"], resume)
+            saved = open_run(self.out, record["config"], resume, may_change)
         except RunError:
             self._lock.close()
             raise

@@ -4,8 +4,8 @@
 what a checkpoint saves). A training example is the prompt `finprog solve` would give it
 followed by the gold program (program mode) or the gold value (direct mode), with the loss
 on the target tokens only. Every step's FLOPs come from
-`flops.training_step_flops` for the batch as it ran (its padded length and size), summed
-over processes. Every `eval_every` steps the model in memory is evaluated the way
+`flops.training_step_flops` for the batch as it ran (each micro-batch's padded length and
+size), summed over processes. Every `eval_every` steps the model in memory is evaluated the way
 `finprog solve` evaluates one (same prompts, generation and scoring), and a row is added
 to the learning curve. Training stops at the target accuracy, at the FLOPs budget, or at
 the step/epoch limit; the last step is always evaluated.
@@ -59,6 +59,8 @@ IGNORE_INDEX = -100  # label of a token that has no loss (prompt and padding)
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 EXPORT_MAX_BYTES = 25_000_000  # an exported adapter small enough to commit
+RUNTIME_OPTIONS = ("micro_batch_size", "gradient_checkpointing")
+"""Options that change how a step runs (memory, time, FLOPs) but not the update: a resumed run may change them."""
 
 
 class TrainingError(ValueError):
@@ -67,7 +69,8 @@ class TrainingError(ValueError):
 
 @dataclass
 class TrainOptions:
-    """Everything that shapes a training run; saved as `config` in run.json (a resumed run must match it)."""
+    """Everything that shapes a training run; saved as `config` in run.json (a resumed run must match it but
+    for RUNTIME_OPTIONS)."""
 
     model: str
     train: str | list[str]  # FinQA file(s) or split name(s), concatenated in order
@@ -102,6 +105,8 @@ class TrainOptions:
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
     batch_size: int = 4  # sequences per step and process
+    # how a step runs, not what it computes: a resumed run may change these (to fit memory)
+    micro_batch_size: int | None = None  # sequences per forward and backward, gradients summed; None: the batch
     gradient_checkpointing: bool = False
     # LoRA and QLoRA adapters
     lora_r: int = 8
@@ -141,7 +146,8 @@ class TrainOptions:
             fail("give --max-steps or --epochs, not both")
         if self.target is not None and not 0 < self.target <= 1:
             fail(f"--target is an accuracy fraction in (0, 1], got {self.target}")
-        for name in ("max_steps", "eval_every", "eval_limit", "eval_batch_size", "max_prompt_tokens", "max_new_tokens"):
+        for name in ("max_steps", "eval_every", "eval_limit", "eval_batch_size", "max_prompt_tokens", "max_new_tokens",
+                     "micro_batch_size"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 fail(f"--{name.replace('_', '-')} must be at least 1, got {value}")
@@ -152,6 +158,8 @@ class TrainOptions:
             value = getattr(self, name)
             if value is not None and not value > 0:
                 fail(f"--{name.replace('_', '-')} must be positive, got {value}")
+        if self.micro_batch_size is not None and self.micro_batch_size > self.batch_size:
+            fail(f"--micro-batch-size ({self.micro_batch_size}) cannot exceed --batch-size ({self.batch_size})")
         if not 0 <= self.lora_dropout < 1:
             fail(f"--lora-dropout must be in [0, 1), got {self.lora_dropout}")
         if self.shots < 0 or self.warmup_steps < 0 or self.weight_decay < 0 or self.max_grad_norm <= 0:
@@ -356,13 +364,22 @@ def batch_indices(n: int, options: TrainOptions, step: int, rank: int, world: in
     return shard[index * options.batch_size : (index + 1) * options.batch_size]
 
 
+def micro_batches(batch: Sequence[Encoded], options: TrainOptions) -> list[list[Encoded]]:
+    """The batch as its forward and backward passes run: sorted by length (less padding) and cut into
+    `micro_batch_size` sequences (the whole batch without it)."""
+    ordered = sorted(batch, key=lambda e: e.length)
+    size = options.micro_batch_size or len(ordered)
+    return [ordered[start : start + size] for start in range(0, len(ordered), size)]
+
+
 def step_flops(shape: flops.ModelShape, batch: Sequence[Encoded], options: TrainOptions) -> int:
-    """One process's step as it runs: `len(batch)` sequences padded to the longest, logits over the reply window."""
-    return flops.training_step_flops(
-        shape, max(e.length for e in batch), len(batch), method=options.method, lora_rank=options.lora_r,
+    """One process's step as it runs: each micro-batch padded to its longest sequence, logits over its reply
+    window."""
+    return sum(flops.training_step_flops(
+        shape, max(e.length for e in micro), len(micro), method=options.method, lora_rank=options.lora_r,
         targets=options.lora_targets, gradient_checkpointing=options.gradient_checkpointing,
-        logits=reply_window(batch) + 1,
-    )
+        logits=reply_window(micro) + 1,
+    ) for micro in micro_batches(batch, options))
 
 
 def reply_window(batch: Sequence[Encoded]) -> int:
@@ -387,8 +404,9 @@ def collate(batch: Sequence[Encoded], pad_id: int, device) -> dict:
             (("input_ids", ids), ("attention_mask", mask), ("position_ids", positions), ("labels", labels))}
 
 
-def reply_loss(model, inputs: dict):
-    """Mean cross-entropy of the reply tokens, with the LM head run only where a reply token is predicted.
+def reply_loss(model, inputs: dict, reduction: str = "mean"):
+    """Cross-entropy of the reply tokens (their mean, or with "sum" their sum), with the LM head run only where
+    a reply token is predicted.
 
     The batch is left-padded, so every reply ends at the last position and the logits of the
     last `window + 1` positions (`logits_to_keep`) predict all of them; the prompt's
@@ -400,7 +418,8 @@ def reply_loss(model, inputs: dict):
     labels = inputs["labels"]
     model_inputs = {name: value for name, value in inputs.items() if name != "labels"}
     logits = model(**model_inputs, logits_to_keep=labels.shape[1] + 1, use_cache=False).logits[:, :-1]
-    return torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=IGNORE_INDEX)
+    return torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=IGNORE_INDEX,
+                                             reduction=reduction)
 
 
 # ---------------------------------------------------------------- evaluation
@@ -477,14 +496,14 @@ def train(options: TrainOptions, out: Path, resume: bool = False, progress: bool
     from accelerate import Accelerator
 
     accelerator = Accelerator(cpu=models.resolve_device("auto").type == "cpu")  # cpu: processes talk over gloo
-    saved = open_run(out, config, resume)
+    saved = open_run(out, config, resume, RUNTIME_OPTIONS)
     finished = saved.data if saved and saved.status == "finished" else None
     accelerator.wait_for_everyone()  # every process has read the folder before the main one writes to it
     if finished:
         return finished
-    record = {"kind": "train", "config": config,
+    record = {"kind": "train", "config": config, **_config_changes(saved, config),
               "eval_set": eval_set(data.eval_path.stem, [e.id for e in data.eval])}
-    recorder = RunRecorder(out, record, resume=resume) if accelerator.is_main_process else None
+    recorder = RunRecorder(out, record, resume, RUNTIME_OPTIONS) if accelerator.is_main_process else None
     with recorder or nullcontext():
         setup, state = _set_up(options, data, out, accelerator, recorder, progress, resume)
         stop = _loop(setup, state, progress)
@@ -496,6 +515,20 @@ def train(options: TrainOptions, out: Path, resume: bool = False, progress: bool
             (out / CHECKPOINT).unlink(missing_ok=True)
     accelerator.wait_for_everyone()
     return RunRecord.load(out).data
+
+
+def _config_changes(saved: RunRecord | None, config: dict) -> dict:
+    """`config_changes` for run.json: the earlier resumes' and this one's changes of RUNTIME_OPTIONS, each
+    with the step it resumes from (the last checkpoint's, where the last curve point is)."""
+    if saved is None:
+        return {}
+    changes = list(saved.data.get("config_changes", []))
+    changed = {k: [saved.data["config"].get(k), config[k]] for k in RUNTIME_OPTIONS
+               if saved.data["config"].get(k) != config[k]}
+    if changed:
+        curve = saved.data.get("curve") or [{"step": 0}]
+        changes.append({"from_step": curve[-1]["step"], **changed})
+    return {"config_changes": changes} if changes else {}
 
 
 def _set_up(options: TrainOptions, data: TrainData, out: Path, accelerator, recorder: RunRecorder | None,
@@ -558,8 +591,9 @@ def _loop(setup: Setup, state: TrainState, progress: bool) -> str:
                 break
             clock = time.perf_counter()
             loss = _training_step(accelerator, setup.model, setup.optimizer, setup.trainable,
-                                  collate(batch, setup.tokenizer.pad_token_id, accelerator.device), options,
-                                  learning_rate(options, state.step, total_steps))
+                                  [collate(micro, setup.tokenizer.pad_token_id, accelerator.device)
+                                   for micro in micro_batches(batch, options)],
+                                  options, learning_rate(options, state.step, total_steps))
             state.training_seconds += time.perf_counter() - clock
             losses.append(loss)
             state.step += 1
@@ -634,16 +668,30 @@ def learning_rate(options: TrainOptions, step: int, total_steps: int) -> float:
     return options.lr * max(0.0, left)
 
 
-def _training_step(accelerator, model, optimizer, trainable, inputs: dict, options: TrainOptions, rate: float) -> float:
-    """Forward, backward, clip, AdamW update at learning rate `rate`; returns the mean loss over processes."""
+def _training_step(accelerator, model, optimizer, trainable, micros: list[dict], options: TrainOptions,
+                   rate: float) -> float:
+    """Forward and backward of each micro-batch, clip, AdamW update at learning rate `rate`; returns the mean
+    loss over processes.
+
+    Each micro-batch's summed loss is divided by the reply tokens of the whole batch, so the
+    summed gradients are those of the batch's mean loss, however it is cut.
+    """
+    import torch
+
     for group in optimizer.param_groups:
         group["lr"] = rate
-    loss = reply_loss(model, inputs)
-    accelerator.backward(loss)
+    replies = sum(int((inputs["labels"] != IGNORE_INDEX).sum()) for inputs in micros)
+    loss = torch.zeros((), device=accelerator.device)
+    for index, inputs in enumerate(micros):
+        syncing = index == len(micros) - 1  # processes average gradients once, after the last micro-batch
+        with nullcontext() if syncing else accelerator.no_sync(model):
+            part = reply_loss(model, inputs, reduction="sum") / replies
+            accelerator.backward(part)
+        loss += part.detach().float()
     accelerator.clip_grad_norm_(trainable, options.max_grad_norm)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    return accelerator.reduce(loss.detach().float().reshape(1), reduction="mean").item()
+    return accelerator.reduce(loss.reshape(1), reduction="mean").item()
 
 
 def _trainable_model(options: TrainOptions, data: TrainData, device: str):

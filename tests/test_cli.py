@@ -56,7 +56,7 @@ def test_train_passes_every_option_to_the_library(monkeypatch, tmp_path):
         "--eval", "e.json", "--eval-every", 3, "--eval-limit", 7, "--no-eval-at-start", "--eval-batch-size", 2,
         "--max-steps", 9, "--budget-flops", 1e15, "--target", "30%", "--target-metric", "tolerant", "--lr", 1e-4,
         "--warmup-steps", 2, "--lr-schedule", "cosine", "--weight-decay", 0.1, "--batch-size", 5,
-        "--gradient-checkpointing", "--lora-r", 4,
+        "--micro-batch-size", 2, "--gradient-checkpointing", "--lora-r", 4,
         "--lora-alpha", 16, "--lora-dropout", 0.1, "--lora-targets", "all-linear", "--max-prompt-tokens", 300,
         "--max-new-tokens", 12, "--no-chat-template", "--dtype", "bf16", "--seed", 7, "--out", tmp_path / "run",
         "--resume", "--json",
@@ -65,7 +65,7 @@ def test_train_passes_every_option_to_the_library(monkeypatch, tmp_path):
         model="m", method="full", mode="direct", train=["a.json", "b.json"], eval="e.json", eval_every=3,
         eval_limit=7, eval_at_start=False, eval_batch_size=2, max_steps=9, epochs=None, budget_flops=1e15,
         target=0.3, target_metric="tolerant", lr=1e-4, warmup_steps=2, lr_schedule="cosine", weight_decay=0.1,
-        batch_size=5, gradient_checkpointing=True, lora_r=4, lora_alpha=16, lora_dropout=0.1, lora_targets="all-linear",
+        batch_size=5, micro_batch_size=2, gradient_checkpointing=True, lora_r=4, lora_alpha=16, lora_dropout=0.1, lora_targets="all-linear",
         max_prompt_tokens=300, max_new_tokens=12, chat_template=False, dtype="bf16", seed=7, shots=0,
     )
     assert {name: getattr(options, name) for name in expected} == expected

@@ -191,23 +191,27 @@ def test_loss_falls_when_overfitting_two_examples(tmp_path, checkpoint, files):
     assert curve[-1]["train_loss"] < 0.5 * curve[0]["train_loss"]
 
 
-def test_resume_continues_from_the_checkpoint_and_counts_flops_once(tmp_path, checkpoint, files, monkeypatch):
-    opts = options(checkpoint, files, batch_size=4)
-    straight = train(opts, tmp_path / "straight", progress=False)
-
+def interrupt_at_step_3(opts, out, monkeypatch) -> None:
+    """Start a run and stop it with Ctrl-C in its step 3, after the checkpoint of step 2."""
     real_step, calls = training._training_step, []
 
     def interrupted(*args, **kwargs):
         calls.append(1)
-        if len(calls) == 4:  # step 3, after the checkpoint of step 2
+        if len(calls) == 4:
             raise KeyboardInterrupt
         return real_step(*args, **kwargs)
 
     monkeypatch.setattr(training, "_training_step", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        train(opts, tmp_path / "run", progress=False)
+        train(opts, out, progress=False)
     monkeypatch.setattr(training, "_training_step", real_step)
-    assert (tmp_path / "run" / training.CHECKPOINT).is_file()
+    assert (out / training.CHECKPOINT).is_file()
+
+
+def test_resume_continues_from_the_checkpoint_and_counts_flops_once(tmp_path, checkpoint, files, monkeypatch):
+    opts = options(checkpoint, files, batch_size=4)
+    straight = train(opts, tmp_path / "straight", progress=False)
+    interrupt_at_step_3(opts, tmp_path / "run", monkeypatch)
     with pytest.raises(RunError, match="--resume"):
         train(opts, tmp_path / "run", progress=False)
     with pytest.raises(RunError, match="lr: 0.001 -> 0.002"):
@@ -220,6 +224,40 @@ def test_resume_continues_from_the_checkpoint_and_counts_flops_once(tmp_path, ch
         [p["train_loss"] for p in straight["curve"][1:]], rel=1e-4)
     assert resumed["flops"]["training_total"] == straight["flops"]["training_total"]
     assert train(opts, tmp_path / "run", resume=True, progress=False) == resumed  # finished: nothing to do
+
+
+def test_micro_batches_make_the_batch_update_and_count_their_own_flops(tmp_path, checkpoint, files):
+    whole = options(checkpoint, files, method="full", dtype="fp32", max_steps=2, eval_every=None, eval_at_start=False)
+    micro = options(checkpoint, files, method="full", dtype="fp32", max_steps=2, eval_every=None, eval_at_start=False,
+                    micro_batch_size=3)
+    records = [train(opts, tmp_path / name, progress=False) for opts, name in ((whole, "whole"), (micro, "micro"))]
+    weights = [models.load_model(tmp_path / name, dtype="fp32").model.state_dict() for name in ("whole", "micro")]
+    assert weights[0].keys() == weights[1].keys()
+    for name, value in weights[0].items():
+        assert value == pytest.approx(weights[1][name], abs=1e-4), name  # the same two updates (Adam moves 2e-3)
+    assert records[0]["curve"][-1]["train_loss"] == pytest.approx(records[1]["curve"][-1]["train_loss"], rel=1e-5)
+
+    encoded, shape = encoded_examples(micro, checkpoint)  # one batch of 8: micro-batches of 3, 3 and 2
+    chunks = training.micro_batches(encoded, micro)
+    assert [len(c) for c in chunks] == [3, 3, 2] and sorted(map(id, encoded)) == sorted(id(e) for c in chunks for e in c)
+    cost = sum(flops.training_step_flops(shape, max(e.length for e in c), len(c), method="full",
+                                         logits=max(len(e.target) for e in c) + 1) for c in chunks)
+    assert records[1]["flops"]["training_total"] == 2 * cost < records[0]["flops"]["training_total"]
+
+
+def test_a_resumed_run_may_change_how_its_steps_run_and_says_so(tmp_path, checkpoint, files, monkeypatch):
+    opts = options(checkpoint, files, batch_size=4)
+    straight = train(opts, tmp_path / "straight", progress=False)
+    interrupt_at_step_3(opts, tmp_path / "run", monkeypatch)
+    smaller = options(checkpoint, files, batch_size=4, micro_batch_size=1)
+    resumed = train(smaller, tmp_path / "run", resume=True, progress=False)
+    assert resumed["config"]["micro_batch_size"] == 1
+    assert resumed["config_changes"] == [{"from_step": 2, "micro_batch_size": [None, 1]}]
+    assert [p["step"] for p in resumed["curve"]] == [0, 2, 4]
+    assert [p["train_loss"] for p in resumed["curve"][1:]] == pytest.approx(
+        [p["train_loss"] for p in straight["curve"][1:]], rel=1e-3)
+    assert resumed["curve"][1]["train_flops"] == straight["curve"][1]["train_flops"]  # steps 1-2 ran whole
+    assert resumed["flops"]["training_total"] < straight["flops"]["training_total"]  # steps 3-4 without padding
 
 
 DATA_PARALLEL = """
@@ -372,6 +410,7 @@ def no_model_loads(monkeypatch):
 @pytest.mark.parametrize("case, message", [
     ("method", "unknown training method 'dora'"),
     ("schedule", "unknown learning-rate schedule 'step'"),
+    ("micro_batch", "--micro-batch-size \\(9\\) cannot exceed --batch-size \\(8\\)"),
     ("no_programs", "8 of 8 training records have no gold program"),
     ("shared_ids", "shares 5 id"),
     ("repeated_ids", "8 id\\(s\\) occur more than once"),
@@ -384,6 +423,8 @@ def test_bad_input_fails_before_any_model_loads(tmp_path, checkpoint, files, no_
         changes["method"] = "dora"
     elif case == "schedule":
         changes["lr_schedule"] = "step"
+    elif case == "micro_batch":
+        changes["micro_batch_size"] = 9
     elif case == "no_programs":
         records = json.loads((files / "train.json").read_text())
         for record in records:
