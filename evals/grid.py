@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import os
 from pathlib import Path
+from typing import NamedTuple
 
 from finprog.provenance import header
 from finprog.runs import RUN, RunRecord
@@ -93,8 +94,19 @@ def finished(out: Path) -> dict | None:
     return record.validate().data if record and record.status == "finished" else None
 
 
-def trained_cells(name: str, models: list[str]) -> list[tuple[str, str, Path]]:
-    """(model, technique, run folder) of a training grid: each run, then what solves with or beside it."""
+class Cell(NamedTuple):
+    """One run folder of a grid and its table row; a trained model's test solve also names its training run
+    (a folder beside it) and decoding (a key of TEST_DECODING)."""
+
+    model: str
+    technique: str
+    out: Path
+    trained_run: str | None = None
+    decoding: str | None = None
+
+
+def trained_cells(name: str, models: list[str]) -> list[Cell]:
+    """A training grid's cells: each run, then what solves with or beside it."""
     runs = HERE / "runs" / name
     result = []
     for run, options in TRAINING[name].items():
@@ -102,20 +114,22 @@ def trained_cells(name: str, models: list[str]) -> list[tuple[str, str, Path]]:
             continue
         model, technique = options["model"], run.removeprefix(f"{options['model']}_")
         if name == "train":
-            result += [(model, "program few-shot", runs / f"{model}_program_few-shot"), (model, technique, runs / run)]
+            result += [Cell(model, "program few-shot", runs / f"{model}_program_few-shot"),
+                       Cell(model, technique, runs / run)]
         else:
-            result += [(model, technique, runs / run)] + [
-                (model, f"{technique} test {decoding}", runs / f"{run}_test_{decoding}") for decoding in TEST_DECODING]
+            result += [Cell(model, technique, runs / run)] + [
+                Cell(model, f"{technique} test {decoding}", runs / f"{run}_test_{decoding}", run, decoding)
+                for decoding in TEST_DECODING]
     return result
 
 
-def cells(name: str, models: list[str]) -> list[tuple[str, str, Path]]:
-    """(model, technique, run folder) of the grid `name`, in table order."""
+def cells(name: str, models: list[str]) -> list[Cell]:
+    """The cells of the grid `name`, in table order."""
     if name in TRAINING:
         return trained_cells(name, models)
     trained = {options["model"] for options in TRAINING["train"].values()}
     techniques = GRIDS[name][1] + (["program-lora"] if name == "test" else [])
-    return [(model, technique, HERE / "runs" / name / f"{model.replace('/', '--')}_{technique}") for model in models
+    return [Cell(model, technique, HERE / "runs" / name / f"{model.replace('/', '--')}_{technique}") for model in models
             for technique in techniques if technique != "program-lora" or model in trained]
 
 
@@ -129,7 +143,8 @@ def trained_model(name: str, run: Path) -> str:
     return os.path.relpath(adapter)
 
 
-def run_cell(name: str, model: str, technique: str, out: Path, limit: int | None) -> None:
+def run_cell(name: str, cell: Cell, limit: int | None) -> None:
+    model, technique, out = cell.model, cell.technique, cell.out
     resume = (out / RUN).exists()
     if name in TRAINING and out.name in TRAINING[name]:
         train(TrainOptions(**TRAINING[name][out.name]), out, resume=resume, progress=True)
@@ -141,10 +156,9 @@ def run_cell(name: str, model: str, technique: str, out: Path, limit: int | None
     elif technique == "program-lora":
         run = HERE / "runs" / "train" / f"{model}_lora_program"
         solve(SolveOptions.for_model(trained_model("train", run), data="test_100"), out, resume=resume, progress=True)
-    elif name in TRAINING:
-        run_name, decoding = out.name.split("_test_")
-        model = trained_model(name, out.parent / run_name)
-        options = SolveOptions.for_model(model, data="test_100", limit=limit, constrained=TEST_DECODING[decoding])
+    elif cell.trained_run:
+        model = trained_model(name, out.parent / cell.trained_run)
+        options = SolveOptions.for_model(model, data="test_100", limit=limit, constrained=TEST_DECODING[cell.decoding])
         solve(options, out, resume=resume, progress=True)
     else:
         data, _, prompts = GRIDS[name]
@@ -153,11 +167,11 @@ def run_cell(name: str, model: str, technique: str, out: Path, limit: int | None
 
 
 def run_grid(name: str, models: list[str], limit: int | None, techniques: list[str] | None) -> None:
-    for model, technique, out in cells(name, models):
-        if finished(out) or (techniques and technique not in techniques):
+    for cell in cells(name, models):
+        if finished(cell.out) or (techniques and cell.technique not in techniques):
             continue
-        print(f"== {model} {technique}", flush=True)
-        run_cell(name, model, technique, out, limit)
+        print(f"== {cell.model} {cell.technique}", flush=True)
+        run_cell(name, cell, limit)
 
 
 def table(records: list[dict]) -> str:
@@ -189,8 +203,8 @@ def main() -> None:
     parser.add_argument("--techniques", nargs="+", help="run only these cells (e.g. program direct)")
     args = parser.parse_args()
     run_grid(args.grid, args.models, args.limit, args.techniques)
-    records = [record for _, _, out in cells(args.grid, list(dict.fromkeys([*ZOO, *args.models])))
-               if (record := finished(out))]
+    records = [record for cell in cells(args.grid, list(dict.fromkeys([*ZOO, *args.models])))
+               if (record := finished(cell.out))]
     data = {"train": "dev_200's first 50", "train-2077": "dev_200's first 100 while training, then test_100"}.get(
         args.grid) or GRIDS[args.grid][0]
     data += f"'s first {args.limit}" if args.limit else ""
