@@ -561,7 +561,10 @@ def _set_up(options: TrainOptions, data: TrainData, out: Path, accelerator, reco
     setup.say(f"{options.method} on {options.model}: {len(setup.encoded)} training examples, {len(data.eval)} eval "
               f"examples, {planned_steps(len(setup.encoded), options, world)} steps of {options.batch_size} x "
               f"{world} sequences, {counts['trainable'] / 1e6:.3g}M of {counts['total'] / 1e6:.3g}M parameters trained")
-    return setup, TrainState(**saved["state"]) if saved else TrainState()
+    state = TrainState(**saved["state"]) if saved else TrainState()
+    if recorder and saved:
+        recorder.update(curve=state.curve)  # the resumed run's record shows its curve before its next point
+    return setup, state
 
 
 def _loop(setup: Setup, state: TrainState, progress: bool) -> str:

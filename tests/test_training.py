@@ -250,6 +250,17 @@ def test_a_resumed_run_may_change_how_its_steps_run_and_says_so(tmp_path, checkp
     straight = train(opts, tmp_path / "straight", progress=False)
     interrupt_at_step_3(opts, tmp_path / "run", monkeypatch)
     smaller = options(checkpoint, files, batch_size=4, micro_batch_size=1)
+
+    def stop(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(training, "_training_step", stop)  # stopped again in its first resumed step
+    with pytest.raises(KeyboardInterrupt):
+        train(smaller, tmp_path / "run", resume=True, progress=False)
+    monkeypatch.undo()
+    interrupted = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert interrupted["status"] == "interrupted" and [p["step"] for p in interrupted["curve"]] == [0, 2]
+
     resumed = train(smaller, tmp_path / "run", resume=True, progress=False)
     assert resumed["config"]["micro_batch_size"] == 1
     assert resumed["config_changes"] == [{"from_step": 2, "micro_batch_size": [None, 1]}]
