@@ -81,6 +81,13 @@ def command(run: dict) -> str:
     return " ".join(parts)
 
 
+def resumes(run: dict) -> str:
+    """What a resumed run changed in how its steps ran (run.json `config_changes`), as sentences."""
+    return "".join(f" Resumed at step {change.pop('from_step')} with "
+                   + ", ".join(f"{key} {old} -> {new}" for key, (old, new) in change.items()) + "."
+                   for change in map(dict, run.get("config_changes", [])))
+
+
 def plot(runs: list[dict], solves: list[dict], path: Path) -> None:
     import matplotlib
 
@@ -132,7 +139,8 @@ def main() -> None:
     for run in runs:
         untrained = baseline(run, solves)
         lines += [f"## {run['run']}", "", "```", command(run), "```", "",
-                  f"Trained {run['created'][:10]} on {run['machine']}, {run['timing']['seconds_per_step']:.1f} s per step.", ""]
+                  f"Trained {run['created'][:10]} on {run['machine']}, {run['timing']['seconds_per_step']:.1f} s per step."
+                  + resumes(run), ""]
         if untrained:
             m = untrained["metrics"]
             lines += [f"Baseline, no training ({prompting(untrained)}, same {m['n']} questions, "
