@@ -85,7 +85,12 @@ TRAINING = {
 questions few-shot (the curve's baseline; the "test" grid solves test_100 with its trained model);
 "train-2077" exports each LoRA adapter to evals/adapters/NAME and solves test_100 from there, free (as
 its curve was evaluated) and constrained."""
-TEST_DECODING = {"program": False, "program-constrained": True}
+TEST_DECODING = {"program": dict(constrained=False), "program-constrained": dict(constrained=True)}
+"""How each trained model solves test_100: free (as its curve was evaluated) and constrained."""
+SELF_CONSISTENCY = {"program-vote5": dict(constrained=False, samples=5, temperature=0.7)}
+"""Also for the best run only (5 times the inference FLOPs): 5 sampled programs per question, the executed
+values voting."""
+VOTED = ("qwen2.5-coder-0.5b_lora_program_cosine240",)
 
 
 def finished(out: Path) -> dict | None:
@@ -96,7 +101,7 @@ def finished(out: Path) -> dict | None:
 
 class Cell(NamedTuple):
     """One run folder of a grid and its table row; a trained model's test solve also names its training run
-    (a folder beside it) and decoding (a key of TEST_DECODING)."""
+    (a folder beside it) and decoding (a key of TEST_DECODING or SELF_CONSISTENCY)."""
 
     model: str
     technique: str
@@ -119,7 +124,7 @@ def trained_cells(name: str, models: list[str]) -> list[Cell]:
         else:
             result += [Cell(model, technique, runs / run)] + [
                 Cell(model, f"{technique} test {decoding}", runs / f"{run}_test_{decoding}", run, decoding)
-                for decoding in TEST_DECODING]
+                for decoding in [*TEST_DECODING, *(SELF_CONSISTENCY if run in VOTED else ())]]
     return result
 
 
@@ -158,7 +163,8 @@ def run_cell(name: str, cell: Cell, limit: int | None) -> None:
         solve(SolveOptions.for_model(trained_model("train", run), data="test_100"), out, resume=resume, progress=True)
     elif cell.trained_run:
         model = trained_model(name, out.parent / cell.trained_run)
-        options = SolveOptions.for_model(model, data="test_100", limit=limit, constrained=TEST_DECODING[cell.decoding])
+        decoding = {**TEST_DECODING, **SELF_CONSISTENCY}[cell.decoding]
+        options = SolveOptions.for_model(model, data="test_100", limit=limit, **decoding)
         solve(options, out, resume=resume, progress=True)
     else:
         data, _, prompts = GRIDS[name]
@@ -184,6 +190,7 @@ def table(records: list[dict]) -> str:
         m, config = r["metrics"], r["config"]
         technique = config["mode"] + (" constrained" if config.get("constrained") else "")
         technique += f" {config['technique']}" if config["technique"] in TRAINED else ""
+        technique += f", vote of {config['samples']}" if config.get("samples", 1) > 1 else ""
         outcomes = ", ".join(f"{k} {v}" for k, v in sorted(m["outcomes"].items()))
         program = "-" if m["program_accuracy"] is None else f"{m['program_accuracy']:.1%}"
         lines.append(
