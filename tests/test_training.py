@@ -286,7 +286,7 @@ def test_two_processes_train_data_parallel_and_their_flops_add_up(tmp_path, chec
     if not torch.distributed.is_available():
         pytest.skip("this torch build has no torch.distributed")
     opts = options(checkpoint, files, method="full", max_steps=2, eval_every=None, eval_at_start=False, batch_size=2,
-                   eval_limit=2)
+                   micro_batch_size=1, eval_limit=2)  # gradients shared once per step, after the last micro-batch
     fields = {k: v for k, v in vars(opts).items() if k not in ("technique", "quant")}
     (tmp_path / "train.py").write_text(DATA_PARALLEL)
     launched = subprocess.run(
