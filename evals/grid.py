@@ -101,13 +101,13 @@ def finished(out: Path) -> dict | None:
 
 class Cell(NamedTuple):
     """One run folder of a grid and its table row; a trained model's test solve also names its training run
-    (a folder beside it) and decoding (a key of TEST_DECODING or SELF_CONSISTENCY)."""
+    (a folder beside it) and its decoding's solve options (from TEST_DECODING or SELF_CONSISTENCY)."""
 
     model: str
     technique: str
     out: Path
     trained_run: str | None = None
-    decoding: str | None = None
+    decoding: dict | None = None
 
 
 def trained_cells(name: str, models: list[str]) -> list[Cell]:
@@ -123,8 +123,8 @@ def trained_cells(name: str, models: list[str]) -> list[Cell]:
                        Cell(model, technique, runs / run)]
         else:
             result += [Cell(model, technique, runs / run)] + [
-                Cell(model, f"{technique} test {decoding}", runs / f"{run}_test_{decoding}", run, decoding)
-                for decoding in [*TEST_DECODING, *(SELF_CONSISTENCY if run in VOTED else ())]]
+                Cell(model, f"{technique} test {decoding}", runs / f"{run}_test_{decoding}", run, settings)
+                for decoding, settings in {**TEST_DECODING, **(SELF_CONSISTENCY if run in VOTED else {})}.items()]
     return result
 
 
@@ -163,8 +163,7 @@ def run_cell(name: str, cell: Cell, limit: int | None) -> None:
         solve(SolveOptions.for_model(trained_model("train", run), data="test_100"), out, resume=resume, progress=True)
     elif cell.trained_run:
         model = trained_model(name, out.parent / cell.trained_run)
-        decoding = {**TEST_DECODING, **SELF_CONSISTENCY}[cell.decoding]
-        options = SolveOptions.for_model(model, data="test_100", limit=limit, **decoding)
+        options = SolveOptions.for_model(model, data="test_100", limit=limit, **cell.decoding)
         solve(options, out, resume=resume, progress=True)
     else:
         data, _, prompts = GRIDS[name]

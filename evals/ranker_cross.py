@@ -20,7 +20,6 @@ Run from the repository root with FINPROG_DATA_DIR=../shared/finqa and HF_HUB_OF
 
 from __future__ import annotations
 
-import argparse
 import random
 import time
 from dataclasses import replace
@@ -29,9 +28,8 @@ import torch
 from peft import LoraConfig, get_peft_model
 
 from finprog import flops, models, retrieval, training
-from finprog.data import load_finqa, resolve_data
 from finprog.provenance import header
-from ranker_probe import KS, pools, recall
+from ranker_probe import KS, arguments_and_records, pools, recall
 
 POOL = 8  # the linear ranker's top facts the cross-encoder reranks
 NEGATIVES = 3  # per training record
@@ -109,16 +107,10 @@ def log_odds(model, pairs, pad_id, answers: tuple[int, int], shape) -> tuple[lis
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="smollm2-135m")
-    parser.add_argument("--limit", type=int, help="only the first N records of each file (a quick check)")
-    args = parser.parse_args()
+    args, train, dev = arguments_and_records(__doc__.splitlines()[0])
     print(header())
     linear = retrieval.ranker("linear")
-    train = [e for e in load_finqa(resolve_data("train_2077")[0]) if e.gold_inds][: args.limit]
-    dev = [e for e in load_finqa(resolve_data("dev_200")[0]) if e.gold_inds][: args.limit]
-    train_pool = [(e, facts[:POOL], scores[:POOL]) for e, facts, scores in pools(train, linear)]
-    dev_pool = [(e, facts[:POOL], scores[:POOL]) for e, facts, scores in pools(dev, linear)]
+    train_pool, dev_pool = pools(train, linear, POOL), pools(dev, linear, POOL)
     loaded = models.load_model(args.model, dtype="auto")
     tokenizer, pad_id = loaded.tokenizer, loaded.tokenizer.pad_token_id
     answers = tuple(tokenizer(word, add_special_tokens=False)["input_ids"][0] for word in (" yes", " no"))

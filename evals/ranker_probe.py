@@ -42,13 +42,24 @@ def pair_text(question: str, fact: retrieval.Fact) -> str:
     return f"Fact: {fact.text[:MAX_FACT_CHARS]}\nQuestion: {question}\nDoes the fact help answer the question?"
 
 
-def pools(examples, linear) -> list[tuple[object, list[retrieval.Fact], list[float]]]:
-    """Each record's linear top POOL facts (best first) and their linear scores."""
+def arguments_and_records(description: str):
+    """The command line (--model, --limit), and the train_2077 and dev_200 records with gold facts."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--limit", type=int, help="only the first N records of each file (a quick check)")
+    args = parser.parse_args()
+    train, dev = ([e for e in load_finqa(resolve_data(name)[0]) if e.gold_inds][: args.limit]
+                  for name in ("train_2077", "dev_200"))
+    return args, train, dev
+
+
+def pools(examples, linear, size: int = POOL) -> list[tuple[object, list[retrieval.Fact], list[float]]]:
+    """Each record's linear top `size` facts (best first) and their linear scores."""
     result = []
     for example in examples:
         facts = retrieval.candidates(example)
         scores = linear.scores(example.question, facts)
-        order = sorted(range(len(facts)), key=lambda i: -scores[i])[:POOL]
+        order = sorted(range(len(facts)), key=lambda i: -scores[i])[:size]
         result.append((example, [facts[i] for i in order], [scores[i] for i in order]))
     return result
 
@@ -116,14 +127,9 @@ def cross_validated_c(x, y, groups, pooled) -> tuple[float, dict[float, float]]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="smollm2-135m")
-    parser.add_argument("--limit", type=int, help="only the first N records of each file (a quick check)")
-    args = parser.parse_args()
+    args, train, dev = arguments_and_records(__doc__.splitlines()[0])
     print(header())
     linear = retrieval.ranker("linear")
-    train = [e for e in load_finqa(resolve_data("train_2077")[0]) if e.gold_inds][: args.limit]
-    dev = [e for e in load_finqa(resolve_data("dev_200")[0]) if e.gold_inds][: args.limit]
     loaded = models.load_model(args.model, dtype="auto")
     started = time.perf_counter()
     train_pool, dev_pool = pools(train, linear), pools(dev, linear)
