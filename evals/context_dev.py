@@ -8,6 +8,9 @@ stopped; the table of finished variants goes to evals/context-dev.md. The defaul
     python evals/context_dev.py                       # every variant, qwen2.5-coder-0.5b
     python evals/context_dev.py --variants page gold  # some of them
     python evals/context_dev.py --model qwen2.5-coder-1.5b --limit 100
+    python evals/context_dev.py --model evals/adapters/qwen2.5-coder-0.5b_lora_cosine240 --limit 100 \
+        --variants retrieved3-as-trained retrieved5-as-trained retrieved7-as-trained retrieved10-as-trained \
+        gold-as-trained
 
 Run from the repository root with FINPROG_DATA_DIR=../shared/finqa.
 """
@@ -36,11 +39,14 @@ VARIANTS = {
     "retrieved5-1shot-all2077": dict(context="retrieved", top_k=5, shots=1, exemplars="train_2077"),
     "retrieved5-2shot-gold2077-pagenumbers": dict(context="retrieved", top_k=5, shots=2, page_numbers=True,
                                                   **GOLD_2077),
+    # for a model finprog trained: its own shots (none) and exemplars, the facts varied
+    **{f"retrieved{k}-as-trained": dict(context="retrieved", top_k=k) for k in (3, 5, 7, 10)},
+    "gold-as-trained": dict(context="gold"),
 }
 
 
 def run_folder(model: str, variant: str, limit: int | None) -> Path:
-    return HERE / "runs" / "context-dev" / "_".join([model, variant] + ([f"first{limit}"] if limit else []))
+    return HERE / "runs" / "context-dev" / "_".join([Path(model).name, variant] + ([f"first{limit}"] if limit else []))
 
 
 def table(rows: list[tuple[str, dict]]) -> str:
