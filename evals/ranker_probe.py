@@ -5,12 +5,14 @@ A probe, not a fine-tuned cross-encoder: a frozen zoo model reads each pair of a
 one of the linear ranker's top 10 facts, and a logistic regression (scikit-learn) over the
 last token's hidden states at a middle and the last layer, plus the linear ranker's score,
 says whether the fact is gold. It is trained on train_2077's records with gold facts only
-(as the linear ranker), with its regularisation chosen by 5-fold cross-validation over
+(as the linear ranker; with --weak, also on the others, weakly labelled as
+evals/ranker_weak.py labels them), with its regularisation chosen by 5-fold cross-validation over
 those records (full recall at k = 5). Then it reranks dev_200's top 10, and the script
 prints full and mean recall at k = 3, 5, 7 beside the linear ranker's, and the forward
 FLOPs it would add to every question (`flops.prefill_flops` of each pair).
 
     python evals/ranker_probe.py [--model smollm2-135m] > evals/ranker_probe.txt
+    python evals/ranker_probe.py --weak > evals/ranker_probe_weak.txt
 
 Run from the repository root with FINPROG_DATA_DIR=../shared/finqa and HF_HUB_OFFLINE=1;
 needs scikit-learn (`pip install -e ".[evals]"`).
@@ -27,6 +29,8 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import GroupKFold
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
+
+from ranker_weak import weakly_labelled
 
 from finprog import flops, models, retrieval
 from finprog.data import load_finqa, resolve_data
@@ -47,9 +51,13 @@ def arguments_and_records(description: str):
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--limit", type=int, help="only the first N records of each file (a quick check)")
+    parser.add_argument("--weak", action="store_true",
+                        help="also train on the records without gold facts, weakly labelled (evals/ranker_weak.py)")
     args = parser.parse_args()
-    train, dev = ([e for e in load_finqa(resolve_data(name)[0]) if e.gold_inds][: args.limit]
-                  for name in ("train_2077", "dev_200"))
+    train = load_finqa(resolve_data("train_2077")[0])
+    weak = weakly_labelled([e for e in train if not e.gold_inds], "every") if args.weak else []
+    train = ([e for e in train if e.gold_inds] + weak)[: args.limit]
+    dev = [e for e in load_finqa(resolve_data("dev_200")[0]) if e.gold_inds][: args.limit]
     return args, train, dev
 
 
@@ -140,9 +148,10 @@ def main() -> None:
     probe = make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=3000)).fit(x, y)
     probability = probe.predict_proba(dev_x)[:, 1]
 
-    print(f"probe: {args.model} ({loaded.dtype}), last-token states of layers {loaded.model.config.num_hidden_layers // 2}"
-          f" and {loaded.model.config.num_hidden_layers} + the linear score, trained on {len(train)} train_2077 records "
-          f"({len(y)} pooled facts, {int(y.sum())} gold)")
+    layers = loaded.model.config.num_hidden_layers
+    labels = "gold and weak labels" if args.weak else "gold labels"
+    print(f"probe: {args.model} ({loaded.dtype}), last-token states of layers {layers // 2} and {layers} + the linear "
+          f"score, trained on {len(train)} train_2077 records ({labels}; {len(y)} pooled facts, {int(y.sum())} labelled gold)")
     print("5-fold full recall at k = 5 on the training records, by C: "
           + ", ".join(f"{key:g}: {value:.3f}" for key, value in scores.items()) + f" (chosen: {c:g})")
     print(f"\ndev_200 ({len(dev)} records), reranking the linear top {POOL}")
