@@ -160,10 +160,10 @@ def run_cell(name: str, cell: Cell, limit: int | None) -> None:
         solve(options, out, resume=resume, progress=True)
     elif technique == "program-lora":
         run = HERE / "runs" / "train" / f"{model}_lora_program"
-        solve(SolveOptions.for_model(trained_model("train", run), data="test_100"), out, resume=resume, progress=True)
+        solve(SolveOptions(trained_model("train", run), data="test_100"), out, resume=resume, progress=True)
     elif cell.trained_run:
         model = trained_model(name, out.parent / cell.trained_run)
-        options = SolveOptions.for_model(model, data="test_100", limit=limit, **cell.decoding)
+        options = SolveOptions(model, data="test_100", limit=limit, **cell.decoding)
         solve(options, out, resume=resume, progress=True)
     else:
         data, _, prompts = GRIDS[name]

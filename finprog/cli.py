@@ -354,7 +354,7 @@ def _add_context_options(parser: argparse.ArgumentParser, inherited: bool = Fals
 def _solve_options(args, mode: str, constrained: bool | None = None, model: str | None = None):
     from finprog.solve import SolveOptions
 
-    return SolveOptions.for_model(
+    return SolveOptions(
         model=model or args.model or DEFAULT_MODEL, mode=mode, data=args.data, limit=args.limit,
         batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, shots=args.shots,
         exemplar_choice=args.exemplar_choice, exemplars=args.exemplars, gold_exemplars=args.gold_exemplars,

@@ -32,7 +32,8 @@ DEFAULT_SHOTS = 1  # with retrieved facts, 1 exemplar is as accurate as 2 on dev
 
 @dataclass
 class SolveOptions:
-    """Everything that shapes a run; saved as `config` in run.json."""
+    """Everything that shapes a run; saved as `config` in run.json. For a model that `finprog train` wrote, the
+    fields left unset are those its training evaluated it with."""
 
     model: str = DEFAULT_MODEL
     mode: str = "program"
@@ -61,6 +62,7 @@ class SolveOptions:
     technique: str = ""  # derived unless given: few-shot or zero-shot; training sets lora, qlora or full
 
     def __post_init__(self):
+        self._inherit_training()
         if self.mode not in MODES:
             raise SolveError(f"unknown mode {self.mode!r}; choose one of {', '.join(MODES)}")
         for name in ("samples", "batch_size", "limit", "max_new_tokens", "max_prompt_tokens"):
@@ -86,21 +88,20 @@ class SolveOptions:
         if not self.technique:
             self.technique = "few-shot" if self.mode == "program" and self.shots else "zero-shot"
 
-    @classmethod
-    def for_model(cls, model: str = DEFAULT_MODEL, **settings) -> SolveOptions:
-        """Options for `model`; one that `finprog train` wrote is prompted and decoded as its training evaluated it
-        (shots, prompt cut, free decoding, technique), unless `settings` say otherwise."""
-        trained = RunRecord.trained(model)
-        if trained:
-            config = trained.data["config"]
-            settings["shots"] = config["shots"] if settings.get("shots") is None else settings["shots"]
-            settings["max_prompt_tokens"] = settings.get("max_prompt_tokens") or config["max_prompt_tokens"]
-            settings["constrained"] = False if settings.get("constrained") is None else settings["constrained"]
-            settings["technique"] = settings.get("technique") or config["technique"]
-            for name in ("context", "top_k", "ranker"):  # a run trained before retrieval showed the page
-                if settings.get(name) is None:
-                    settings[name] = config.get(name, "page" if name == "context" else None)
-        return cls(model=model, **settings)
+    def _inherit_training(self) -> None:
+        """A model that `finprog train` wrote is prompted and decoded as its training evaluated it (shots, prompt
+        cut, facts shown, free decoding, technique) wherever a field is left unset."""
+        trained = RunRecord.trained(self.model)
+        if not trained:
+            return
+        config = trained.data["config"]
+        self.shots = config["shots"] if self.shots is None else self.shots
+        self.max_prompt_tokens = self.max_prompt_tokens or config["max_prompt_tokens"]
+        self.constrained = False if self.constrained is None else self.constrained
+        self.technique = self.technique or config["technique"]
+        for name in ("context", "top_k", "ranker"):  # a run trained before retrieval showed the page
+            if getattr(self, name) is None:
+                setattr(self, name, config.get(name, "page" if name == "context" else None))
 
     @property
     def new_token_limit(self) -> int:

@@ -93,8 +93,8 @@ def test_a_trained_adapter_loads_and_solve_reproduces_its_final_evaluation(tmp_p
     train(opts, tmp_path / "run", progress=False)
     loaded = models.load_model(tmp_path / "run", dtype="fp32")
     assert loaded.adapter == (tmp_path / "run").resolve() and loaded.name == checkpoint
-    solved = solve(SolveOptions.for_model(str(tmp_path / "run"), mode="direct", data=opts.eval, limit=3,
-                                batch_size=3, max_new_tokens=4, dtype="fp32"), tmp_path / "solve", progress=False)
+    solved = solve(SolveOptions(str(tmp_path / "run"), mode="direct", data=opts.eval, limit=3, batch_size=3,
+                                max_new_tokens=4, dtype="fp32"), tmp_path / "solve", progress=False)
     config = solved["config"]
     assert (config["shots"], config["max_prompt_tokens"], config["constrained"]) == (0, 300, False)  # as trained
     trained = [json.loads(line) for line in (tmp_path / "run" / PREDICTIONS).read_text().splitlines()]
@@ -122,9 +122,8 @@ def test_an_exported_adapter_is_bf16_and_solves_with_its_training_flops(tmp_path
     assert dtypes(tmp_path / "run") == ["torch.float32"] * 8  # A and B of q_proj and v_proj in 2 layers
     assert dtypes(tmp_path / "export") == ["torch.bfloat16"] * 8 and result["tensors"] == 8
     assert result["training_flops"] == record["flops"]["training_total"] > 0
-    solved = solve(SolveOptions.for_model(str(tmp_path / "export"), mode="direct", data=opts.eval, limit=2,
-                                          batch_size=2, max_new_tokens=4, dtype="fp32"), tmp_path / "solve",
-                   progress=False)
+    solved = solve(SolveOptions(str(tmp_path / "export"), mode="direct", data=opts.eval, limit=2, batch_size=2,
+                                max_new_tokens=4, dtype="fp32"), tmp_path / "solve", progress=False)
     assert solved["model"]["source"] == "adapter"
     assert solved["flops"]["training_total"] == record["flops"]["training_total"]
     assert (solved["config"]["technique"], solved["config"]["max_prompt_tokens"]) == ("lora", 300)  # as trained
