@@ -46,7 +46,8 @@ VARIANTS = {
 
 
 def run_folder(model: str, variant: str, limit: int | None) -> Path:
-    return HERE / "runs" / "context-dev" / "_".join([Path(model).name, variant] + ([f"first{limit}"] if limit else []))
+    name = [Path(model).name, variant] + ([f"first{limit}"] if limit else [])
+    return HERE / "runs" / "context-dev" / "_".join(name)
 
 
 def table(rows: list[tuple[str, dict]]) -> str:

@@ -151,7 +151,8 @@ def main() -> None:
     layers = loaded.model.config.num_hidden_layers
     labels = "gold and weak labels" if args.weak else "gold labels"
     print(f"probe: {args.model} ({loaded.dtype}), last-token states of layers {layers // 2} and {layers} + the linear "
-          f"score, trained on {len(train)} train_2077 records ({labels}; {len(y)} pooled facts, {int(y.sum())} labelled gold)")
+          f"score, trained on {len(train)} train_2077 records ({labels}; {len(y)} pooled facts, "
+          f"{int(y.sum())} labelled gold)")
     print("5-fold full recall at k = 5 on the training records, by C: "
           + ", ".join(f"{key:g}: {value:.3f}" for key, value in scores.items()) + f" (chosen: {c:g})")
     print(f"\ndev_200 ({len(dev)} records), reranking the linear top {POOL}")

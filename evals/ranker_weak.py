@@ -35,7 +35,7 @@ READINGS = ("every", "unique")
 
 
 def numbers(text: str) -> set[float]:
-    """The numbers written in a fact, commas, signs and percent signs dropped (as a program's literals are)."""
+    """The numbers written in a fact, without commas, signs or percent signs (a literal is matched by its size)."""
     return {float(number.replace(",", "")) for number in _NUMBER.findall(text)}
 
 
