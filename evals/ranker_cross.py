@@ -29,7 +29,7 @@ from peft import LoraConfig, get_peft_model
 
 from finprog import flops, models, retrieval, training
 from finprog.provenance import header
-from ranker_probe import KS, arguments_and_records, pools, recall
+from ranker_probe import arguments_and_records, pools, print_recall, recall
 
 POOL = 8  # the linear ranker's top facts the cross-encoder reranks
 NEGATIVES = 3  # per training record
@@ -135,13 +135,8 @@ def main() -> None:
           f"{last_loss:.3f}")
     print(f"\ndev_200 ({len(dev)} records), reranking the linear top {POOL} (which holds every gold fact of "
           f"{recall(dev_pool, linear_scores, POOL)[0]:.3f} of the records)")
-    print(f"{'ranker':<16}{'k':>3}{'full_recall':>13}{'mean_recall':>13}")
-    rows = (("linear", linear_scores), ("cross + linear", [c + s for c, s in zip(cross, linear_scores)]),
-            ("cross alone", cross))
-    for name, scores in rows:
-        for k in KS:
-            full, mean = recall(dev_pool, scores, k)
-            print(f"{name:<16}{k:>3}{full:>13.3f}{mean:>13.3f}")
+    print_recall(dev_pool, {"linear": linear_scores, "cross + linear": [c + s for c, s in zip(cross, linear_scores)],
+                            "cross alone": cross})
     print(f"\nthe reranking's forward passes: {dev_flops / len(dev):.3g} FLOPs per dev question "
           f"({len(dev_pairs) / len(dev):.1f} pairs)")
 

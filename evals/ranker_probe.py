@@ -122,6 +122,16 @@ def recall(pooled, probability: np.ndarray | None, k: int) -> tuple[float, float
     return full / len(pooled), mean / len(pooled)
 
 
+def print_recall(pooled, rankings: dict[str, list[float] | None]) -> None:
+    """Full and mean recall at each of KS for every named reordering of the pools (see `recall`)."""
+    width = max(map(len, rankings)) + 2
+    print(f"{'ranker':<{width}}{'k':>3}{'full_recall':>13}{'mean_recall':>13}")
+    for name, scores in rankings.items():
+        for k in KS:
+            full, mean = recall(pooled, scores, k)
+            print(f"{name:<{width}}{k:>3}{full:>13.3f}{mean:>13.3f}")
+
+
 def cross_validated_c(x, y, groups, pooled) -> tuple[float, dict[float, float]]:
     """The regularisation with the best 5-fold full recall at k = 5 over training records."""
     results = {}
@@ -156,11 +166,7 @@ def main() -> None:
     print("5-fold full recall at k = 5 on the training records, by C: "
           + ", ".join(f"{key:g}: {value:.3f}" for key, value in scores.items()) + f" (chosen: {c:g})")
     print(f"\ndev_200 ({len(dev)} records), reranking the linear top {POOL}")
-    print(f"{'ranker':<14}{'k':>3}{'full_recall':>13}{'mean_recall':>13}")
-    for name, probs in (("linear", None), ("linear+probe", probability)):
-        for k in KS:
-            full, mean = recall(dev_pool, probs, k)
-            print(f"{name:<14}{k:>3}{full:>13.3f}{mean:>13.3f}")
+    print_recall(dev_pool, {"linear": None, "linear+probe": probability})
     print(f"\nthe probe's forward passes: {dev_cost / len(dev):.3g} FLOPs per dev question "
           f"({len(dev_x) / len(dev):.1f} pairs); {seconds:.0f} s for train and dev features on this machine")
 
