@@ -75,6 +75,10 @@ TRAINING = {
         "qwen2.5-coder-0.5b_lora_program_cosine80": dict(
             model="qwen2.5-coder-0.5b", method="lora", max_steps=80, eval_every=80, warmup_steps=10,
             lr_schedule="cosine", micro_batch_size=1, **RETRIEVED_CURVE),
+        # the same 80 steps one size up: what do 2.8 times the parameters buy?
+        "qwen2.5-coder-1.5b_lora_program_cosine80": dict(
+            model="qwen2.5-coder-1.5b", method="lora", max_steps=80, eval_every=80, warmup_steps=10,
+            lr_schedule="cosine", micro_batch_size=1, **RETRIEVED_CURVE),
         "smollm2-135m_lora_program": dict(model="smollm2-135m", method="lora", max_steps=180, eval_every=60, lr=5e-4,
                                           **RETRIEVED_CURVE),
         "smollm2-135m_lora_program_122": dict(model="smollm2-135m", method="lora", max_steps=60, eval_every=30,
