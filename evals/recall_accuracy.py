@@ -2,14 +2,15 @@
 on those where the ranker missed one.
 
     python evals/recall_accuracy.py evals/runs/train-2077/*_test_* evals/runs/test-retrieved/*_program-constrained \
-        > evals/recall_accuracy.txt
+        evals/runs/test-retrieved-all2077/* evals/runs/context-dev/*-as-trained_* > evals/recall_accuracy.txt
 
 For every run with `--context retrieved`, the run's own ranker and k are applied again to
 each question's page (ranking is deterministic), and its rows are split by whether
-every `gold_inds` fact was among the kept facts; questions without gold facts are
+every `gold_inds` fact was among the kept facts, and if not, whether a missed one held an
+operand of the gold program (evals/recall_operands.py); questions without gold facts are
 counted apart. Runs with another context are skipped.
 
-Run from the repository root with FINPROG_DATA_DIR=../shared/finqa.
+Run from the repository root with FINPROG_DATA_DIR=../shared/finqa; needs scikit-learn.
 """
 
 from __future__ import annotations
@@ -17,18 +18,22 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from recall_operands import operand_facts
+
 from finprog import retrieval
 from finprog.data import load_finqa, resolve_data
 from finprog.provenance import header
 from finprog.runs import PREDICTIONS, RUN, RunRecord, read_rows
 
-GROUPS = ("all gold facts shown", "a gold fact missed", "no gold facts annotated")
+GROUPS = ("all gold facts shown", "only facts w/o operand missed", "an operand fact missed", "no gold facts")
 
 
 def group(example, kept: set[str]) -> str:
     if not example.gold_inds:
-        return GROUPS[2]
-    return GROUPS[0] if set(example.gold_inds) <= kept else GROUPS[1]
+        return GROUPS[3]
+    if set(example.gold_inds) <= kept:
+        return GROUPS[0]
+    return GROUPS[1] if operand_facts(example) <= kept else GROUPS[2]
 
 
 def split(run: Path) -> dict[str, list[bool]] | None:
@@ -52,13 +57,13 @@ def main() -> None:
     args = parser.parse_args()
     print(header())
     print("exact EmAcc by whether the retrieved facts held every gold fact (right / questions)\n")
-    print(f"{'run':<72}" + "".join(f"{name:>26}" for name in GROUPS))
+    print(f"{'run':<80}" + "".join(f"{name:>31}" for name in GROUPS))
     for run in args.runs:
         result = split(run)
         if result is None:
             continue
         cells = [f"{sum(v) / len(v):.0%} ({sum(v)}/{len(v)})" if v else "-" for v in result.values()]
-        print(f"{run.parent.name + '/' + run.name:<72}" + "".join(f"{cell:>26}" for cell in cells))
+        print(f"{run.parent.name + '/' + run.name:<80}" + "".join(f"{cell:>31}" for cell in cells))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,91 @@
+"""How much of the rankers' missed recall is facts that hold none of the program's operands? dev_200 and test_100.
+
+A gold fact "holds an operand" when it holds a number that the gold program uses as an
+argument, or is the row a table operation names (evals/ranker_weak.py's weak label, kept
+to the gold facts). The other gold facts are sentences such as "the following table
+sets forth ..." or ones that have nothing to do with the question (the annotators'
+choice): a ranker can hardly learn them, and the program never reads them.
+1. Per ranker and k (dev_200, test_100, and train_2077's 609 for reference): full recall of all gold facts (`finprog retrieve`'s) beside full
+   recall of the operand-holding gold facts only, and the records missed only on facts
+   without an operand.
+2. How often the training records' annotators chose a sentence that announces a table
+   (the 609 train_2077 records with gold facts): the base rate a ranker would learn.
+
+    python evals/recall_operands.py > evals/recall_operands.txt
+
+Run from the repository root with FINPROG_DATA_DIR=../shared/finqa; needs scikit-learn
+(through evals/ranker_weak.py).
+"""
+
+from __future__ import annotations
+
+import re
+
+from ranker_weak import weak_labels
+
+from finprog import retrieval
+from finprog.data import load_finqa, resolve_data
+from finprog.provenance import header
+
+KS = range(1, 11)
+ANNOUNCES_TABLE = re.compile(r"following table|table below|as follows|follows :|:\s*\.?$")
+"""A sentence that announces the table after it."""
+
+
+def operand_facts(example) -> set[str]:
+    """The gold facts that hold an operand of the gold program."""
+    return weak_labels(example, "every") & set(example.gold_inds)
+
+
+def recall_table(examples, rank_name: str) -> list[str]:
+    rank = retrieval.ranker(rank_name)
+    orders = [[fact.key for fact in retrieval.ranked(e, rank)] for e in examples]
+    operands = [operand_facts(e) for e in examples]
+    lines = []
+    for k in KS:
+        full = operand_full = only_other = 0
+        for example, order, needed in zip(examples, orders, operands):
+            kept = set(order[:k])
+            all_kept, operands_kept = set(example.gold_inds) <= kept, needed <= kept
+            full += all_kept
+            operand_full += operands_kept
+            only_other += operands_kept and not all_kept
+        n = len(examples)
+        lines.append(f"{rank_name:<8}{k:>3}{full / n:>18.3f}{operand_full / n:>22.3f}{only_other:>30}")
+    return lines
+
+
+def announcing_sentences(examples) -> tuple[int, int]:
+    """Sentences that announce a table, and how many of them are gold facts."""
+    found = gold = 0
+    for example in examples:
+        for fact in retrieval.candidates(example):
+            if fact.row is None and ANNOUNCES_TABLE.search(fact.text.strip()):
+                found += 1
+                gold += fact.key in example.gold_inds
+    return found, gold
+
+
+def main() -> None:
+    print(header())
+    for split in ("dev_200", "test_100", "train_2077"):
+        examples = [e for e in load_finqa(resolve_data(split)[0]) if e.gold_inds]
+        operands = [operand_facts(e) for e in examples]
+        facts = sum(len(e.gold_inds) for e in examples)
+        without = sum(len(e.gold_inds) - len(needed) for e, needed in zip(examples, operands))
+        records = sum(len(needed) < len(e.gold_inds) for e, needed in zip(examples, operands))
+        trained = " (the linear ranker was trained on them)" if split == "train_2077" else ""
+        print(f"\n{split}{trained}: {len(examples)} records with gold facts, {facts} gold facts; {without} of them hold no "
+              f"operand of the gold program, in {records} records "
+              f"({records / len(examples):.0%})")
+        print(f"{'ranker':<8}{'k':>3}{'full recall':>18}{'operand facts recall':>22}"
+              f"{'missed only facts w/o operand':>30}")
+        for rank_name in retrieval.RANKERS:
+            print("\n".join(recall_table(examples, rank_name)))
+    found, gold = announcing_sentences([e for e in load_finqa(resolve_data("train_2077")[0]) if e.gold_inds])
+    print(f"\ntrain_2077 (records with gold facts): {found} sentences announce a table ({ANNOUNCES_TABLE.pattern!r}); "
+          f"{gold} of them ({gold / found:.0%}) are gold facts")
+
+
+if __name__ == "__main__":
+    main()
