@@ -6,11 +6,11 @@ on those where the ranker missed one.
 
 For every run with `--context retrieved`, the run's own ranker and k are applied again to
 each question's page (ranking is deterministic), and its rows are split by whether
-every `gold_inds` fact was among the kept facts, and if not, whether a missed one held an
-operand of the gold program (evals/recall_operands.py); questions without gold facts are
-counted apart. Runs with another context are skipped.
+every `gold_inds` fact was among the kept facts, and if not, whether the kept facts still
+wrote every number and row label of the gold program (`finprog.operands.shows_operands`);
+questions without gold facts are counted apart. Runs with another context are skipped.
 
-Run from the repository root with FINPROG_DATA_DIR=../shared/finqa; needs scikit-learn.
+Run from the repository root with FINPROG_DATA_DIR=../shared/finqa.
 """
 
 from __future__ import annotations
@@ -18,22 +18,21 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from recall_operands import operand_facts
-
 from finprog import retrieval
 from finprog.data import load_finqa, resolve_data
+from finprog.operands import shows_operands
 from finprog.provenance import header
 from finprog.runs import PREDICTIONS, RUN, RunRecord, read_rows
 
-GROUPS = ("all gold facts shown", "only facts w/o operand missed", "an operand fact missed", "no gold facts")
+GROUPS = ("all gold facts shown", "operands shown, a fact missed", "an operand missed", "no gold facts")
 
 
-def group(example, kept: set[str]) -> str:
+def group(example, kept: list) -> str:
     if not example.gold_inds:
         return GROUPS[3]
-    if set(example.gold_inds) <= kept:
+    if set(example.gold_inds) <= {fact.key for fact in kept}:
         return GROUPS[0]
-    return GROUPS[1] if operand_facts(example) <= kept else GROUPS[2]
+    return GROUPS[1] if shows_operands(example, retrieval.with_facts(example, kept)) else GROUPS[2]
 
 
 def split(run: Path) -> dict[str, list[bool]] | None:
@@ -46,7 +45,7 @@ def split(run: Path) -> dict[str, list[bool]] | None:
     result: dict[str, list[bool]] = {name: [] for name in GROUPS}
     for row in read_rows(run / PREDICTIONS):
         example = examples[row["id"]]
-        kept = {fact.key for fact in retrieval.top_facts(example, config["top_k"], rank)}
+        kept = retrieval.top_facts(example, config["top_k"], rank)
         result[group(example, kept)].append(bool(row["exact"]))
     return result
 

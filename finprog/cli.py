@@ -215,7 +215,8 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
 
 def _add_retrieve(commands) -> None:
     retrieve = commands.add_parser(
-        "retrieve", help="recall of the gold supporting facts at k, and the context kept, for a ranker")
+        "retrieve", help="recall of the gold supporting facts and of the gold program's operands at k, and the "
+                         "context kept, for a ranker")
     retrieve.add_argument("data", help="FinQA file, split or sample name (records with gold_inds are measured)")
     retrieve.add_argument("--top-k", type=int, help="one k (default: the table for k = 1..10; with --json, "
                                                     f"{DEFAULT_TOP_K})")
@@ -483,9 +484,11 @@ def _retrieve(args) -> int:
         return 0
     print(f"{described}: {results[0].n} records with gold facts, ranker {args.ranker}, "
           f"{results[0].chars_page:.0f} characters of page per record")
-    print(f"{'k':>3}  {'full_recall':>11}  {'mean_recall':>11}  {'chars_retrieved':>15}  {'of page':>7}")
+    print(f"{'k':>3}  {'full_recall':>11}  {'mean_recall':>11}  {'operand_recall':>14}  {'chars_retrieved':>15}  "
+          f"{'of page':>7}")
     for r in results:
-        print(f"{r.k:>3}  {r.full_recall:>11.3f}  {r.mean_recall:>11.3f}  {r.chars_retrieved:>15.0f}  "
+        operands = "-" if r.operand_recall is None else f"{r.operand_recall:.3f}"
+        print(f"{r.k:>3}  {r.full_recall:>11.3f}  {r.mean_recall:>11.3f}  {operands:>14}  {r.chars_retrieved:>15.0f}  "
               f"{r.chars_retrieved / r.chars_page:>7.1%}")
     return 0
 

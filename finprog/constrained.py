@@ -6,7 +6,7 @@ space, steps `op(a, b)` with ", " between arguments and between steps (never a b
 which could read as a thousands separator), references only to earlier steps, at most
 `dsl.MAX_STEPS` steps, and an optional final newline. With
 `restrict_numbers` (the default) the number literals are those that occur in the
-example's question, text and table (`example_numbers`), the constants are FinQA's
+example's question, text and table (`finprog.operands.example_numbers`), the constants are FinQA's
 closed list, and row labels are the table's first cells the DSL can express; without it,
 the DSL's general terminals.
 
@@ -20,7 +20,6 @@ per row and token.
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Callable, Sequence
 
 import llguidance
@@ -33,6 +32,7 @@ from transformers import LogitsProcessor
 from finprog import dsl
 from finprog.data import Example
 from finprog.generation import eos_token_ids
+from finprog.operands import example_numbers, example_rows
 
 FINQA_CONSTANTS = (
     "const_1", "const_2", "const_3", "const_4", "const_5", "const_6", "const_7", "const_8", "const_9", "const_10",
@@ -48,42 +48,9 @@ GENERAL_CONSTANT = r"const_(m1|[0-9]+)"
 GENERAL_ROW = r"[^\s(),#]([^(),#\r\n]*[^\s(),#])?"
 """The DSL's ROW terminal kept to one line and without trailing space."""
 
-_NUMBER_IN_TEXT = re.compile(r"(?<![\w.#])-?(?:(?:\d{1,3}(?:,\d{3})+(?!\d)|\d+)(?:\.\d+)?|\.\d+)(?:\s*%)?")
-_ROW_LABEL = re.compile(GENERAL_ROW)
-
 
 class ConstrainedDecodingError(RuntimeError):
     """A grammar was rejected, or constrained decoding was used in a way it cannot follow."""
-
-
-def example_numbers(example: Example) -> set[str]:
-    """Number literals as FinQA programs write the numbers of the question, text and table.
-
-    Each number keeps its written form and gets the forms without thousands separators,
-    without a minus sign and, for a percentage, without the `%`: "$ 1,234.5" gives
-    1,234.5 and 1234.5; "12 %" gives 12% and 12; "-3" gives -3 and 3.
-    """
-    texts = [example.question, *example.pre_text, *example.post_text, *(cell for row in example.table for cell in row)]
-    literals = set()
-    for match in _NUMBER_IN_TEXT.finditer("\n".join(texts)):
-        written = match.group().replace(" ", "")
-        percent = written.endswith("%")
-        body = written.removesuffix("%")
-        bodies = {body, body.replace(",", "")}
-        bodies |= {b.removeprefix("-") for b in bodies}
-        literals |= bodies
-        if percent:
-            literals |= {b + "%" for b in bodies}
-    return literals
-
-
-def example_rows(example: Example) -> set[str]:
-    """The table's first cells that a table step can name (one line, no "(", ")", "," or "#", single spaces)."""
-    return {
-        row[0]
-        for row in example.table
-        if row and _ROW_LABEL.fullmatch(row[0]) and " ".join(row[0].split()) == row[0]
-    }
 
 
 def program_grammar(example: Example | None = None, restrict_numbers: bool = True) -> str:

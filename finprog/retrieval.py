@@ -28,6 +28,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from finprog.data import Example
+from finprog.operands import shows_operands
 
 CONTEXTS = ("page", "retrieved", "gold")
 DEFAULT_CONTEXT = "retrieved"
@@ -247,7 +248,8 @@ def context_chars(example: Example) -> int:
 
 @dataclass(frozen=True)
 class Recall:
-    """Recall of the gold facts at one k over the records that have them."""
+    """Recall of the gold facts at one k over the records that have them, and of the gold programs' operands over
+    those of them whose page writes every operand (`n_operands`; `operand_recall` is None when none does)."""
 
     n: int
     k: int
@@ -255,27 +257,36 @@ class Recall:
     mean_recall: float
     chars_page: float
     chars_retrieved: float
+    n_operands: int
+    operand_recall: float | None
 
     def as_dict(self) -> dict:
         return dict(self.__dict__)
 
 
 def recall_at_k(examples: Sequence[Example], rank, ks: Sequence[int]) -> list[Recall]:
-    """Full and mean recall of `gold_inds` at each k, and the context kept, over records with gold facts."""
+    """Full and mean recall of `gold_inds` at each k, the context kept, and the share of records whose kept facts
+    write every number and row label of the gold program (`operands.shows_operands`), over records with gold
+    facts."""
     annotated = [e for e in examples if e.gold_inds]
     if not annotated:
         raise RetrievalError("no record has gold_inds, so recall cannot be measured")
     orders = [ranked(e, rank) for e in annotated]
     n = len(annotated)
     chars_page = sum(map(context_chars, annotated)) / n
+    askable = [shows_operands(e, e) for e in annotated]
+    n_operands = sum(bool(a) for a in askable)
     results = []
     for k in ks:
-        full = mean = chars = 0.0
-        for example, order in zip(annotated, orders):
+        full = mean = chars = operands = 0.0
+        for example, order, ask in zip(annotated, orders, askable):
             kept = {fact.key for fact in order[:k]}
             found = sum(key in kept for key in example.gold_inds) / len(example.gold_inds)
             full += found == 1.0
             mean += found
-            chars += context_chars(with_facts(example, order[:k]))
-        results.append(Recall(n, k, full / n, mean / n, chars_page, chars / n))
+            shown = with_facts(example, order[:k])
+            chars += context_chars(shown)
+            operands += bool(ask and shows_operands(example, shown))
+        operand_recall = operands / n_operands if n_operands else None
+        results.append(Recall(n, k, full / n, mean / n, chars_page, chars / n, n_operands, operand_recall))
     return results

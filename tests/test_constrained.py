@@ -13,13 +13,12 @@ from finprog.constrained import (
     FINQA_CONSTANTS,
     ConstrainedDecodingError,
     GrammarLogitsProcessor,
-    example_numbers,
-    example_rows,
     processor_factory,
     program_grammar,
 )
 from finprog.data import Example, load_finqa
 from finprog.generation import generate
+from finprog.operands import example_numbers, example_rows
 from finprog.paths import resource
 from shared_data import finqa_file
 
@@ -81,6 +80,8 @@ def test_example_numbers_take_the_forms_finqa_programs_write():
 
 def test_example_rows_are_the_first_cells_the_dsl_can_name():
     assert example_rows(SALES) == {"sales"}  # "" is empty; "cost ( net )" and "total," cannot be written in a step
+    dev = load_finqa(finqa_file("dev_200.json"))
+    assert all(re.fullmatch(constrained.GENERAL_ROW, row) for e in dev for row in example_rows(e))
 
 
 def test_general_terminals_match_the_dsl_grammar():

@@ -241,6 +241,8 @@ def test_broken_official_tokens_score_as_parse_errors(tmp_path):
 
 def test_light_commands_do_not_import_torch():
     code = "import sys, finprog.cli as c; c.main(['evaluate', 'data/demo_predictions.jsonl', 'demo', '--json']); " \
+           "import finprog.data, finprog.dsl, finprog.operands, finprog.answers, finprog.evaluation, finprog.flops, " \
+           "finprog.report, finprog.retrieval; " \
            "assert 'torch' not in sys.modules and 'transformers' not in sys.modules, 'heavy import'"
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr

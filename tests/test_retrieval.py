@@ -10,6 +10,7 @@ import pytest
 from finprog import prompts, retrieval
 from finprog.cli import main
 from finprog.data import Example, load_finqa
+from finprog.operands import shows_operands
 from shared_data import finqa_file
 
 PAGE = Example(
@@ -78,6 +79,27 @@ def test_recall_at_k_counts_full_and_mean_recall():
     assert everything.chars_retrieved == everything.chars_page
 
 
+def test_a_context_shows_the_operands_when_it_writes_every_number_and_row_label_of_the_program():
+    facts = {f.key: f for f in retrieval.candidates(PAGE)}
+    revenue, costs = (retrieval.with_facts(PAGE, [facts[key]]) for key in ("table_1", "table_2"))
+    assert shows_operands(PAGE, revenue) is True and shows_operands(PAGE, costs) is False
+    table_step = Example(**{**PAGE.__dict__, "program": "table_sum(costs, none), divide(#0, const_100)"})
+    assert shows_operands(table_step, costs) is True and shows_operands(table_step, revenue) is False
+    question_number = Example(**{**PAGE.__dict__, "program": "subtract(2019, 2018)"})
+    assert shows_operands(question_number, costs) is True  # the question is always shown
+    for program in ("subtract(120, 99)", "subtract(120,", None):  # a number the page lacks; no parse; no program
+        assert shows_operands(Example(**{**PAGE.__dict__, "program": program}), PAGE) is None
+
+
+def test_recall_at_k_counts_operand_recall_over_the_records_whose_page_writes_the_operands():
+    off_page = Example(**{**PAGE.__dict__, "id": "page-2", "program": "subtract(120, 99)"})
+    costs = Example(**{**PAGE.__dict__, "id": "page-3", "program": "table_max(costs, none)"})
+    first, everything = retrieval.recall_at_k([PAGE, off_page, costs], retrieval.BM25Ranker(), [1, 7])
+    assert (first.n, first.n_operands, first.operand_recall) == (3, 2, 0.5)  # table_1 is first; costs is not
+    assert everything.operand_recall == 1.0
+    assert retrieval.recall_at_k([off_page], retrieval.BM25Ranker(), [1])[0].operand_recall is None
+
+
 def test_recall_needs_records_with_gold_facts():
     with pytest.raises(retrieval.RetrievalError, match="no record has gold_inds"):
         retrieval.recall_at_k([Example(**{**PAGE.__dict__, "gold_inds": {}})], retrieval.BM25Ranker(), [5])
@@ -91,7 +113,7 @@ def test_exemplars_show_gold_facts_and_cut_tables():
 def test_retrieve_command_prints_one_json_object(capsys):
     assert main(["retrieve", str(finqa_file("dev_200.json")), "--top-k", "5", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
-    assert {"n", "k", "full_recall", "mean_recall", "chars_page", "chars_retrieved"} <= set(result)
+    assert {"n", "k", "full_recall", "mean_recall", "chars_page", "chars_retrieved", "operand_recall"} <= set(result)
     assert result["n"] == 200 and result["k"] == 5 and 0 < result["chars_retrieved"] < result["chars_page"]
 
 
