@@ -3,12 +3,16 @@ on those where the ranker missed one.
 
     python evals/recall_accuracy.py evals/runs/train-2077/*_test_* evals/runs/test-retrieved/*_program-constrained \
         evals/runs/test-retrieved-all2077/* evals/runs/context-dev/*-as-trained_* > evals/recall_accuracy.txt
+    python evals/recall_accuracy.py --groups-at 3 evals/runs/context-dev/*_retrieved*-as-trained_* \
+        > evals/recall_accuracy_at3.txt
 
 For every run with `--context retrieved`, the run's own ranker and k are applied again to
 each question's page (ranking is deterministic), and its rows are split by whether
 every `gold_inds` fact was among the kept facts, and if not, whether the kept facts still
 wrote every number and row label of the gold program (`finprog.operands.shows_operands`);
 questions without gold facts are counted apart. Runs with another context are skipped.
+`--groups-at K` groups by the top K facts instead, the same questions in every run, so
+that runs of different k can be compared group by group.
 
 Run from the repository root with FINPROG_DATA_DIR=../shared/finqa.
 """
@@ -35,8 +39,9 @@ def group(example, kept: list) -> str:
     return GROUPS[1] if shows_operands(example, retrieval.with_facts(example, kept)) else GROUPS[2]
 
 
-def split(run: Path) -> dict[str, list[bool]] | None:
-    """Exact-match results of a retrieved-context run, by whether its facts held every gold fact."""
+def split(run: Path, groups_at: int | None = None) -> dict[str, list[bool]] | None:
+    """Exact-match results of a retrieved-context run, by whether its facts (or the top `groups_at`) held every
+    gold fact."""
     config = RunRecord.load(run / RUN).data["config"]
     if config.get("context") != "retrieved":
         return None
@@ -45,7 +50,7 @@ def split(run: Path) -> dict[str, list[bool]] | None:
     result: dict[str, list[bool]] = {name: [] for name in GROUPS}
     for row in read_rows(run / PREDICTIONS):
         example = examples[row["id"]]
-        kept = retrieval.top_facts(example, config["top_k"], rank)
+        kept = retrieval.top_facts(example, groups_at or config["top_k"], rank)
         result[group(example, kept)].append(bool(row["exact"]))
     return result
 
@@ -53,12 +58,16 @@ def split(run: Path) -> dict[str, list[bool]] | None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", type=Path)
+    parser.add_argument("--groups-at", type=int, metavar="K",
+                        help="group every run's questions by the top K facts instead of the run's own k, so runs of "
+                             "different k are compared on the same questions")
     args = parser.parse_args()
     print(header())
-    print("exact EmAcc by whether the retrieved facts held every gold fact (right / questions)\n")
+    facts = f"the top {args.groups_at} facts" if args.groups_at else "the retrieved facts"
+    print(f"exact EmAcc by whether {facts} held every gold fact (right / questions)\n")
     print(f"{'run':<80}" + "".join(f"{name:>31}" for name in GROUPS))
     for run in args.runs:
-        result = split(run)
+        result = split(run, args.groups_at)
         if result is None:
             continue
         cells = [f"{sum(v) / len(v):.0%} ({sum(v)}/{len(v)})" if v else "-" for v in result.values()]

@@ -11,6 +11,9 @@ choice): a ranker can hardly learn them, and the program never reads them.
    that miss a gold fact although their kept facts write every operand.
 2. How often the training records' annotators chose a sentence that announces a table
    (the 609 train_2077 records with gold facts): the base rate a ranker would learn.
+3. A k chosen per question against a fixed k (the linear ranker, dev_200 and test_100):
+   keep the facts whose score (the logistic regression's log-odds) passes a threshold,
+   at least 3 and at most 10; mean k, full recall and operand recall.
 
     python evals/recall_operands.py > evals/recall_operands.txt
 
@@ -65,6 +68,30 @@ def announcing_sentences(examples) -> tuple[int, int]:
     return found, gold
 
 
+def threshold_table(examples) -> list[str]:
+    """Fixed k against a per-question k: the facts whose linear log-odds pass a threshold, 3 to 10 of them."""
+    rank = retrieval.ranker("linear")
+    scored = []
+    for example in examples:
+        facts = retrieval.candidates(example)
+        order = sorted(zip(rank.scores(example.question, facts), range(len(facts))), key=lambda pair: -pair[0])
+        scored.append((example, [facts[i] for _, i in order], [score for score, _ in order]))
+    rules = {f"fixed k = {k}": (lambda scores, k=k: k) for k in (3, 4, 5, 6)}
+    rules |= {f"log-odds >= {t}": (lambda scores, t=t: min(10, max(3, sum(s >= t for s in scores))))
+              for t in (-1.5, -2.0, -2.5, -3.0, -3.5)}
+    lines = []
+    for name, k_of in rules.items():
+        ks = full = operands = 0
+        for example, facts, scores in scored:
+            kept = facts[:k_of(scores)]
+            ks += len(kept)
+            full += set(example.gold_inds) <= {fact.key for fact in kept}
+            operands += bool(shows_operands(example, retrieval.with_facts(example, kept)))
+        n = len(scored)
+        lines.append(f"{name:<18}{ks / n:>8.2f}{full / n:>13.3f}{operands / n:>16.3f}")
+    return lines
+
+
 def main() -> None:
     print(header())
     for split in ("dev_200", "test_100", "train_2077"):
@@ -84,6 +111,10 @@ def main() -> None:
     found, gold = announcing_sentences([e for e in load_finqa(resolve_data("train_2077")[0]) if e.gold_inds])
     print(f"\ntrain_2077 (records with gold facts): {found} sentences announce a table ({ANNOUNCES_TABLE.pattern!r}); "
           f"{gold} of them ({gold / found:.0%}) are gold facts")
+    for split in ("dev_200", "test_100"):
+        print(f"\n{split}, linear ranker: a fixed k against the facts whose log-odds pass a threshold (3 to 10)")
+        print(f"{'rule':<18}{'mean k':>8}{'full_recall':>13}{'operand_recall':>16}")
+        print("\n".join(threshold_table([e for e in load_finqa(resolve_data(split)[0]) if e.gold_inds])))
 
 
 if __name__ == "__main__":
