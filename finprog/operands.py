@@ -61,7 +61,7 @@ def program_operands(program: str) -> tuple[set[str], set[str]] | None:
 def shows_operands(example: Example, shown: Example) -> bool | None:
     """Whether `shown`, a context of `example` (the question included), writes every number and row label of
     `example`'s gold program. None when that cannot be asked: no program, one that does not parse, or one
-    whose operands the whole page does not write either (FinQA has a few)."""
+    that uses a number or row label the whole page does not write either."""
     operands = program_operands(example.program) if example.program else None
     if operands is None:
         return None
