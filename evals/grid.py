@@ -21,6 +21,7 @@ the run records name no machine's folders).
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import os
 from pathlib import Path
 from typing import NamedTuple
@@ -181,11 +182,19 @@ def run_cell(name: str, cell: Cell, limit: int | None) -> None:
 
 
 def run_grid(name: str, models: list[str], limit: int | None, techniques: list[str] | None) -> None:
+    """Each unfinished cell in a process of its own, so that one cell's memory (a trained model, an optimizer)
+    is given back before the next cell loads its model."""
+    spawn = multiprocessing.get_context("spawn")
     for cell in cells(name, models):
         if finished(cell.out) or (techniques and cell.technique not in techniques):
             continue
         print(f"== {cell.model} {cell.technique}", flush=True)
-        run_cell(name, cell, limit)
+        process = spawn.Process(target=run_cell, args=(name, cell, limit))
+        process.start()
+        process.join()
+        if process.exitcode:
+            raise SystemExit(f"grid {name}: the cell {cell.out} stopped with exit status {process.exitcode}; "
+                             "run the grid again to resume it")
 
 
 def table(records: list[dict]) -> str:
