@@ -5,6 +5,8 @@ on those where the ranker missed one.
         evals/runs/test-retrieved-all2077/* evals/runs/context-dev/*-as-trained_* > evals/recall_accuracy.txt
     python evals/recall_accuracy.py --groups-at 3 evals/runs/context-dev/*_retrieved*-as-trained_* \
         > evals/recall_accuracy_at3.txt
+    python evals/recall_accuracy.py --groups-at 5 evals/runs/context-dev/qwen2.5-coder-1.5b_*_retrieved*-as-trained_* \
+        > evals/recall_accuracy_at5.txt
 
 For every run with `--context retrieved`, the run's own ranker and k are applied again to
 each question's page (ranking is deterministic), and its rows are split by whether
