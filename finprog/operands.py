@@ -2,7 +2,8 @@
 
 Constrained decoding keeps a program's number literals to `example_numbers` and its row
 labels to `example_rows` of the context shown. `shows_operands` asks the same of the
-gold program: could it be written from this context? That is the recall a generator
+gold program: could it be written from this context? (`needed_operands` once per record
+and `writes` per context, where one record is asked of many contexts.) That is the recall a generator
 needs, whatever facts the annotators marked as gold.
 """
 
@@ -58,14 +59,22 @@ def program_operands(program: str) -> tuple[set[str], set[str]] | None:
     return numbers, {arg.label for arg in arguments if isinstance(arg, dsl.Row)}
 
 
-def shows_operands(example: Example, shown: Example) -> bool | None:
-    """Whether `shown`, a context of `example` (the question included), writes every number and row label of
-    `example`'s gold program. None when that cannot be asked: no program, one that does not parse, or one
-    that uses a number or row label the whole page does not write either."""
+def needed_operands(example: Example) -> tuple[set[str], set[str]] | None:
+    """The number literals and row labels of `example`'s gold program, which every context is asked to write
+    (`writes`). None when that cannot be asked: no program, one that does not parse, or one that uses a number
+    or row label the whole page does not write either."""
     operands = program_operands(example.program) if example.program else None
-    if operands is None:
-        return None
+    return operands if operands is not None and writes(example, operands) else None
+
+
+def writes(shown: Example, operands: tuple[set[str], set[str]]) -> bool:
+    """Whether `shown` (the question included) writes every number literal and row label of `operands`."""
     numbers, rows = operands
-    if not (numbers <= example_numbers(example) and rows <= example_rows(example)):
-        return None
     return numbers <= example_numbers(shown) and rows <= example_rows(shown)
+
+
+def shows_operands(example: Example, shown: Example) -> bool | None:
+    """Whether `shown`, a context of `example`, writes every operand of `example`'s gold program; None when
+    that cannot be asked (`needed_operands`)."""
+    operands = needed_operands(example)
+    return None if operands is None else writes(shown, operands)

@@ -28,7 +28,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from finprog.data import Example
-from finprog.operands import shows_operands
+from finprog.operands import needed_operands, writes
 
 CONTEXTS = ("page", "retrieved", "gold")
 DEFAULT_CONTEXT = "retrieved"
@@ -266,27 +266,26 @@ class Recall:
 
 def recall_at_k(examples: Sequence[Example], rank, ks: Sequence[int]) -> list[Recall]:
     """Full and mean recall of `gold_inds` at each k, the context kept, and the share of records whose kept facts
-    write every number and row label of the gold program (`operands.shows_operands`), over records with gold
-    facts."""
+    write every number and row label of the gold program (`operands.writes`), over records with gold facts."""
     annotated = [e for e in examples if e.gold_inds]
     if not annotated:
         raise RetrievalError("no record has gold_inds, so recall cannot be measured")
     orders = [ranked(e, rank) for e in annotated]
     n = len(annotated)
     chars_page = sum(map(context_chars, annotated)) / n
-    askable = [shows_operands(e, e) for e in annotated]
-    n_operands = sum(bool(a) for a in askable)
+    needed = [needed_operands(e) for e in annotated]
+    n_operands = sum(operands is not None for operands in needed)
     results = []
     for k in ks:
-        full = mean = chars = operands = 0.0
-        for example, order, ask in zip(annotated, orders, askable):
+        full = mean = chars = with_operands = 0.0
+        for example, order, operands in zip(annotated, orders, needed):
             kept = {fact.key for fact in order[:k]}
             found = sum(key in kept for key in example.gold_inds) / len(example.gold_inds)
             full += found == 1.0
             mean += found
             shown = with_facts(example, order[:k])
             chars += context_chars(shown)
-            operands += bool(ask and shows_operands(example, shown))
-        operand_recall = operands / n_operands if n_operands else None
+            with_operands += operands is not None and writes(shown, operands)
+        operand_recall = with_operands / n_operands if n_operands else None
         results.append(Recall(n, k, full / n, mean / n, chars_page, chars / n, n_operands, operand_recall))
     return results
