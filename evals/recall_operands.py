@@ -26,6 +26,7 @@ from __future__ import annotations
 import re
 
 from ranker_weak import weak_labels
+from recall_accuracy import GROUPS, group
 
 from finprog import retrieval
 from finprog.data import load_finqa, resolve_data
@@ -47,11 +48,7 @@ def recall_table(examples, rank_name: str) -> list[str]:
     orders = [retrieval.ranked(e, rank) for e in examples]
     lines = []
     for recall in retrieval.recall_at_k(examples, rank, KS):
-        missed = 0
-        for example, order in zip(examples, orders):
-            kept = order[:recall.k]
-            all_kept = set(example.gold_inds) <= {fact.key for fact in kept}
-            missed += not all_kept and bool(shows_operands(example, retrieval.with_facts(example, kept)))
+        missed = sum(group(example, order[:recall.k]) == GROUPS[1] for example, order in zip(examples, orders))
         lines.append(f"{rank_name:<8}{recall.k:>3}{recall.full_recall:>13.3f}{recall.operand_recall:>16.3f}"
                      f"{missed:>36}")
     return lines
