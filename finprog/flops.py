@@ -273,7 +273,7 @@ def training_step_flops(shape: ModelShape, seq_len: int, batch: int = 1, method:
         inputs_require_grad = full or gradient_checkpointing
     tokens = batch * seq_len
     attention = 2 * shape.heads * shape.head_dim * tokens * seq_len  # MACs of Q K^T plus P V, one layer
-    head = batch * min(logits or seq_len, seq_len) * shape.hidden * shape.vocab
+    head = batch * (seq_len if logits is None else min(logits, seq_len)) * shape.hidden * shape.vocab
     adapter = tokens * lora_rank * sum(sum(shape.projections()[t]) for t in adapted)
 
     layer_forward = tokens * sum(i * o for i, o in shape.projections().values()) + attention + adapter

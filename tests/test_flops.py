@@ -51,6 +51,9 @@ def test_full_step_is_three_forwards():
     shape = trivial()
     assert flops.training_step_flops(shape, 3, method="full") == 3 * flops.forward_flops(shape, 3)
     assert flops.training_step_flops(shape, 3, batch=2, method="full") == 6 * flops.forward_flops(shape, 3)
+    for logits in (0, 1):  # a head over no position, or only the last, as forward_flops reads it
+        assert (flops.training_step_flops(shape, 3, method="full", logits=logits)
+                == 3 * flops.forward_flops(shape, 3, logits=logits))
 
 
 def test_lora_step_by_hand():
