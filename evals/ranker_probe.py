@@ -34,6 +34,7 @@ from ranker_weak import weakly_labelled
 
 from finprog import flops, models, retrieval
 from finprog.data import load_finqa, resolve_data
+from finprog.operands import needed_operands, writes
 from finprog.provenance import header
 
 POOL = 10  # the linear ranker's top facts the probe reranks
@@ -105,31 +106,51 @@ def design(loaded, pooled) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
     return np.hstack([np.array(extra), hidden]), np.array(labels), np.array(groups), cost
 
 
-def recall(pooled, probability: np.ndarray | None, k: int) -> tuple[float, float]:
-    """Full and mean recall at k when each pool is reordered by `probability` (None: the linear order); facts
-    outside a pool never enter the top k (k <= POOL)."""
-    full = mean = 0.0
+def reordered(pooled, probability: np.ndarray | None):
+    """Each pooled record with its pool reordered by `probability` (None: the linear order)."""
     offset = 0
     for example, facts, _ in pooled:
         order = list(range(len(facts)))
         if probability is not None:
             order.sort(key=lambda i: -probability[offset + i])
         offset += len(facts)
-        kept = {facts[i].key for i in order[:k]}
+        yield example, [facts[i] for i in order]
+
+
+def recall(pooled, probability: np.ndarray | None, k: int) -> tuple[float, float]:
+    """Full and mean recall at k when each pool is reordered by `probability` (None: the linear order); facts
+    outside a pool never enter the top k (k <= POOL)."""
+    full = mean = 0.0
+    for example, facts in reordered(pooled, probability):
+        kept = {fact.key for fact in facts[:k]}
         found = sum(key in kept for key in example.gold_inds)
         full += found == len(example.gold_inds)
         mean += found / len(example.gold_inds)
     return full / len(pooled), mean / len(pooled)
 
 
-def print_recall(pooled, rankings: dict[str, list[float] | None]) -> None:
-    """Full and mean recall at each of KS for every named reordering of the pools (see `recall`)."""
+def operand_recall(pooled, probability: np.ndarray | None, k: int) -> float:
+    """The share of records whose reordered top k write every operand of the gold program (as `finprog retrieve`
+    counts it), over the records whose page writes them all."""
+    kept = total = 0
+    for example, facts in reordered(pooled, probability):
+        operands = needed_operands(example)
+        if operands is not None:
+            total += 1
+            kept += writes(retrieval.with_facts(example, facts[:k]), operands)
+    return kept / total
+
+
+def print_recall(pooled, rankings: dict[str, list[float] | None], operands: bool = False) -> None:
+    """Full and mean recall (and, with `operands`, operand recall) at each of KS for every named reordering of the
+    pools (see `recall`)."""
     width = max(map(len, rankings)) + 2
-    print(f"{'ranker':<{width}}{'k':>3}{'full_recall':>13}{'mean_recall':>13}")
+    print(f"{'ranker':<{width}}{'k':>3}{'full_recall':>13}{'mean_recall':>13}" + ("  operand_recall" * operands))
     for name, scores in rankings.items():
         for k in KS:
             full, mean = recall(pooled, scores, k)
-            print(f"{name:<{width}}{k:>3}{full:>13.3f}{mean:>13.3f}")
+            extra = f"{operand_recall(pooled, scores, k):>16.3f}" if operands else ""
+            print(f"{name:<{width}}{k:>3}{full:>13.3f}{mean:>13.3f}{extra}")
 
 
 def cross_validated_c(x, y, groups, pooled) -> tuple[float, dict[float, float]]:
