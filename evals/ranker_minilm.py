@@ -13,9 +13,9 @@ test are never seen. After each epoch it reranks dev_200's linear top POOL by th
 cross-encoder's logit plus the linear ranker's (the combination fixed before any dev
 number was seen) and by the cross-encoder alone, and prints full and mean recall at
 k = 3, 5, 7 beside the linear ranker's, and operand recall (the kept facts write every
-operand of the gold program, as `finprog retrieve` counts it). FLOPs: training counts 3x the forward of the
-padded batches (full fine-tuning: a backward for dx and one for dW); the reranking's
-forward passes are what it would add to every question's inference FLOPs.
+operand of the gold program, as `finprog retrieve` counts it). FLOPs: training counts 3x
+the forward of the padded batches (full fine-tuning: a backward for dx and one for dW);
+the reranking's forward passes are what it would add to every question's inference FLOPs.
 
     python evals/ranker_minilm.py --epochs 4 > evals/ranker_minilm.txt
     python evals/ranker_minilm.py --epochs 1 --weak > evals/ranker_minilm_weak.txt
@@ -79,7 +79,7 @@ def forward_cost(shape: flops.ModelShape, tokens: int, rows: int) -> int:
 
 @torch.inference_mode()
 def scores(model, tokenizer, shape, dev_pairs) -> tuple[list[float], int]:
-    """The cross-encoder's logit for every pair (unpadded order kept) and the forward FLOPs, pair by pair unpadded."""
+    """The cross-encoder's logit for every pair, in order, and the forward FLOPs of the pairs unpadded."""
     result, cost = [], 0
     for start in range(0, len(dev_pairs), 64):
         inputs = encode(tokenizer, dev_pairs[start : start + 64])
