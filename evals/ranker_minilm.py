@@ -61,8 +61,9 @@ def pairs(pooled, with_gold: bool) -> list[tuple[str, str, float]]:
     result = []
     for example, facts, _ in pooled:
         keys = {fact.key for fact in facts}
-        outside = [f for f in retrieval.candidates(example) if f.key in example.gold_inds and f.key not in keys]
-        for fact in [*facts, *(outside if with_gold else [])]:
+        outside = [f for f in retrieval.candidates(example)
+                   if f.key in example.gold_inds and f.key not in keys] if with_gold else []
+        for fact in [*facts, *outside]:
             result.append((example.question, fact.text, float(fact.key in example.gold_inds)))
     return result
 

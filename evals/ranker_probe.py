@@ -129,16 +129,12 @@ def recall(pooled, probability: np.ndarray | None, k: int) -> tuple[float, float
     return full / len(pooled), mean / len(pooled)
 
 
-def operand_recall(pooled, probability: np.ndarray | None, k: int) -> float:
-    """The share of records whose reordered top k write every operand of the gold program (as `finprog retrieve`
-    counts it), over the records whose page writes them all."""
-    kept = total = 0
-    for example, facts in reordered(pooled, probability):
-        operands = needed_operands(example)
-        if operands is not None:
-            total += 1
-            kept += writes(retrieval.with_facts(example, facts[:k]), operands)
-    return kept / total
+def operand_recall(pooled, needed: list, probability: np.ndarray | None, k: int) -> float:
+    """The share of records whose reordered top k write every operand of the gold program (`needed`: each
+    record's `needed_operands`), as `finprog retrieve` counts it, over the records whose page writes them all."""
+    kept = [writes(retrieval.with_facts(example, facts[:k]), operands)
+            for (example, facts), operands in zip(reordered(pooled, probability), needed) if operands is not None]
+    return sum(kept) / len(kept)
 
 
 def print_recall(pooled, rankings: dict[str, list[float] | None], operands: bool = False) -> None:
@@ -146,10 +142,11 @@ def print_recall(pooled, rankings: dict[str, list[float] | None], operands: bool
     pools (see `recall`)."""
     width = max(map(len, rankings)) + 2
     print(f"{'ranker':<{width}}{'k':>3}{'full_recall':>13}{'mean_recall':>13}" + ("  operand_recall" * operands))
+    needed = [needed_operands(example) for example, _, _ in pooled] if operands else []
     for name, scores in rankings.items():
         for k in KS:
             full, mean = recall(pooled, scores, k)
-            extra = f"{operand_recall(pooled, scores, k):>16.3f}" if operands else ""
+            extra = f"{operand_recall(pooled, needed, scores, k):>16.3f}" if operands else ""
             print(f"{name:<{width}}{k:>3}{full:>13.3f}{mean:>13.3f}{extra}")
 
 

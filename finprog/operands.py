@@ -2,9 +2,9 @@
 
 Constrained decoding keeps a program's number literals to `example_numbers` and its row
 labels to `example_rows` of the context shown. `shows_operands` asks the same of the
-gold program: could it be written from this context? (`needed_operands` once per record
-and `writes` per context, where one record is asked of many contexts.) That is the recall a generator
-needs, whatever facts the annotators marked as gold.
+gold program: could it be written from this context? That is the recall a generator
+needs, whatever facts the annotators marked as gold. Where one record is asked of many
+contexts, take its `needed_operands` once and ask `writes` of each context.
 """
 
 from __future__ import annotations
