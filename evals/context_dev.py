@@ -13,6 +13,8 @@ stopped; the table of finished variants goes to evals/context-dev.md. The defaul
         gold-as-trained
     python evals/ranker_minilm.py --save minilm-cross && python evals/context_dev.py --minilm minilm-cross \
         --model evals/adapters/qwen2.5-coder-1.5b_lora_cosine80 --limit 100 --variants retrieved5-minilm-as-trained
+    python evals/context_dev.py --minilm minilm-cross --model evals/adapters/qwen2.5-coder-1.5b_lora_cosine80 \
+        --variants retrieved5-minilm-as-trained retrieved5-as-trained    # all of dev_200
 
 Run from the repository root with FINPROG_DATA_DIR=../shared/finqa.
 """

@@ -1,7 +1,17 @@
 """Pairs of runs on the same questions, question by question: how many each run gets right that the other does not,
 and the exact McNemar test of whether that split could be chance.
 
-    python evals/paired.py BASELINE RUN [BASELINE RUN ...] > evals/paired_minilm.txt
+    python evals/paired.py BASELINE RUN [BASELINE RUN ...]
+
+evals/paired_minilm.txt is, with R=evals/runs/context-dev, A=$R/qwen2.5-coder-1.5b_lora_cosine80,
+B=$R/qwen2.5-coder-0.5b_lora_cosine240 and C=$R/qwen2.5-coder-0.5b_retrieved5-1shot-all2077:
+
+    python evals/paired.py ${A}_retrieved5-as-trained ${A}_retrieved5-minilm-as-trained \
+        ${A}_retrieved5-as-trained_first100 ${A}_retrieved5-minilm-as-trained_first100 \
+        ${B}_retrieved5-as-trained_first100 ${B}_retrieved5-minilm-as-trained_first100 \
+        ${C}_first100 ${C}-minilm_first100 \
+        ${A}_retrieved5-as-trained_first100 ${A}_retrieved10-as-trained_first100 \
+        ${A}_retrieved5-as-trained_first100 ${A}_gold-as-trained_first100 > evals/paired_minilm.txt
 
 Each RUN is compared with the BASELINE before it over the questions both answered (exact
 match). The p-value is two-sided: the chance that a fair coin splits the questions only
