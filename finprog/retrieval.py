@@ -167,8 +167,8 @@ class LinearRanker:
 
 
 RANKERS = {"bm25": BM25Ranker, "linear": LinearRanker.load}
-"""Each ranker's name and how to build it. A library user may add one: an object with `scores(question,
-facts)` and `flops(question, facts)`, as evals/ranker_minilm.py adds its cross-encoder."""
+"""Each ranker's name and how to build it. A library user may add one, built as an object with
+`scores(question, facts)` and `flops(question, facts)` (evals/context_dev.py --minilm adds a cross-encoder)."""
 
 
 @functools.cache
