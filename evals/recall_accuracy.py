@@ -2,17 +2,19 @@
 on those where the ranker missed one.
 
     python evals/recall_accuracy.py evals/runs/train-2077/*_test_* evals/runs/test-retrieved/*_program-constrained \
-        evals/runs/test-retrieved-all2077/* evals/runs/context-dev/*-as-trained_* > evals/recall_accuracy.txt
-    python evals/recall_accuracy.py --groups-at 3 evals/runs/context-dev/*_retrieved*-as-trained_* \
+        evals/runs/test-retrieved-all2077/* evals/runs/context-dev/*[0-9]-as-trained_* > evals/recall_accuracy.txt
+    python evals/recall_accuracy.py --groups-at 3 evals/runs/context-dev/*_retrieved*[0-9]-as-trained_* \
         > evals/recall_accuracy_at3.txt
-    python evals/recall_accuracy.py --groups-at 5 evals/runs/context-dev/qwen2.5-coder-1.5b_*_retrieved*-as-trained_* \
+    python evals/recall_accuracy.py --groups-at 5 evals/runs/context-dev/qwen2.5-coder-1.5b_*_retrieved*[0-9]-as-trained_* \
         > evals/recall_accuracy_at5.txt
 
 For every run with `--context retrieved`, the run's own ranker and k are applied again to
 each question's page (ranking is deterministic), and its rows are split by whether
 every `gold_inds` fact was among the kept facts, and if not, whether the kept facts still
 wrote every number and row label of the gold program (`finprog.operands.shows_operands`);
-questions without gold facts are counted apart. Runs with another context are skipped.
+questions without gold facts are counted apart. Runs with another context are skipped
+(and the globs above leave out the runs ranked by evals/ranker_minilm.py's cross-encoder,
+which is not a shipped ranker).
 `--groups-at K` groups by the top K facts instead, the same questions in every run, so
 that runs of different k can be compared group by group.
 
