@@ -1,0 +1,41 @@
+"""Time to rank one question's page: the shipped linear ranker against the cross-encoder of evals/ranker_minilm.py.
+
+Side by side in one run, on dev_200, best of 3 passes each (`retrieval.top_facts` at k = 5,
+as a prompt takes them); the cross-encoder's time includes the linear ranking it reorders.
+
+    python evals/ranker_minilm.py --save minilm-cross && python evals/bench_ranker.py minilm-cross \
+        > evals/bench_ranker.txt
+
+Run from the repository root with FINPROG_DATA_DIR=../shared/finqa and HF_HUB_OFFLINE=1, with the CPU to itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+from ranker_minilm import CrossEncoderRanker
+from train_ranker import _seconds
+
+from finprog import retrieval
+from finprog.data import load_finqa, resolve_data
+from finprog.provenance import header
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("minilm", help="the cross-encoder `evals/ranker_minilm.py --save DIR` saved")
+    args = parser.parse_args()
+    print(header())
+    dev = load_finqa(resolve_data("dev_200")[0])
+    rankers = {"linear": retrieval.ranker("linear"), "cross-encoder": CrossEncoderRanker(args.minilm)}
+    print(f"time to rank one question's page (dev_200, {len(dev)} questions, best of 3 passes; "
+          f"torch threads: {torch.get_num_threads()})")
+    ms = {name: min(_seconds(dev, rank) for _ in range(3)) / len(dev) * 1e3 for name, rank in rankers.items()}
+    for name, value in ms.items():
+        print(f"{name:<14}{value:>8.2f} ms per question")
+    print(f"ratio: the cross-encoder takes {ms['cross-encoder'] / ms['linear']:.0f}x the linear ranker's time")
+
+
+if __name__ == "__main__":
+    main()
