@@ -15,6 +15,8 @@ stopped; the table of finished variants goes to evals/context-dev.md. The defaul
         --model evals/adapters/qwen2.5-coder-1.5b_lora_cosine80 --limit 100 --variants retrieved5-minilm-as-trained
     python evals/context_dev.py --minilm minilm-cross --model evals/adapters/qwen2.5-coder-1.5b_lora_cosine80 \
         --variants retrieved5-minilm-as-trained retrieved5-as-trained    # all of dev_200
+    python evals/context_dev.py --model evals/adapters/qwen2.5-coder-1.5b_lora_cosine80 \
+        --variants retrieved5-finqa-as-trained    # FinQA's released retriever scores, all of dev_200
 
 Run from the repository root with FINPROG_DATA_DIR=../shared/finqa.
 """
@@ -51,8 +53,16 @@ VARIANTS = {
     "retrieved5-minilm-as-trained": dict(context="retrieved", top_k=5, ranker="minilm"),
     "retrieved5-1shot-all2077-minilm": dict(context="retrieved", top_k=5, shots=1, exemplars="train_2077",
                                             ranker="minilm"),
+    # FinQA's own retriever, as the official dev file releases its scores (evals/ranker_finqa.py)
+    "retrieved5-finqa-as-trained": dict(context="retrieved", top_k=5, ranker="finqa"),
 }
 MINILM = {variant for variant, options in VARIANTS.items() if options.get("ranker") == "minilm"}
+
+
+def released_ranker():
+    from ranker_finqa import ReleasedRanker
+
+    return ReleasedRanker()
 
 
 def run_folder(model: str, variant: str, limit: int | None) -> Path:
@@ -87,6 +97,7 @@ def main() -> None:
         from ranker_minilm import CrossEncoderRanker
 
         retrieval.RANKERS["minilm"] = lambda: CrossEncoderRanker(args.minilm)
+    retrieval.RANKERS["finqa"] = released_ranker
     for variant in args.variants:
         out = run_folder(args.model, variant, args.limit)
         if not finished(out):
