@@ -174,9 +174,14 @@ RANKERS = {"bm25": BM25Ranker, "linear": LinearRanker.load}
 @functools.cache
 def ranker(name: str):
     """The ranker called `name` (one of `RANKERS`), built once per process."""
+    check_ranker(name)
+    return RANKERS[name]()
+
+
+def check_ranker(name: str) -> None:
+    """Refuse a ranker name that `RANKERS` does not hold."""
     if name not in RANKERS:
         raise RetrievalError(f"unknown ranker {name!r}; choose one of {', '.join(RANKERS)}")
-    return RANKERS[name]()
 
 
 def check_options(context: str, top_k: int, ranker_name: str) -> None:
@@ -185,8 +190,7 @@ def check_options(context: str, top_k: int, ranker_name: str) -> None:
         raise RetrievalError(f"unknown context {context!r}; choose one of {', '.join(CONTEXTS)}")
     if top_k < 1:
         raise RetrievalError(f"--top-k must be at least 1, got {top_k}")
-    if ranker_name not in RANKERS:
-        raise RetrievalError(f"unknown ranker {ranker_name!r}; choose one of {', '.join(RANKERS)}")
+    check_ranker(ranker_name)
 
 
 def check_gold(examples: Iterable[Example], where: str) -> None:

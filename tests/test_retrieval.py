@@ -34,6 +34,16 @@ def test_candidates_are_keyed_and_verbalized_as_finqa_gold_facts():
                 assert re.sub(r"\s+", "", texts[key]) == re.sub(r"\s+", "", gold), (example.id, key)
 
 
+def test_candidates_are_the_facts_finqas_own_retriever_scored():
+    """The official files release a score for every fact FinQA's retriever read; those are our candidates' keys."""
+    for name in ("dev_200", "test_100"):
+        records = {r["id"]: r for r in json.loads(finqa_file(name + ".json").read_text(encoding="utf-8"))}
+        for example in load_finqa(finqa_file(name + ".json")):
+            scored = records[example.id]["table_retrieved_all"] + records[example.id]["text_retrieved_all"]
+            keys = [fact.key for fact in retrieval.candidates(example)]
+            assert sorted(d["ind"] for d in scored) == sorted(keys), example.id
+
+
 def test_text_keys_count_pre_and_post_text_together():
     keys = [fact.key for fact in retrieval.candidates(PAGE)]
     assert keys == ["text_0", "text_1", "text_2", "table_0", "table_1", "table_2", "table_3"]
