@@ -12,7 +12,8 @@ records whose released scores it holds.
 
 The script prints full, mean and operand recall at k = 1..10 and the characters kept, for the
 released scores and the linear ranker side by side (`retrieval.recall_at_k`), on dev_200 and
-test_100, and the FLOPs per question. It also checks the scores for the label leak the FinQA
+test_100, the same at k = 5 split by whether every gold fact holds an operand of the gold
+program, and the FLOPs per question. It also checks the scores for the label leak the FinQA
 repository fixed on 2022-04-29 (its retriever wrapped gold rows from their annotated text and
 other rows from its own verbalization, which lacks the header's first cell): if the scores
 carried it, gold rows of tables with a non-empty first header cell would rank higher than
@@ -37,6 +38,7 @@ from finprog import retrieval
 from finprog.data import load_finqa, resolve_data
 from finprog.provenance import header
 from ranker_minilm import MAX_TOKENS, encoder_shape, forward_cost
+from recall_operands import operand_facts
 
 SPLITS = ("dev_200", "test_100")
 KS = range(1, 11)
@@ -101,6 +103,19 @@ def leak_check(split: str) -> str:
                      f"({found / n:.1%})" for lead, (n, found) in counts.items() if n)
 
 
+def by_operand_facts(examples, rankers, k: int = 5) -> list[str]:
+    """Full recall at k of each ranker, over the records whose every gold fact holds an operand of the gold
+    program (`recall_operands.operand_facts`) and over the others."""
+    every = [set(e.gold_inds) <= operand_facts(e) for e in examples]
+    lines = []
+    for name, rank in rankers:
+        kept = [set(e.gold_inds) <= {f.key for f in retrieval.ranked(e, rank)[:k]} for e in examples]
+        counts = [sum(x for x, group in zip(kept, every) if group == wanted) for wanted in (True, False)]
+        lines.append(f"{name:<8} {k:>2}  every gold fact holds an operand: {counts[0]}/{sum(every)} kept whole; "
+                     f"a gold fact holds none: {counts[1]}/{len(every) - sum(every)}")
+    return lines
+
+
 def main() -> None:
     print(header())
     print("FinQA's released retriever scores (bert-base-uncased, trained on the 6,251 training questions) against "
@@ -121,6 +136,7 @@ def main() -> None:
         facts = sum(len(retrieval.candidates(e)) for e in examples) / len(examples)
         print(f"FinQA retriever FLOPs per question: {per_question['finqa']:.2e} (BERT-base over {facts:.1f} facts "
               f"per page); linear ranker: {per_question['linear']:.2e}")
+        print("\n".join(by_operand_facts(examples, (("finqa", released), ("linear", linear)))))
         print(f"leak check: {leak_check(split)}")
 
 
