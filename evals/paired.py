@@ -16,6 +16,7 @@ B=$R/qwen2.5-coder-0.5b_lora_cosine240 and C=$R/qwen2.5-coder-0.5b_retrieved5-1s
 and evals/paired_finqa.txt, FinQA's released retriever (evals/ranker_finqa.py) against the linear ranker:
 
     python evals/paired.py ${A}_retrieved5-as-trained ${A}_retrieved5-finqa-as-trained \
+        ${B}_retrieved5-as-trained ${B}_retrieved5-finqa-as-trained \
         ${B}_retrieved5-as-trained_first100 ${B}_retrieved5-finqa-as-trained_first100 \
         ${A}_retrieved10-as-trained_first100 ${A}_retrieved5-finqa-as-trained > evals/paired_finqa.txt
 
