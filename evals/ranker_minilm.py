@@ -128,8 +128,8 @@ class CrossEncoderRanker:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=4)
-    parser.add_argument("--train", default="train_2077",
-                        help="the training file or split (`finprog data download --split train` fetches the official one)")
+    parser.add_argument("--train", default="train_2077", help="the training file or split "
+                        "(`finprog data download --split train` fetches the official one)")
     parser.add_argument("--weak", action="store_true", help="also train on its records without gold facts, "
                         "weakly labelled")
     parser.add_argument("--save", metavar="DIR", help="save the trained cross-encoder and its tokenizer there")
