@@ -1,4 +1,5 @@
-"""evals/gpu_check.py in its dry mode: every check runs (or is skipped, with the reason) and lands in the report."""
+"""evals/gpu_check.py in its dry mode: every check runs (or is skipped, with the reason) and lands in the report;
+evals/gpu_wheels.py: what travels to the GPU machine stays inside one call's limit."""
 
 import importlib.util
 import json
@@ -10,13 +11,17 @@ import torch
 from shared_data import REPO, finqa_file
 
 
-@pytest.fixture(scope="module")
-def gpu_check():
-    spec = importlib.util.spec_from_file_location("gpu_check", REPO / "evals" / "gpu_check.py")
+def load_script(name: str):
+    spec = importlib.util.spec_from_file_location(name, REPO / "evals" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
+
+
+@pytest.fixture(scope="module")
+def gpu_check():
+    return load_script("gpu_check")
 
 
 def test_dry_run_passes_every_check_it_can_run_here(gpu_check, tmp_path):
@@ -56,3 +61,10 @@ def test_a_failing_check_is_recorded_and_the_next_one_runs(gpu_check):
     assert [r["status"] for r in results] == ["fail", "skipped", "pass"]
     assert results[0]["error"] == "ValueError: no such file" and "Traceback" in results[0]["traceback"]
     assert results[1]["reason"] == "needs 2 GPUs" and results[2]["numbers"] == {"x": 1}
+
+
+@pytest.mark.skipif(not (REPO / ".git").exists(), reason="measures a git checkout")
+def test_the_checkout_leaves_room_in_the_call_for_the_wheels():
+    gpu_wheels = load_script("gpu_wheels")
+    wheels_and_data = 28 * 2**20  # gpu_carry/ as evals/gpu_wheels.py measured it: 27.6 MiB
+    assert gpu_wheels.checkout_bytes() + wheels_and_data <= gpu_wheels.LIMIT
