@@ -1,11 +1,11 @@
 """Prepare `gpu_carry/` for `evals/gpu_check.py` on a GPU machine without network access; print how to run it there.
 
 The machine this is for (as last read) has Python 3.12, torch 2.11 (CUDA 13.0),
-transformers 5.17, peft, accelerate, tokenizers, safetensors, sympy and tqdm, and no
-bitsandbytes, llguidance or lark; one call to it carries at most 64 MiB, the checkout
-included. `gpu_carry/` (ignored by git) gets:
+transformers 5.17, peft, accelerate, tokenizers, safetensors, sympy, tqdm, matplotlib, pytest
+and hypothesis, and none of finprog's other dependencies; one call to it carries at most
+64 MiB, the checkout included. `gpu_carry/` (ignored by git) gets:
 - `wheels/`: cp312 manylinux wheels of the versions installed here for transformers, peft,
-  accelerate, bitsandbytes, llguidance and lark, and huggingface-hub 1.x (transformers
+  accelerate, bitsandbytes, llguidance, lark and rank-bm25, and huggingface-hub 1.x (transformers
   needs at least 1.31; 2.x needs packages the machine lacks). bitsandbytes ships binaries for
   every CUDA and ROCm release (43 MB packed): only the CPU one and those for `--cuda` stay;
 - `finqa/`: the FinQA files the check reads (dev questions, training examples).
@@ -33,7 +33,8 @@ from finprog.data import DataValidationError, resolve_data
 REPO = Path(__file__).resolve().parents[1]
 CARRY = "gpu_carry"
 LIMIT = 64 * 2**20  # what one call to the GPU machine carries, checkout included
-TESTED = ("transformers", "peft", "accelerate", "bitsandbytes", "llguidance", "lark")  # pinned to the versions here
+THERE = ("torch", "transformers", "accelerate", "peft", "sympy", "tqdm", "matplotlib")  # finprog's needs it has
+CARRIED = ("transformers", "peft", "accelerate", "bitsandbytes", "llguidance", "lark", "rank-bm25")  # pinned as here
 EXTRA = ("huggingface-hub>=1.31,<2",)
 PLATFORMS = ("manylinux2014_x86_64", "manylinux_2_17_x86_64", "manylinux_2_24_x86_64", "manylinux_2_28_x86_64",
              "manylinux_2_31_x86_64")
@@ -42,7 +43,7 @@ LEFT_BEHIND = "evals/adapters"
 
 
 def download(folder: Path) -> None:
-    requirements = [f"{name}=={metadata.version(name)}" for name in TESTED] + list(EXTRA)
+    requirements = [f"{name}=={metadata.version(name)}" for name in CARRIED] + list(EXTRA)
     command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--python-version", "3.12",
                "--implementation", "cp", "--progress-bar", "off", "-d", str(folder)]
     command += [arg for platform in PLATFORMS for arg in ("--platform", platform)] + requirements

@@ -1,12 +1,15 @@
 """evals/gpu_check.py in its dry mode: every check runs (or is skipped, with the reason) and lands in the report;
 evals/gpu_wheels.py: what travels to the GPU machine stays inside one call's limit."""
 
+import importlib.abc
 import importlib.util
 import json
 import sys
+import tomllib
 
 import pytest
 import torch
+from packaging.requirements import Requirement
 
 from shared_data import REPO, finqa_file
 
@@ -24,8 +27,32 @@ def gpu_check():
     return load_script("gpu_check")
 
 
-def test_dry_run_passes_every_check_it_can_run_here(gpu_check, tmp_path):
+class Absent(importlib.abc.MetaPathFinder):
+    """Makes packages unimportable, as on a machine that lacks them."""
+
+    def __init__(self, names: set[str]):
+        self.names = names
+
+    def find_spec(self, name, path=None, target=None):
+        if name.partition(".")[0] in self.names:
+            raise ModuleNotFoundError(f"No module named '{name}' (absent on the GPU machine)")
+
+
+def missing_on_the_gpu_machine() -> set[str]:
+    """finprog's dependencies, as import names, that the GPU machine neither has nor gets carried."""
+    gpu_wheels = load_script("gpu_wheels")
+    declared = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    names = {Requirement(line).name for line in declared} - set(gpu_wheels.THERE) - set(gpu_wheels.CARRIED)
+    return {name.replace("-", "_") for name in names}
+
+
+def test_dry_run_passes_every_check_with_only_the_packages_the_gpu_machine_will_have(gpu_check, tmp_path,
+                                                                                      monkeypatch):
     dev, train = finqa_file("dev_200.json"), finqa_file("train_100.json")
+    absent = missing_on_the_gpu_machine()
+    for name in [name for name in sys.modules if name.partition(".")[0] in absent]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setattr(sys, "meta_path", [Absent(absent), *sys.meta_path])
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny tensors: thread synchronisation would cost more than the work
     try:
