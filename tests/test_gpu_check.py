@@ -68,7 +68,8 @@ def test_dry_run_passes_every_check_with_only_the_packages_the_gpu_machine_will_
     skipped = {name for name, check in checks.items() if check["status"] == "skipped"}
     assert skipped == (set() if torch.cuda.device_count() >= 2 else {"data parallel"})
     assert checks["data parallel"].get("reason", "").startswith("needs 2 GPUs")
-    assert checks["batched vs batch-1"]["numbers"]["first_lines_differ"] == 0
+    batching = checks["batched vs batch-1"]["numbers"]
+    assert batching["fp32_compared"] == batching["bf16_compared"] == 2 and batching["fp32_first_lines_differ"] == 0
     assert checks["train lora"]["numbers"]["loss_second_half"] < checks["train lora"]["numbers"]["loss_first_half"]
     assert report["environment"]["plan"]["name"] == "dry" and report["environment"]["versions"]["torch"]
     markdown = (tmp_path / "gpu_check.md").read_text()
