@@ -9,12 +9,13 @@ training when there are two GPUs. Each check is recorded as pass, fail (with its
 or skipped, with its numbers; one failing check does not stop the others. The model is
 untrained, so accuracies are about zero: what is checked is that the paths run.
 
-    python evals/gpu_check.py --out evals/gpu_check            # on a GPU: a few minutes
-    python evals/gpu_check.py --out /tmp/gpu_check --dry-run   # anywhere: tiny sizes, under a minute on a CPU
+    python evals/gpu_check.py --out evals/gpu_check                # on a GPU: a few minutes
+    python evals/gpu_check.py --out /tmp/gpu_check --sizes dry     # anywhere: tiny sizes, under a minute on a CPU
+    python evals/gpu_check.py --out evals/gpu_check_cpu --sizes gpu  # a rehearsal on a CPU: about 7 minutes
 
-Without CUDA the run is always a dry one. Writes gpu_check.md and gpu_check.json into
---out; exits 1 when a check failed. `evals/gpu_wheels.py` prepares what a GPU machine
-without network access needs.
+The sizes default to `gpu` with CUDA and to `dry` without. Writes gpu_check.md and
+gpu_check.json into --out; exits 1 when a check failed. `evals/gpu_wheels.py` prepares what
+a GPU machine without network access needs.
 """
 
 from __future__ import annotations
@@ -66,6 +67,7 @@ GPU = Plan("gpu", dict(hidden_size=768, intermediate_size=2048, num_hidden_layer
            train_steps=8, train_prompt_tokens=1024, flops_tokens=512)
 DRY = Plan("dry", dict(max_position_embeddings=2048), questions=2, shots=0, max_prompt_tokens=384,
            max_new_tokens=8, train_steps=4, train_prompt_tokens=256, flops_tokens=64, dtype="fp32")
+PLANS = (GPU, DRY)
 
 
 class Skipped(Exception):
@@ -347,7 +349,8 @@ def _numbers_text(numbers: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True, help="folder for gpu_check.md and gpu_check.json")
-    parser.add_argument("--dry-run", action="store_true", help="tiny sizes (the default without CUDA)")
+    parser.add_argument("--sizes", choices=[plan.name for plan in PLANS],
+                        help="gpu: the full check; dry: tiny sizes (default: gpu with CUDA, else dry)")
     parser.add_argument("--dev", default="dev_200", help="FinQA file or name of the questions (default: dev_200)")
     parser.add_argument("--train", default="train_100", help="FinQA file or name to train on and take exemplars from")
     args = parser.parse_args(argv)
@@ -355,7 +358,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     cuda = torch.cuda.is_available()
-    plan = GPU if cuda and not args.dry_run else DRY
+    plan = next(plan for plan in PLANS if plan.name == (args.sizes or ("gpu" if cuda else "dry")))
     started, env, results = time.perf_counter(), environment(plan), []
     args.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="gpu_check-") as work:

@@ -56,7 +56,7 @@ def test_dry_run_passes_every_check_with_only_the_packages_the_gpu_machine_will_
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny tensors: thread synchronisation would cost more than the work
     try:
-        status = gpu_check.main(["--dry-run", "--out", str(tmp_path), "--dev", str(dev), "--train", str(train)])
+        status = gpu_check.main(["--sizes", "dry", "--out", str(tmp_path), "--dev", str(dev), "--train", str(train)])
     finally:
         torch.set_num_threads(threads)
 
