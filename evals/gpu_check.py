@@ -314,7 +314,7 @@ def environment(plan: Plan) -> dict:
 def markdown(report: dict) -> str:
     env = report["environment"]
     lines = [
-        f"# finprog GPU check ({env['plan']['name']} run)",
+        f"# finprog GPU check ({env['plan']['name']} sizes, on {'CUDA' if env['gpus'] else 'a CPU'})",
         "",
         f"{env['date']} | {env['machine']} | CUDA {env['torch_cuda']}, {env['gpus']} GPU(s)",
         "",
