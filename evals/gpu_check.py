@@ -11,7 +11,7 @@ untrained, so accuracies are about zero: what is checked is that the paths run.
 
     python evals/gpu_check.py --out evals/gpu_check                # on a GPU: a few minutes
     python evals/gpu_check.py --out /tmp/gpu_check --sizes dry     # anywhere: tiny sizes, under a minute on a CPU
-    python evals/gpu_check.py --out evals/gpu_check_cpu --sizes gpu  # a rehearsal on a CPU: about 7 minutes
+    python evals/gpu_check.py --out evals/gpu_check_cpu --sizes gpu  # a rehearsal on a CPU: about 8 minutes
 
 The sizes default to `gpu` with CUDA and to `dry` without. Writes gpu_check.md and
 gpu_check.json into --out; exits 1 when a check failed. `evals/gpu_wheels.py` prepares what
