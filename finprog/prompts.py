@@ -197,31 +197,31 @@ def ranker_flops(example: Example, options, retriever: ExemplarRetriever) -> flo
     return sum(rank.flops(page.question, retrieval.candidates(page)) for page in pages)
 
 
-def prompt_text(example: Example, tokenizer, options, retriever: ExemplarRetriever) -> str:
-    """The user turn solve's prompt functions write for `example`, its context cut to `options.max_prompt_tokens`.
+def user_turn(example: Example, tokenizer, options, retriever: ExemplarRetriever) -> tuple[str, Example]:
+    """The user turn solve's prompt functions write for `example`, and `example` as it shows it.
 
-    `options` needs mode, shots, exemplar_choice, context, top_k, ranker, chat_template and
-    max_prompt_tokens; the limit counts the prompt's tokens as the model reads them (chat
-    template applied).
+    The example shown has its context chosen (`options.context`) and cut so that the prompt
+    fits `options.max_prompt_tokens`. `options` needs mode, shots, exemplar_choice, context,
+    top_k, ranker, chat_template and max_prompt_tokens; the limit counts the prompt's tokens
+    as the model reads them (chat template applied).
     """
     exemplars = chosen_exemplars(example, options, retriever)
-    example = shown_example(example, options)
+    shown = shown_example(example, options)
 
     def render(e: Example) -> str:
         return direct_prompt(e) if options.mode == "direct" else program_prompt(e, exemplars)
 
-    if options.max_prompt_tokens is None:
-        return render(example)
-    special = adds_special_tokens(tokenizer, options)
+    if options.max_prompt_tokens is not None:
+        special = adds_special_tokens(tokenizer, options)
 
-    def fits(e: Example) -> bool:
-        text = apply_chat_template(tokenizer, render(e), options.chat_template)
-        return len(tokenizer(text, add_special_tokens=special)["input_ids"]) <= options.max_prompt_tokens
+        def fits(e: Example) -> bool:
+            text = apply_chat_template(tokenizer, render(e), options.chat_template)
+            return len(tokenizer(text, add_special_tokens=special)["input_ids"]) <= options.max_prompt_tokens
 
-    return render(fit_context(example, fits))
+        shown = fit_context(shown, fits)
+    return render(shown), shown
 
 
 def build_prompt(example: Example, tokenizer, options, retriever: ExemplarRetriever) -> str:
-    """The model's input for `example` at training and evaluation time: `prompt_text` in the chat template."""
-    return apply_chat_template(tokenizer, prompt_text(example, tokenizer, options, retriever),
-                                       options.chat_template)
+    """The model's input for `example` at training and evaluation time: `user_turn` in the chat template."""
+    return apply_chat_template(tokenizer, user_turn(example, tokenizer, options, retriever)[0], options.chat_template)

@@ -256,14 +256,15 @@ def scored_rows(model, tokenizer, examples: list[Example], options: SolveOptions
     from finprog import generation
 
     shape = shape or flops.ModelShape.from_config(model.config.to_dict())
-    texts = [prompts.build_prompt(e, tokenizer, options, retriever) for e in examples]
+    turns = [prompts.user_turn(e, tokenizer, options, retriever) for e in examples]
+    texts = [prompts.apply_chat_template(tokenizer, text, options.chat_template) for text, _ in turns]
     ranking = [prompts.ranker_flops(e, options, retriever) for e in examples]
     repeated = [text for text in texts for _ in range(options.samples)]
     grammar = None
     if options.constrained:
         from finprog import constrained
 
-        shown = examples if options.page_numbers else [prompts.shown_example(e, options) for e in examples]
+        shown = examples if options.page_numbers else [shown for _, shown in turns]
         grammar = constrained.processor_factory(model, tokenizer, [e for e in shown for _ in range(options.samples)],
                                                 restrict_numbers=options.restrict_numbers)
     pending: dict[int, list] = {}  # example index -> its finished samples

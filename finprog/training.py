@@ -318,7 +318,7 @@ def encode(example: Example, tokenizer, options, retriever: prompts.ExemplarRetr
     (its end-of-turn token included); without one it is the target (after a space in
     program mode, since the prompt ends with "Program:") and the EOS token.
     """
-    user = prompts.prompt_text(example, tokenizer, options, retriever)
+    user, _ = prompts.user_turn(example, tokenizer, options, retriever)
     prompt = prompts.apply_chat_template(tokenizer, user, options.chat_template)
     target = target_text(example, options.mode)
     special = prompts.adds_special_tokens(tokenizer, options)

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from finprog import prompts
+from finprog import models, prompts
 from finprog.cli import main
 from finprog.compare import compare_runs
 from finprog.data import load_finqa
@@ -124,6 +124,24 @@ def test_constrained_solve_writes_only_parseable_programs_or_cut_ones(tmp_path, 
     assert "no_program" not in record["metrics"]["outcomes"]  # the grammar forces a program to start
     with pytest.raises(SolveError, match="--mode program"):
         SolveOptions(mode="direct", constrained=True)
+
+
+def test_the_grammar_reads_the_numbers_of_the_context_the_cut_prompt_shows(tmp_path, checkpoint, monkeypatch):
+    from finprog import constrained
+
+    real, read = constrained.processor_factory, []
+
+    def recording(model, tokenizer, examples, **kwargs):
+        read.extend(examples)
+        return real(model, tokenizer, examples, **kwargs)
+
+    monkeypatch.setattr(constrained, "processor_factory", recording)
+    cut = options(checkpoint, constrained=True, context="page", shots=0, max_prompt_tokens=300, limit=1)
+    solve(cut, tmp_path / "c", progress=False)
+    (example,) = load_finqa(DEMO)[:1]
+    _, shown = prompts.user_turn(example, models.load_tokenizer(checkpoint), cut, prompts.ExemplarRetriever([]))
+    assert read == [shown]
+    assert len(shown.pre_text) + len(shown.post_text) < len(example.pre_text) + len(example.post_text)
 
 
 def test_self_consistency_votes_over_samples_and_counts_their_flops(tmp_path, checkpoint):
