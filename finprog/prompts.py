@@ -198,7 +198,7 @@ def ranker_flops(example: Example, options, retriever: ExemplarRetriever) -> flo
 
 
 def user_turn(example: Example, tokenizer, options, retriever: ExemplarRetriever) -> tuple[str, Example]:
-    """The user turn solve's prompt functions write for `example`, and `example` as it shows it.
+    """The user turn solve's prompt functions write for `example`, and `example` as that turn shows it.
 
     The example shown has its context chosen (`options.context`) and cut so that the prompt
     fits `options.max_prompt_tokens`. `options` needs mode, shots, exemplar_choice, context,
