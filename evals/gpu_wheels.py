@@ -14,7 +14,7 @@ The trained adapters under `evals/adapters/` alone are larger than the limit and
 needs none of them, so they stay behind: the script prints the git commands that untrack
 them for the call and track them again after it (the files never leave the disk).
 
-    python evals/gpu_wheels.py [--cuda 13]
+    python evals/gpu_wheels.py [--cuda 13] > evals/gpu_wheels.txt   # pip's own output goes to stderr
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from importlib import metadata
 from pathlib import Path
 
 from finprog.data import DataValidationError, resolve_data
+from finprog.provenance import header
 
 REPO = Path(__file__).resolve().parents[1]
 CARRY = "gpu_carry"
@@ -47,7 +48,7 @@ def download(folder: Path) -> None:
     command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--python-version", "3.12",
                "--implementation", "cp", "--progress-bar", "off", "-d", str(folder)]
     command += [arg for platform in PLATFORMS for arg in ("--platform", platform)] + requirements
-    subprocess.run(command, check=True)
+    subprocess.run(command, check=True, stdout=sys.stderr)  # pip's progress is not the report
 
 
 def slim_bitsandbytes(folder: Path, cuda: str) -> None:
@@ -77,13 +78,20 @@ def copy_data(folder: Path) -> None:
         shutil.copy(resolve_data(name)[0], folder / f"{name}.json")
 
 
-def checkout_bytes() -> int:
-    """What travels besides the carried folder once LEFT_BEHIND is untracked: tracked files and untracked files
-    git does not ignore."""
+def travelling_files() -> list[str]:
+    """What a call sends besides the carried folder: tracked files and untracked files git does not ignore."""
     listed = subprocess.run(["git", "ls-files", "-z", "-co", "--exclude-standard"], cwd=REPO, check=True,
                             capture_output=True, text=True).stdout.split("\0")
-    travelling = [name for name in listed if name and not name.startswith(LEFT_BEHIND + "/")]
-    return sum((REPO / name).stat().st_size for name in travelling if (REPO / name).is_file())
+    return [name for name in listed if name and (REPO / name).is_file()]
+
+
+def left_behind(name: str) -> bool:
+    return name.startswith(LEFT_BEHIND + "/")
+
+
+def checkout_bytes() -> int:
+    """What travels besides the carried folder once LEFT_BEHIND is untracked."""
+    return sum((REPO / name).stat().st_size for name in travelling_files() if not left_behind(name))
 
 
 def main() -> int:
@@ -101,13 +109,15 @@ def main() -> int:
     download(carry / "wheels")
     slim_bitsandbytes(carry / "wheels", args.cuda)
 
-    for path in sorted(carry.rglob("*")):
-        if path.is_file():
-            print(f"{path.stat().st_size / 2**20:7.2f} MiB  {path.relative_to(REPO)}")
-    carried = sum(path.stat().st_size for path in carry.rglob("*") if path.is_file())
-    total = carried + checkout_bytes()
-    print(f"{CARRY}/: {carried / 2**20:.1f} MiB; with the checkout, {LEFT_BEHIND}/ left behind: "
-          f"{total / 2**20:.1f} MiB of {LIMIT / 2**20:.0f} MiB")
+    print(header())
+    carried = sorted(path for path in carry.rglob("*") if path.is_file())
+    for path in carried:
+        print(f"{path.stat().st_size / 2**20:7.2f} MiB  {path.relative_to(REPO)}")
+    carried_bytes = sum(path.stat().st_size for path in carried)
+    total = carried_bytes + checkout_bytes()
+    behind = sum((REPO / name).stat().st_size for name in travelling_files() if left_behind(name))
+    print(f"{CARRY}/: {carried_bytes / 2**20:.1f} MiB; with the checkout, {LEFT_BEHIND}/ "
+          f"({behind / 2**20:.1f} MiB) left behind: {total / 2**20:.1f} MiB of {LIMIT / 2**20:.0f} MiB")
     print(f"\nbefore the call, untrack {LEFT_BEHIND}/ (git status shows its files as staged deletions meanwhile):\n"
           f"git rm -r -q --cached {LEFT_BEHIND} && echo /{LEFT_BEHIND}/ >> .git/info/exclude\n"
           f"after the call, track it again:\n"
