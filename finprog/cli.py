@@ -11,6 +11,7 @@ from finprog import __version__, flops
 from finprog.cascade import RULE_HELP
 from finprog.evaluation import METRICS
 from finprog.models import DTYPES
+from finprog.prompts import PROMPT_STYLES
 from finprog.report import DEFAULT_METRIC, DEFAULT_QUESTIONS
 from finprog.retrieval import CONTEXTS, DEFAULT_CONTEXT, DEFAULT_RANKER, DEFAULT_TOP_K, RANKERS
 from finprog.solve import DEFAULT_MODEL, DEFAULT_SHOTS, EXEMPLAR_CHOICES, MODES
@@ -171,7 +172,11 @@ def _add_train(commands) -> None:
     train.add_argument("--micro-batch-size", type=int,
                        help="sequences per forward and backward, gradients summed over the batch: the same update "
                             "in less memory; a --resume may change it (default: the batch)")
-    train.add_argument("--shots", type=int, default=0, help="few-shot exemplars in training prompts (default: 0)")
+    train.add_argument("--prompt", choices=PROMPT_STYLES, default="bare",
+                       help="bare: the facts shown and the question only; instructed: solve's prompt with the "
+                            "program language's instructions (default: %(default)s)")
+    train.add_argument("--shots", type=int, default=0,
+                       help="few-shot exemplars in instructed training prompts (default: 0)")
     train.add_argument("--max-prompt-tokens", type=int, default=1024,
                        help="cut the report's least relevant sentences to fit (default: %(default)s)")
     _add_context_options(train)
@@ -309,8 +314,12 @@ def _add_solve_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--limit", type=int, help="only the first N examples")
     parser.add_argument("--batch-size", type=int, help="default: 1 on a CPU, 8 on a GPU")
     parser.add_argument("--max-new-tokens", type=int, help="default: 24 direct, 96 program")
+    parser.add_argument("--prompt", choices=PROMPT_STYLES,
+                        help="instructed: the task's instructions, exemplars, facts and question; bare: the facts "
+                             "and the question only (default: instructed, or as a finprog-trained model was trained)")
     parser.add_argument("--shots", type=int,
-                        help=f"few-shot exemplars in program mode (default: {DEFAULT_SHOTS}, or as a finprog-trained model was trained)")
+                        help=f"few-shot exemplars in program mode (default: {DEFAULT_SHOTS}, 0 with --prompt bare, "
+                             "or as a finprog-trained model was trained)")
     parser.add_argument("--exemplars", help="FinQA file the exemplars come from (default: official train, else demo)")
     parser.add_argument("--gold-exemplars", action="store_true",
                         help="exemplars only from training records with annotated facts (the others are "
@@ -356,7 +365,7 @@ def _solve_options(args, mode: str, constrained: bool | None = None, model: str 
     from finprog.solve import SolveOptions
 
     return SolveOptions(
-        model=model or args.model or DEFAULT_MODEL, mode=mode, data=args.data, limit=args.limit,
+        model=model or args.model or DEFAULT_MODEL, mode=mode, prompt=args.prompt, data=args.data, limit=args.limit,
         batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, shots=args.shots,
         exemplar_choice=args.exemplar_choice, exemplars=args.exemplars, gold_exemplars=args.gold_exemplars,
         constrained=constrained, restrict_numbers=args.restrict_numbers, page_numbers=args.page_numbers,
@@ -421,7 +430,8 @@ def _train(args) -> int:
     from finprog.training import TrainOptions, summary, summary_lines, train
 
     options = TrainOptions(
-        model=args.model, train=args.train, eval=args.eval, method=args.method, mode=args.mode, shots=args.shots,
+        model=args.model, train=args.train, eval=args.eval, method=args.method, mode=args.mode, prompt=args.prompt,
+        shots=args.shots,
         chat_template=args.chat_template, max_prompt_tokens=args.max_prompt_tokens, max_steps=args.max_steps,
         epochs=args.epochs, budget_flops=args.budget_flops,
         target=parse_target(args.target) if args.target else None, target_metric=args.target_metric,

@@ -44,18 +44,39 @@ def direct_prompt(example: Example) -> str:
     return f"{DIRECT_INSTRUCTIONS}\n\n{render_context(example)}\n\nQuestion: {example.question}\n{DIRECT_CUE}"
 
 
-def apply_chat_template(tokenizer, text: str, use_template: bool = True) -> str:
-    """`text` as a single user turn in the tokenizer's chat template, ready for the assistant's reply.
+PROMPT_STYLES = ("instructed", "bare")
+"""instructed: the task's instructions (and exemplars) before the page and question, in the template's default
+chat; bare: only the facts shown and the question, with an empty system turn (for models trained on FinQA)."""
 
-    Returns `text` unchanged when `use_template` is false or the tokenizer has no chat
-    template (base models). Templated text already holds the model's special tokens, so
-    tokenize it without adding more (`generation.generate(..., add_special_tokens=False)`).
+
+def apply_chat_template(tokenizer, text: str, use_template: bool = True, bare: bool = False,
+                        reply: str | None = None) -> str:
+    """`text` as a single user turn in the tokenizer's chat template, ready for the assistant's reply (or followed
+    by `reply` as the assistant's turn).
+
+    `bare` replaces the template's default system prompt ("You are Qwen, created by ...") with an
+    empty system turn, where the template takes one. Returns `text` unchanged when `use_template`
+    is false or the tokenizer has no chat template (base models). Templated text already holds
+    the model's special tokens, so tokenize it without adding more
+    (`generation.generate(..., add_special_tokens=False)`).
     """
-    if not use_template or not getattr(tokenizer, "chat_template", None):
+    if not has_chat_template(tokenizer, use_template):
         return text
-    return tokenizer.apply_chat_template(
-        [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True
-    )
+    turns = [{"role": "user", "content": text}] + ([] if reply is None else [{"role": "assistant", "content": reply}])
+    if bare:
+        from jinja2.exceptions import TemplateError
+
+        try:
+            return tokenizer.apply_chat_template([{"role": "system", "content": ""}, *turns], tokenize=False,
+                                                 add_generation_prompt=reply is None)
+        except TemplateError:  # a template that takes no system turn: its default, if any, stays
+            pass
+    return tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=reply is None)
+
+
+def has_chat_template(tokenizer, use_template: bool = True) -> bool:
+    """Whether prompts are wrapped in the tokenizer's chat template (asked for, and the tokenizer has one)."""
+    return bool(use_template and getattr(tokenizer, "chat_template", None))
 
 
 PROGRAM_INSTRUCTIONS = (
@@ -89,6 +110,27 @@ def program_prompt(example: Example, exemplars: Sequence[Example] = ()) -> str:
     heading = "Now answer this question.\n" if exemplars else ""
     parts.append(f"{heading}{render_context(example)}\n\nQuestion: {example.question}\n{PROGRAM_CUE}")
     return "\n\n".join(parts)
+
+
+BARE_DIRECT_CUE = "Answer:"
+
+
+def bare_prompt(example: Example, mode: str, cue: bool) -> str:
+    """The facts shown (pre text, table, post text; no headings, empty parts left out) and the question, nothing
+    else; `cue` ends it with an answer cue ("Program:" or "Answer:"), the plain text marker of a model without a
+    chat template."""
+    facts = [" ".join(example.pre_text), render_table(example.table), " ".join(example.post_text)]
+    text = "\n\n".join([*filter(None, facts), f"Question: {example.question}"])
+    return f"{text}\n{PROGRAM_CUE if mode == 'program' else BARE_DIRECT_CUE}" if cue else text
+
+
+def bare_without_template_note(tokenizer, options) -> str | None:
+    """The line that says bare prompts fall back to plain text markers, for a model without a chat template."""
+    if options.prompt != "bare" or has_chat_template(tokenizer, options.chat_template):
+        return None
+    cue = PROGRAM_CUE if options.mode == "program" else BARE_DIRECT_CUE
+    return (f"bare prompts: no chat template in use, so each prompt ends with the plain text marker {cue!r} "
+            "instead of the template's turn markers")
 
 
 def exemplar_context(exemplar: Example, top_k: int, rank) -> Example:
@@ -168,7 +210,7 @@ def fit_context(example: Example, fits: Callable[[Example], bool]) -> Example:
 
 def adds_special_tokens(tokenizer, options) -> bool:
     """Whether prompts are tokenized with the tokenizer's special tokens (not when a chat template put them in)."""
-    return not (options.chat_template and getattr(tokenizer, "chat_template", None))
+    return not has_chat_template(tokenizer, options.chat_template)
 
 
 def _chosen(example: Example, options, retriever: ExemplarRetriever) -> list[Example]:
@@ -201,27 +243,35 @@ def user_turn(example: Example, tokenizer, options, retriever: ExemplarRetriever
     """The user turn solve's prompt functions write for `example`, and `example` as that turn shows it.
 
     The example shown has its context chosen (`options.context`) and cut so that the prompt
-    fits `options.max_prompt_tokens`. `options` needs mode, shots, exemplar_choice, context,
-    top_k, ranker, chat_template and max_prompt_tokens; the limit counts the prompt's tokens
-    as the model reads them (chat template applied).
+    fits `options.max_prompt_tokens`. `options` needs mode, prompt, shots, exemplar_choice,
+    context, top_k, ranker, chat_template and max_prompt_tokens; the limit counts the prompt's
+    tokens as the model reads them (chat template applied).
     """
     exemplars = chosen_exemplars(example, options, retriever)
     shown = shown_example(example, options)
+    cue = not has_chat_template(tokenizer, options.chat_template)
 
     def render(e: Example) -> str:
+        if options.prompt == "bare":
+            return bare_prompt(e, options.mode, cue)
         return direct_prompt(e) if options.mode == "direct" else program_prompt(e, exemplars)
 
     if options.max_prompt_tokens is not None:
         special = adds_special_tokens(tokenizer, options)
 
         def fits(e: Example) -> bool:
-            text = apply_chat_template(tokenizer, render(e), options.chat_template)
+            text = chat_prompt(tokenizer, render(e), options)
             return len(tokenizer(text, add_special_tokens=special)["input_ids"]) <= options.max_prompt_tokens
 
         shown = fit_context(shown, fits)
     return render(shown), shown
 
 
+def chat_prompt(tokenizer, user: str, options) -> str:
+    """A user turn as the model reads it under `options` (chat_template, prompt style)."""
+    return apply_chat_template(tokenizer, user, options.chat_template, bare=options.prompt == "bare")
+
+
 def build_prompt(example: Example, tokenizer, options, retriever: ExemplarRetriever) -> str:
     """The model's input for `example` at training and evaluation time: `user_turn` in the chat template."""
-    return apply_chat_template(tokenizer, user_turn(example, tokenizer, options, retriever)[0], options.chat_template)
+    return chat_prompt(tokenizer, user_turn(example, tokenizer, options, retriever)[0], options)

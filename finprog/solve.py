@@ -37,6 +37,7 @@ class SolveOptions:
 
     model: str = DEFAULT_MODEL
     mode: str = "program"
+    prompt: str | None = None  # prompts.PROMPT_STYLES; None: instructed, or as trained
     data: str | None = None
     limit: int | None = None
     batch_size: int | None = None  # None: 8 on a GPU, 1 on a CPU (see default_batch_size)
@@ -82,9 +83,15 @@ class SolveOptions:
             self.constrained = self.mode == "program"
         if self.constrained and self.mode != "program":
             raise SolveError("--constrained decodes programs: it needs --mode program")
-        self.shots = DEFAULT_SHOTS if self.shots is None else self.shots
+        self.prompt = self.prompt or "instructed"
+        if self.prompt not in prompts.PROMPT_STYLES:
+            raise SolveError(f"unknown prompt style {self.prompt!r}; choose {' or '.join(prompts.PROMPT_STYLES)}")
+        if self.shots is None:
+            self.shots = 0 if self.prompt == "bare" else DEFAULT_SHOTS
         if self.shots < 0:
             raise SolveError(f"--shots must be at least 0, got {self.shots}")
+        if self.shots and self.prompt == "bare":
+            raise SolveError("--shots needs --prompt instructed (a bare prompt shows no exemplars)")
         if not self.technique:
             self.technique = "few-shot" if self.mode == "program" and self.shots else "zero-shot"
 
@@ -95,6 +102,11 @@ class SolveOptions:
         if not trained:
             return
         config = trained.data["config"]
+        style = config.get("prompt", "instructed")  # runs trained before bare prompts were instructed
+        if self.prompt not in (None, style):
+            raise SolveError(f"{self.model} was trained with {style} prompts; ask it with --prompt {style} "
+                             f"(or leave --prompt out), not {self.prompt}")
+        self.prompt = style
         self.shots = config["shots"] if self.shots is None else self.shots
         self.max_prompt_tokens = self.max_prompt_tokens or config["max_prompt_tokens"]
         self.constrained = False if self.constrained is None else self.constrained
@@ -134,6 +146,9 @@ def solve(options: SolveOptions, out: Path, resume: bool = False, progress: bool
         todo = [e for e in examples if e.id not in recorder.done_ids]
         _say(progress, f"data: {described}; {len(examples)} examples, {len(todo)} to run")
         loaded, record["model"], load_seconds = load(options, source, shape)
+        note = prompts.bare_without_template_note(loaded.tokenizer, options)
+        if note:
+            _say(progress, note)
         fitted, cut = fit_to_context(options, todo, loaded.tokenizer, retriever, config.get("max_position_embeddings"))
         if cut:
             record["context_cut"] = cut
@@ -257,7 +272,7 @@ def scored_rows(model, tokenizer, examples: list[Example], options: SolveOptions
 
     shape = shape or flops.ModelShape.from_config(model.config.to_dict())
     turns = [prompts.user_turn(e, tokenizer, options, retriever) for e in examples]
-    texts = [prompts.apply_chat_template(tokenizer, text, options.chat_template) for text, _ in turns]
+    texts = [prompts.chat_prompt(tokenizer, text, options) for text, _ in turns]
     ranking = [prompts.ranker_flops(e, options, retriever) for e in examples]
     repeated = [text for text in texts for _ in range(options.samples)]
     grammar = None

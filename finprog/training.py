@@ -78,7 +78,8 @@ class TrainOptions:
     method: str = "lora"  # lora | qlora (4-bit NF4 base + LoRA) | full
     mode: str = "program"
     # prompts: what `finprog solve` builds, the report's context cut to fit max_prompt_tokens
-    shots: int = 0  # program mode: exemplars from the training file (0: fine-tuned models answer zero-shot)
+    prompt: str = "bare"  # bare: the facts and the question only; instructed: solve's prompt for untrained models
+    shots: int = 0  # program mode, instructed: exemplars from the training file (0: models answer zero-shot)
     exemplar_choice: str = "similar"
     chat_template: bool = True
     max_prompt_tokens: int | None = DEFAULT_MAX_PROMPT_TOKENS  # None: no cut
@@ -132,6 +133,10 @@ class TrainOptions:
             fail(f"unknown exemplar choice {self.exemplar_choice!r}; choose {' or '.join(EXEMPLAR_CHOICES)}")
         if self.shots and self.mode == "direct":
             fail("--shots applies to program mode only (the direct prompt has no exemplars)")
+        if self.prompt not in prompts.PROMPT_STYLES:
+            fail(f"unknown prompt style {self.prompt!r}; choose {' or '.join(prompts.PROMPT_STYLES)}")
+        if self.shots and self.prompt == "bare":
+            fail("--shots needs --prompt instructed (a bare prompt shows no exemplars)")
         try:
             retrieval.check_options(self.context, self.top_k, self.ranker)
         except retrieval.RetrievalError as error:
@@ -319,14 +324,12 @@ def encode(example: Example, tokenizer, options, retriever: prompts.ExemplarRetr
     program mode, since the prompt ends with "Program:") and the EOS token.
     """
     user, _ = prompts.user_turn(example, tokenizer, options, retriever)
-    prompt = prompts.apply_chat_template(tokenizer, user, options.chat_template)
+    prompt = prompts.chat_prompt(tokenizer, user, options)
     target = target_text(example, options.mode)
     special = prompts.adds_special_tokens(tokenizer, options)
     prompt_ids = tokenizer(prompt, add_special_tokens=special)["input_ids"]
     if not special:
-        full = tokenizer.apply_chat_template(
-            [{"role": "user", "content": user}, {"role": "assistant", "content": target}], tokenize=False
-        )
+        full = prompts.apply_chat_template(tokenizer, user, bare=options.prompt == "bare", reply=target)
         if full.startswith(prompt):
             return Encoded(prompt_ids, tokenizer(full[len(prompt):], add_special_tokens=False)["input_ids"])
     elif options.mode == "program":
@@ -439,7 +442,8 @@ def evaluate_model(model, tokenizer, examples: Sequence[Example], options: Train
 def solve_options(options: TrainOptions) -> SolveOptions:
     """The `finprog solve` settings that evaluate a model as this training run prompts it (greedy, one sample)."""
     return SolveOptions(
-        model=options.model, mode=options.mode, shots=options.shots, exemplar_choice=options.exemplar_choice,
+        model=options.model, mode=options.mode, prompt=options.prompt, shots=options.shots,
+        exemplar_choice=options.exemplar_choice,
         chat_template=options.chat_template, max_prompt_tokens=options.max_prompt_tokens,
         context=options.context, top_k=options.top_k, ranker=options.ranker, batch_size=options.eval_batch_size,
         max_new_tokens=options.max_new_tokens, dtype=options.dtype,
@@ -554,9 +558,13 @@ def _set_up(options: TrainOptions, data: TrainData, out: Path, accelerator, reco
             timing={"model_load_seconds": time.perf_counter() - started},
         )
     retriever = prompts.ExemplarRetriever(data.train if options.shots else [])
+    say = _printer(progress and accelerator.is_main_process)
+    note = prompts.bare_without_template_note(loaded.tokenizer, options)
+    if note:
+        say(note)
     setup = Setup(options, out, accelerator, model, optimizer, trainable, loaded.tokenizer, data.shape,
                   [encode(e, loaded.tokenizer, options, retriever) for e in data.train], data.eval, retriever,
-                  recorder, _printer(progress and accelerator.is_main_process))
+                  recorder, say)
     world = accelerator.num_processes
     setup.say(f"{options.method} on {options.model}: {len(setup.encoded)} training examples, {len(data.eval)} eval "
               f"examples, {planned_steps(len(setup.encoded), options, world)} steps of {options.batch_size} x "

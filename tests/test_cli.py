@@ -74,8 +74,8 @@ def test_train_passes_every_option_to_the_library(monkeypatch, tmp_path):
 
 def test_train_defaults_and_epochs(monkeypatch):
     options, out, flags = train_options(monkeypatch, "--model", "org/m", "--train", "t", "--eval", "e",
-                                        "--epochs", 2.5, "--shots", 2)
-    defaults = training.TrainOptions(model="org/m", train="t", eval="e", epochs=2.5, shots=2)
+                                        "--epochs", 2.5, "--prompt", "instructed", "--shots", 2)
+    defaults = training.TrainOptions(model="org/m", train="t", eval="e", epochs=2.5, prompt="instructed", shots=2)
     assert options == defaults and str(out) == "runs/org--m_lora_program" and flags == {"resume": False, "progress": True}
     assert options.dtype == "auto" and options.eval_batch_size is None  # as solve: the hardware decides
 
