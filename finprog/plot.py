@@ -1,4 +1,5 @@
-"""The report's plot: per eval set, accuracy against total FLOPs, the targets, the frontier, and run labels."""
+"""The report's plot: per eval set, accuracy (with its 95% interval) against total FLOPs, the targets, the frontier,
+and the labels of the runs a reader needs: the frontier's and each target's cheapest (the table names the rest)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.collections import PathCollection
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.text import Text
@@ -36,7 +38,7 @@ def plot_report(report: Report, path: str | Path) -> Path:
         _plot_group(axis, report, group)
     figure.tight_layout()
     for axis, group in zip(axes, report.groups):
-        _place_labels(axis, group)
+        _place_labels(axis, report, group)
     path = Path(path)
     figure.savefig(path)
     return path
@@ -51,6 +53,9 @@ def _plot_group(axis, report: Report, group: Group) -> None:
             xs = [point.train_flops + inference[row.run.path] for point in row.run.curve]
             ys = [getattr(point, report.metric) for point in row.run.curve]
             axis.plot(xs, ys, color=colour, alpha=0.35, linewidth=1, marker=".", markersize=4)
+        axis.errorbar(row.total_flops, row.accuracy, yerr=[[row.accuracy - row.interval[0]],
+                                                            [row.interval[1] - row.accuracy]],
+                      fmt="none", ecolor=colour, alpha=0.6 if row.on_frontier else 0.3, linewidth=1, capsize=2)
         axis.scatter(
             row.total_flops, row.accuracy, s=90 if row.on_frontier else 55, color=colour, zorder=3,
             marker=_MARKERS.get(row.run.mode, _OTHER_MARKER), edgecolors="black" if row.on_frontier else "none",
@@ -105,7 +110,8 @@ def _legend_handles(report: Report, group: Group) -> list[Line2D]:
         for mode in modes
     ]
     handles += [
-        Line2D([], [], color="black", linewidth=1.2, label="Pareto frontier (outlined)"),
+        Line2D([], [], color="dimgray", marker="|", markersize=10, linestyle="", label="95% interval of EmAcc"),
+        Line2D([], [], color="black", linewidth=1.2, label="Pareto frontier (outlined, labelled)"),
         Line2D([], [], color="crimson", linestyle="--", label="target EmAcc (labelled on the line)"),
     ]
     if any(row.run.curve for row in group.rows):
@@ -116,11 +122,20 @@ def _legend_handles(report: Report, group: Group) -> list[Line2D]:
     return handles
 
 
-def _place_labels(axis, group: Group) -> None:
-    """Label each point with its run at the nearby spot that covers the least of the other marks."""
+def _labelled(report: Report, group: Group) -> list:
+    """The rows a reader needs named on the plot: the frontier's and each target's cheapest."""
+    winners = {id(group.cheapest_to(index)) for index in range(len(report.targets))}
+    return [row for row in group.rows if row.on_frontier or id(row) in winners]
+
+
+def _place_labels(axis, report: Report, group: Group) -> None:
+    """Label the frontier's and the targets' runs, each at the nearby spot that covers the least of the other
+    marks."""
     renderer = axis.figure.canvas.get_renderer()
     heavy = []  # markers (with a margin), the legend and the labels placed so far, as pixel boxes
     for collection in axis.collections:
+        if not isinstance(collection, PathCollection):  # the error bars
+            continue
         radius = math.sqrt(collection.get_sizes()[0]) / 2 * axis.figure.dpi / 72 + 4
         for centre in axis.transData.transform(collection.get_offsets()):
             heavy.append(np.concatenate([centre - radius, centre + radius]))
@@ -130,7 +145,7 @@ def _place_labels(axis, group: Group) -> None:
         _line_boxes(line.get_transform().transform(line.get_path().vertices)) for line in axis.get_lines()
     ])
     frame = axis.get_window_extent(renderer).extents
-    for row in group.rows:
+    for row in _labelled(report, group):
         heavy.append(_place_label(axis, renderer, row, heavy, light, frame))
 
 

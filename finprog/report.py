@@ -19,7 +19,8 @@ from pathlib import Path
 from finprog import __version__
 from finprog.evaluation import METRICS
 from finprog.provenance import now
-from finprog.runs import RunError, RunRecord
+from finprog.runs import PREDICTIONS, RunError, RunRecord, read_rows
+from finprog.stats import Paired, paired, wilson_interval
 
 DEFAULT_METRIC = "exact"
 DEFAULT_QUESTIONS = 1147  # the size of the FinQA test split
@@ -75,6 +76,7 @@ class RunSummary:
     samples: int
     quant: str
     eval_set: EvalSet
+    n: int  # questions scored
     exact: float
     tolerant: float
     training_flops: float
@@ -118,6 +120,17 @@ class RunSummary:
     def accuracy(self, metric: str) -> float:
         return self.exact if metric == "exact" else self.tolerant
 
+    def interval(self, metric: str) -> tuple[float, float]:
+        """The 95% Wilson interval of the run's accuracy on its n questions."""
+        return wilson_interval(round(self.accuracy(metric) * self.n), self.n)
+
+    def right_by_id(self, metric: str) -> dict[str, bool] | None:
+        """Question id -> scored right, from predictions.jsonl beside run.json; None when it is not there."""
+        predictions = self.path.parent / PREDICTIONS
+        if not predictions.is_file():
+            return None
+        return {row["id"]: bool(row.get(metric)) for row in read_rows(predictions)}
+
 
 @dataclass(frozen=True)
 class Crossing:
@@ -138,6 +151,9 @@ class Row:
     total_flops: float
     crossings: tuple[Crossing, ...]  # one per target of the report, in its order
     on_frontier: bool
+    interval: tuple[float, float] = (0.0, 1.0)  # 95% Wilson interval of `accuracy`
+    neighbour: str | None = None  # the frontier run it is tested against (see `_neighbour`)
+    paired: Paired | None = None  # that test, over the questions both answered
 
     # The first target's crossing, as the single-target report had it.
     @property
@@ -234,8 +250,12 @@ def _row_dict(row: Row) -> dict:
         "technique": run.technique,
         "technique_label": run.technique_label,
         "mode": run.mode,
+        "n": run.n,
         "exact": run.exact,
         "tolerant": run.tolerant,
+        "interval": list(row.interval),
+        "neighbour": row.neighbour,
+        "paired": None if row.paired is None else {**asdict(row.paired), "p": row.paired.p},
         "training_flops": run.training_flops,
         "inference_flops_per_question": run.inference_flops_per_question,
         "total_flops": row.total_flops,
@@ -306,6 +326,7 @@ def load_run(path: str | Path) -> RunSummary:
         samples=int(get("config.samples", 1)),
         quant=get("config.quant", "none"),
         eval_set=EvalSet(name=get("eval_set.name"), n=int(get("eval_set.n")), ids_sha256=get("eval_set.ids_sha256")),
+        n=int(get("metrics.n")),
         exact=get("metrics.exact"),
         tolerant=get("metrics.tolerant"),
         training_flops=get("flops.training_total"),
@@ -415,13 +436,42 @@ def _score_group(runs: list[RunSummary], targets: tuple[float, ...], questions: 
             total_flops=total,
             crossings=tuple(_crossing(run, target, questions, metric) for target in targets),
             on_frontier=not any(_dominates(other, (total, accuracy)) for other in points),
+            interval=run.interval(metric),
         )
         for run, (total, accuracy) in zip(runs, points)
     ]
     rows.sort(key=lambda row: (row.total_flops, -row.accuracy, row.run.name))
+    rows = _with_neighbours(rows, metric)
     # The same questions may carry different names (test_100 from two files); show them all.
     names = " / ".join(sorted({run.eval_set.name for run in runs}))
     return Group(replace(runs[0].eval_set, name=names), tuple(rows))
+
+
+def _neighbour(row: Row, frontier: list[Row]) -> Row | None:
+    """The frontier run a run is tested against: for a frontier run, the frontier run before it (cheaper, less
+    accurate); for any other run, the most accurate frontier run that costs no more (one that beats it)."""
+    cheaper = [other for other in frontier if other is not row and other.total_flops <= row.total_flops
+               and (not row.on_frontier or other.accuracy < row.accuracy)]
+    return max(cheaper, key=lambda other: (other.accuracy, -other.total_flops), default=None)
+
+
+def _with_neighbours(rows: list[Row], metric: str) -> list[Row]:
+    """Each row with its frontier neighbour and, where both runs' predictions are there, their paired test."""
+    frontier = [row for row in rows if row.on_frontier]
+    right = {}
+    result = []
+    for row in rows:
+        other = _neighbour(row, frontier)
+        if other is None:
+            result.append(row)
+            continue
+        for run in (row.run, other.run):
+            if run.path not in right:
+                right[run.path] = run.right_by_id(metric)
+        a, b = right[other.run.path], right[row.run.path]
+        test = paired(a, b) if a is not None and b is not None else None
+        result.append(replace(row, neighbour=other.run.name, paired=test if test and test.n else None))
+    return result
 
 
 # ---------------------------------------------------------------- text
@@ -445,20 +495,36 @@ def format_percent(fraction: float) -> str:
     return f"{100 * fraction:.1f}%"
 
 
+def format_interval(interval: tuple[float, float]) -> str:
+    """`33.0-51.8%`."""
+    return f"{100 * interval[0]:.1f}-{100 * interval[1]:.1f}%"
+
+
+def _neighbour_cell(row: Row) -> str:
+    """`p=0.31 vs NAME` (or `p=0.01* vs NAME`: significant at 5%), `-` with nothing to test against."""
+    if row.neighbour is None:
+        return "-"
+    if row.paired is None:
+        return f"no shared predictions with {row.neighbour}"
+    return f"p={row.paired.p:.2g}{'*' if row.paired.significant else ''} vs {row.neighbour}"
+
+
 def _table(report: Report, group: Group) -> tuple[list[str], list[list[str]]]:
     headers = [
-        "run", "model", "params", "technique", "mode", "EmAcc exact", "EmAcc tolerant", "training FLOPs",
-        "inference FLOPs/q", f"total FLOPs (Q={report.questions})", "s/q",
-        *[f"FLOPs to {format_percent(target)}" for target in report.targets], "frontier",
+        "run", "model", "params", "technique", "mode", "n", "EmAcc exact", "EmAcc tolerant",
+        f"{report.metric} 95% CI", "training FLOPs", "inference FLOPs/q", f"total FLOPs (Q={report.questions})",
+        "s/q", *[f"FLOPs to {format_percent(target)}" for target in report.targets], "frontier",
+        "vs frontier neighbour",
     ]
     cells = []
     for row in group.rows:
         run = row.run
         cells.append([
-            run.name, run.model, format_params(run.params), run.technique_label, run.mode, format_percent(run.exact),
-            format_percent(run.tolerant), format_flops(run.training_flops),
-            format_flops(run.inference_flops_per_question), format_flops(row.total_flops),
-            f"{run.seconds_per_question:.2f}", *map(_to_target_cell, row.crossings), "*" if row.on_frontier else "",
+            run.name, run.model, format_params(run.params), run.technique_label, run.mode, str(run.n),
+            format_percent(run.exact), format_percent(run.tolerant), format_interval(row.interval),
+            format_flops(run.training_flops), format_flops(run.inference_flops_per_question),
+            format_flops(row.total_flops), f"{run.seconds_per_question:.2f}", *map(_to_target_cell, row.crossings),
+            "*" if row.on_frontier else "", _neighbour_cell(row),
         ])
     return headers, cells
 
@@ -488,9 +554,12 @@ def _cheapest_line(report: Report, group: Group, index: int) -> str:
         )
     crossing = cheapest.crossings[index]
     how = "interpolated on its learning curve" if crossing.interpolated else "measured"
+    low, high = cheapest.interval
+    inside = (f"; the target lies inside its 95% interval ({format_interval(cheapest.interval)}), so it may not "
+              "truly reach it" if low <= report.targets[index] <= high else "")
     return (
         f"Cheapest to reach {goal}: {cheapest.run.name} ({cheapest.run.label}), "
-        f"{format_flops(crossing.flops_to_target)} FLOPs ({how})."
+        f"{format_flops(crossing.flops_to_target)} FLOPs ({how}{inside})."
     )
 
 
@@ -519,6 +588,10 @@ def _notes(report: Report) -> list[str]:
         f"+ {report.questions} x the final model's inference FLOPs per question; "
         "'~' marks a crossing interpolated between two evaluations.",
         f"The frontier (*) holds the runs that no other run beats on both {report.metric} EmAcc and total FLOPs.",
+        f"95% CI: the Wilson interval of the {report.metric} EmAcc on the run's n questions.",
+        "vs frontier neighbour: the exact McNemar test, over the questions both runs answered, against the frontier "
+        "run before it (a frontier run) or the most accurate frontier run that costs no more (any other run); "
+        "'*' marks p < 0.05, a difference unlikely to be chance.",
     ]
 
 

@@ -413,7 +413,7 @@ def test_report_writes_markdown_and_a_png(tmp_path):
     assert markdown.name == "report.md" and png.name == "report.png"
     text = markdown.read_text()
     assert "](report.png)" in text
-    assert "| lora | tiny | 500M | LoRA + 4-shot | program | 40.0% |" in text
+    assert "| lora | tiny | 500M | LoRA + 4-shot | program | 100 | 40.0% | 40.0% | 30.9-49.8% |" in text
     assert "~3.85e16" in text  # 2.5e16 + 0.5 * 2.5e16 training + 1000 x 1e12 inference
     width, height = png_size(png)
     assert width > 800 and height > 1000  # two eval sets, two panels
