@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from finprog.runs import PREDICTIONS, RunError, RunRecord, read_rows
+from finprog.stats import paired, wilson_interval
 
 COMPARISON = "comparison.json"
 
@@ -26,7 +27,7 @@ def compare_runs(run_dirs: list[Path]) -> dict:
     runs = [load_run_folder(Path(d)) for d in run_dirs]
     check_same_examples(runs)
     columns = [_column(run) for run in runs]
-    return {"eval_set": runs[0]["record"]["eval_set"], "runs": columns, "only_right": _only_right(runs)}
+    return {"eval_set": runs[0]["record"]["eval_set"], "runs": columns, "paired": _paired_tests(runs)}
 
 
 def check_same_examples(runs: list[dict]) -> None:
@@ -67,6 +68,7 @@ def _column(run: dict) -> dict:
         "technique": record["config"]["technique"],
         "exact": metrics["exact"],
         "tolerant": metrics["tolerant"],
+        "exact_interval": list(wilson_interval(round(metrics["exact"] * metrics["n"]), metrics["n"])),
         "program_accuracy": metrics["program_accuracy"],
         "outcomes": metrics["outcomes"],
         "prompt_tokens_per_example": metrics["prompt_tokens_per_example"],
@@ -77,19 +79,16 @@ def _column(run: dict) -> dict:
     }
 
 
-def _only_right(runs: list[dict]) -> list[dict]:
-    """For each ordered pair of runs: examples the first got right (exact, tolerant) and the second did not."""
-    pairs = []
-    for a in runs:
-        for b in runs:
-            if a is b:
-                continue
-            counts = {
-                metric: sum(row[metric] and not b["rows"].get(i, {}).get(metric) for i, row in a["rows"].items())
-                for metric in ("exact", "tolerant")
-            }
-            pairs.append({"right": a["dir"], "missed": b["dir"], **counts})
-    return pairs
+def _paired_tests(runs: list[dict]) -> list[dict]:
+    """For each pair of runs and each metric: the questions only one got right, and the exact McNemar p-value."""
+    tests = []
+    for index, a in enumerate(runs):
+        for b in runs[index + 1:]:
+            for metric in ("exact", "tolerant"):
+                test = paired(*({i: row[metric] for i, row in run["rows"].items()} for run in (a, b)))
+                tests.append({"a": a["dir"], "b": b["dir"], "metric": metric, "only_a": test.only_a,
+                              "only_b": test.only_b, "both": test.both, "neither": test.neither, "p": test.p})
+    return tests
 
 
 def format_comparison(result: dict) -> str:
@@ -106,6 +105,8 @@ def format_comparison(result: dict) -> str:
         f"{result['eval_set']['name']}: {result['eval_set']['n']} examples, model {runs[0]['model']}",
         line("", names),
         line("exact EmAcc", [f"{r['exact']:.1%}" for r in runs]),
+        line("  95% interval", [f"{100 * r['exact_interval'][0]:.1f}-{100 * r['exact_interval'][1]:.1f}%"
+                                for r in runs]),
         line("tolerant EmAcc", [f"{r['tolerant']:.1%}" for r in runs]),
         line("program accuracy", ["-" if r["program_accuracy"] is None else f"{r['program_accuracy']:.1%}" for r in runs]),
         *[line(f"  {k}", [r["outcomes"].get(k, 0) for r in runs]) for k in outcomes],
@@ -115,7 +116,9 @@ def format_comparison(result: dict) -> str:
         line("GFLOPs / example (useful)", [f"{r['flops_per_example'] / 1e9:,.0f}" for r in runs]),
         line("GFLOPs / example (executed)", [f"{r['flops_per_example_executed'] / 1e9:,.0f}" for r in runs]),
     ]
-    for pair in result["only_right"]:
-        lines.append(f"right in {Path(pair['right']).name}, missed in {Path(pair['missed']).name}: "
-                     f"{pair['exact']} (exact), {pair['tolerant']} (tolerant)")
+    for test in result["paired"]:
+        a, b = Path(test["a"]).name, Path(test["b"]).name
+        lines.append(f"{test['metric']}: right only in {a} {test['only_a']}, only in {b} {test['only_b']} "
+                     f"(both {test['both']}, neither {test['neither']}); exact McNemar p = {test['p']:.2g}"
+                     + (", a significant difference" if test["p"] < 0.05 else ", within chance"))
     return "\n".join(lines)

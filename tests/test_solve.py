@@ -94,7 +94,8 @@ def test_compare_runs_both_modes_on_the_same_examples(tmp_path, checkpoint, caps
     result = json.loads(capsys.readouterr().out)
     assert code == 0 and [r["mode"] for r in result["runs"]] == ["direct", "program"]
     assert json.loads((tmp_path / "comparison.json").read_text()) == result
-    assert len(result["only_right"]) == 2
+    assert [(t["metric"], t["only_a"] + t["only_b"] + t["both"] + t["neither"]) for t in result["paired"]] == [
+        ("exact", 2), ("tolerant", 2)]  # one pair of runs, each metric over both questions
     assert compare_runs([tmp_path / "direct", tmp_path / "program"]) == result
 
 
