@@ -2,8 +2,9 @@
 
     python evals/bench_flops.py [MODEL ...]     # default: the four zoo models of MODELS.md
 
-For each model: `flops.check` (prefill and generation of 576 + 8 tokens, longer than
-gemma3's window of 512; forward, full and LoRA step on 128 tokens; eager attention),
+For each model: `flopcheck.check` (prefill and generation of 576 + 8 tokens, longer than
+gemma3's window of 512; a shared prefix of 288 tokens prefilled once and a padded batch of
+two generated after it; forward, full and LoRA step on 128 tokens; eager attention),
 then the wall time of a 512-token prefill (fp32 with the model's default and with eager
 attention, bf16 with the default) and of a LoRA step (r=8 on q_proj,v_proj, 512 tokens,
 fp32). Achieved FLOP/s is the analytic count (dense attention, as `finprog.flops`
@@ -24,7 +25,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 from peft import LoraConfig, get_peft_model  # noqa: E402
 
-from finprog import flops  # noqa: E402
+from finprog import flopcheck, flops  # noqa: E402
 from finprog.provenance import header  # noqa: E402
 
 ZOO = ("smollm2-135m", "gemma3-270m", "qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b")
@@ -98,8 +99,8 @@ def main() -> None:
         shape = flops.ModelShape.from_config(model.config.to_dict())
         print()
         print(flops.format_summary(flops.summary(shape, prompt_tokens=TIMED_TOKENS, new_tokens=16, method="lora")))
-        result = flops.check(model, CHECK_PROMPT, CHECK_NEW, CHECK_TRAIN)
-        print(flops.format_check({**result, "model": name}), flush=True)
+        result = flopcheck.check(model, CHECK_PROMPT, CHECK_NEW, CHECK_TRAIN)
+        print(flopcheck.format_check({**result, "model": name}), flush=True)
         attention = 2 * shape.heads * shape.head_dim * TIMED_TOKENS * shape.keys(0, TIMED_TOKENS)
         share = attention / flops.prefill_flops(shape, TIMED_TOKENS)
         achieved += [(name, share, *row) for row in timings(model, shape)]

@@ -337,6 +337,9 @@ def _add_solve_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--temperature", type=float, default=0.7, help="with --samples > 1")
     parser.add_argument("--top-p", type=float, default=0.95, help="with --samples > 1")
     parser.add_argument("--seed", type=int, default=0, help="sampling seed, with --samples > 1 (default: 0)")
+    parser.add_argument("--no-prefix-cache", dest="prefix_cache", action="store_false",
+                        help="compute every prompt whole, not the prompts' shared prefix once (the same answers, "
+                             "more FLOPs)")
     _add_model_options(parser)
     parser.add_argument("--quant", choices=["none", "4bit", "8bit"], default="none",
                         help="load the weights quantized by bitsandbytes (default: %(default)s)")
@@ -371,7 +374,7 @@ def _solve_options(args, mode: str, constrained: bool | None = None, model: str 
         constrained=constrained, restrict_numbers=args.restrict_numbers, page_numbers=args.page_numbers,
         samples=args.samples, temperature=args.temperature, top_p=args.top_p, seed=args.seed, dtype=args.dtype,
         quant=args.quant, chat_template=args.chat_template, max_prompt_tokens=args.max_prompt_tokens,
-        context=args.context, top_k=args.top_k, ranker=args.ranker,
+        context=args.context, top_k=args.top_k, ranker=args.ranker, prefix_cache=args.prefix_cache,
     )
 
 
@@ -536,12 +539,14 @@ def _flops(args) -> int:
     result = flops.summary(shape, args.prompt_tokens, args.new_tokens, args.method, args.lora_r,
                            targets=args.lora_targets, gradient_checkpointing=args.gradient_checkpointing)
     if args.check:
-        result["check"] = flops.check(args.model, prompt_tokens=args.prompt_tokens, new_tokens=args.new_tokens,
-                                      train_tokens=args.train_tokens, lora_rank=args.lora_r,
-                                      targets=args.lora_targets, gradient_checkpointing=args.gradient_checkpointing)
+        from finprog import flopcheck
+
+        result["check"] = flopcheck.check(args.model, prompt_tokens=args.prompt_tokens, new_tokens=args.new_tokens,
+                                          train_tokens=args.train_tokens, lora_rank=args.lora_r,
+                                          targets=args.lora_targets, gradient_checkpointing=args.gradient_checkpointing)
     print(json.dumps(result, indent=2) if args.json else flops.format_summary(result))
     if args.check and not args.json:
-        print(flops.format_check(result["check"]))
+        print(flopcheck.format_check(result["check"]))
     return 0
 
 

@@ -1,8 +1,8 @@
 """FLOP counts: the matmul FLOPs of a decoder-only LM for prefill, decoding and each training method.
 
 Everything here is arithmetic on a `ModelShape` built from a config.json dict, so it
-imports no torch. Only `check` loads torch, to compare the counts with
-`torch.utils.flop_counter.FlopCounterMode` on a real model.
+imports no torch; `flopcheck` compares the counts with `torch.utils.flop_counter.FlopCounterMode`
+on a real model.
 
 What is counted: every matrix multiply the Hugging Face implementation executes
 (2 FLOPs per multiply-accumulate): the q/k/v/o and MLP projections, the attention
@@ -15,7 +15,6 @@ densely, so it counts as the dense matmul.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 METHODS = ("full", "lora", "qlora")
@@ -208,9 +207,18 @@ def forward_flops(shape: ModelShape, tokens: int, past: int = 0, logits: int | N
     return 2 * batch * macs
 
 
-def prefill_flops(shape: ModelShape, prompt_len: int, batch: int = 1) -> int:
-    """The prompt's forward as `generate` runs it: every position, logits for the last one only."""
-    return forward_flops(shape, prompt_len, logits=1, batch=batch)
+def prefix_flops(shape: ModelShape, tokens: int) -> int:
+    """Prefilling a shared prefix once: its keys and values for every layer, no logits (`generation.SharedPrefix`)."""
+    return forward_flops(shape, tokens, logits=0)
+
+
+def prefill_flops(shape: ModelShape, prompt_len: int, batch: int = 1, cached: int = 0) -> int:
+    """The prompt's forward as `generate` runs it: every position, logits for the last one only.
+
+    With `cached` > 0 the prompt's first `cached` tokens come from a shared-prefix cache: only
+    the rest runs, its queries scored against the cached keys too.
+    """
+    return forward_flops(shape, prompt_len - cached, past=cached, logits=1, batch=batch)
 
 
 def decode_step_flops(shape: ModelShape, context: int, batch: int = 1) -> int:
@@ -218,16 +226,18 @@ def decode_step_flops(shape: ModelShape, context: int, batch: int = 1) -> int:
     return forward_flops(shape, 1, past=context - 1, logits=1, batch=batch)
 
 
-def generation_flops(shape: ModelShape, prompt_len: int, new_tokens: int, batch: int = 1) -> int:
+def generation_flops(shape: ModelShape, prompt_len: int, new_tokens: int, batch: int = 1, cached: int = 0) -> int:
     """Generating `new_tokens` after a prompt: the prefill yields the first token, then new_tokens-1 decode steps.
 
-    For a left-padded batch, pass the padded prompt length and the tokens the batch
-    ran for: that is what was executed, padding and steps after a row stopped included.
+    For a padded batch, pass the padded prompt length and the tokens the batch ran for:
+    that is what was executed, padding and steps after a row stopped included. `cached`:
+    the prompt's first tokens taken from a shared-prefix cache (see `prefill_flops`); the
+    prefix's own cost is `prefix_flops`, paid once for all the prompts that share it.
     """
     if new_tokens < 1:
         raise ValueError(f"generation needs new_tokens >= 1, got {new_tokens}")
     decode = sum(decode_step_flops(shape, prompt_len + i, batch) for i in range(1, new_tokens))
-    return prefill_flops(shape, prompt_len, batch) + decode
+    return prefill_flops(shape, prompt_len, batch, cached) + decode
 
 
 def inference_flops(shape: ModelShape, completions) -> dict[str, int]:
@@ -236,11 +246,13 @@ def inference_flops(shape: ModelShape, completions) -> dict[str, int]:
     useful: each example alone, its own prompt and the tokens it needed.
     executed: its share of what its batch ran, padding and the steps after it stopped
     included (a batch's rows all compute the same, so the shares add up to the batch).
+    Both start at the end of a cached shared prefix (`cached_prompt_tokens`), whose own
+    cost, `prefix_flops`, is not included: it is paid once for all the completions.
     """
     useful = executed = 0
     for c in completions:
-        useful += generation_flops(shape, c.prompt_tokens, c.new_tokens)
-        executed += generation_flops(shape, c.batch_prompt_tokens, c.batch_new_tokens)
+        useful += generation_flops(shape, c.prompt_tokens, c.new_tokens, cached=c.cached_prompt_tokens)
+        executed += generation_flops(shape, c.batch_prompt_tokens, c.batch_new_tokens, cached=c.cached_prompt_tokens)
     return {"useful": useful, "executed": executed}
 
 
@@ -347,7 +359,7 @@ def trainer_total_flos(shape: ModelShape, tokens: int) -> int:
     return 6 * tokens * (counts["total"] - counts["embedding"])
 
 
-# ---------------------------------------------------------------- summary and check
+# ---------------------------------------------------------------- summary
 
 def summary(shape: ModelShape, prompt_tokens: int = 512, new_tokens: int = 16, method: str = "lora",
             lora_rank: int = 8, targets: str | tuple[str, ...] = LORA_TARGETS,
@@ -400,125 +412,3 @@ def format_summary(result: dict) -> str:
         f"{p['trainable'] / 1e6:.3f}M trainable with {method}",
         *(f"  {what:22} {count:10.4g} FLOPs  ({note})" for what, count, note in rows),
     ])
-
-
-def check(model, prompt_tokens: int = 128, new_tokens: int = 8, train_tokens: int | None = None,
-          lora_rank: int = 8, targets: str | tuple[str, ...] = LORA_TARGETS,
-          gradient_checkpointing: bool = False) -> dict:
-    """Analytic counts against torch.utils.flop_counter on `model` (a transformers causal LM or a finprog model spec).
-
-    Measures, on random tokens, a prefill and a generation of `prompt_tokens` +
-    `new_tokens`, and a forward, a full and a LoRA training step on `train_tokens`
-    (default: prompt_tokens). Attention runs eager, since the counter sees no FLOPs
-    in CPU SDPA. The model is left as it was found.
-    """
-    import torch
-
-    if isinstance(model, str):
-        from finprog.models import load_model
-        name, model = model, load_model(model).model
-    else:
-        name = model.config.name_or_path or model.config.model_type
-    shape = ModelShape.from_config(model.config.to_dict())
-    targets = lora_targets(targets, shape)
-    train_tokens = train_tokens or prompt_tokens
-    generator = torch.Generator().manual_seed(0)
-    tokens = torch.randint(shape.vocab, (1, max(prompt_tokens, train_tokens)), generator=generator)
-    prompt, ids = tokens[:, :prompt_tokens].to(model.device), tokens[:, :train_tokens].to(model.device)
-    attention, training = model.config._attn_implementation, model.training
-    requires_grad = [p.requires_grad for p in model.parameters()]
-    model.set_attn_implementation("eager")
-    rows = _inference_rows(model, shape, prompt, ids, new_tokens)
-    training_rows, model = _training_rows(model, shape, ids, min(new_tokens, train_tokens - 1), lora_rank, targets,
-                                          gradient_checkpointing)
-    for p, flag in zip(model.parameters(), requires_grad):
-        p.requires_grad_(flag)
-    model.set_attn_implementation(attention)
-    model.train(training)
-    return {
-        "model": name,
-        "model_type": shape.model_type,
-        "prompt_tokens": prompt_tokens,
-        "new_tokens": new_tokens,
-        "train_tokens": train_tokens,
-        "lora_rank": lora_rank,
-        "lora_targets": list(targets),
-        "gradient_checkpointing": gradient_checkpointing,
-        "rows": [{"what": what, "analytic": a, "measured": m, "rel_error": (a - m) / m}
-                 for what, a, m in rows + training_rows],
-    }
-
-
-def _measured(run: Callable[[], object]) -> int:
-    """The FLOPs torch's FlopCounterMode counts while `run()` runs."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    with FlopCounterMode(display=False) as counter:
-        run()
-    return counter.get_total_flops()
-
-
-def _inference_rows(model, shape: ModelShape, prompt, ids, new_tokens: int) -> list[tuple[str, int, int]]:
-    """(what, analytic, measured) of a prefill of `prompt`, a greedy generation after it, and a forward of `ids`."""
-    import torch
-
-    prompt_tokens, train_tokens = prompt.shape[1], ids.shape[1]
-    model.eval()
-    with torch.no_grad():
-        return [
-            ("prefill", prefill_flops(shape, prompt_tokens),
-             _measured(lambda: model(input_ids=prompt, logits_to_keep=1))),
-            ("generation", generation_flops(shape, prompt_tokens, new_tokens), _measured(lambda: model.generate(
-                prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=new_tokens, min_new_tokens=new_tokens,
-                do_sample=False, pad_token_id=0))),
-            ("forward", forward_flops(shape, train_tokens), _measured(lambda: model(input_ids=ids))),
-        ]
-
-
-def _training_rows(model, shape: ModelShape, ids, reply: int, lora_rank: int, targets: tuple[str, ...],
-                   gradient_checkpointing: bool) -> tuple[list[tuple[str, int, int]], object]:
-    """(what, analytic, measured) of a full and a LoRA training step on `ids` as `finprog train` runs one (loss on
-    the last `reply` tokens, `training.reply_loss`), and the model with LoRA unloaded."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-
-    from finprog.training import reply_loss
-
-    inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids),
-              "position_ids": torch.arange(ids.shape[1], device=ids.device)[None], "labels": ids[:, -reply:]}
-
-    def step(net) -> None:
-        reply_loss(net, inputs).backward()
-        net.zero_grad(set_to_none=True)
-
-    def analytic(method: str) -> int:
-        return training_step_flops(shape, ids.shape[1], method=method, lora_rank=lora_rank, targets=targets,
-                                   gradient_checkpointing=gradient_checkpointing, logits=reply + 1)
-
-    if gradient_checkpointing:  # HF's own switch, which also makes the embedding output require grad
-        (getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable)()
-    model.train()
-    for p in model.parameters():
-        p.requires_grad_(True)
-    rows = [("full step", analytic("full"), _measured(lambda: step(model)))]
-    model.disable_input_require_grads()  # PEFT registers its own hook when checkpointing is on
-    lora = get_peft_model(model, LoraConfig(r=lora_rank, lora_alpha=2 * lora_rank, lora_dropout=0.0,
-                                            target_modules=list(targets), task_type="CAUSAL_LM"))
-    rows.append(("lora step", analytic("lora"), _measured(lambda: step(lora))))
-    model = lora.unload()
-    if gradient_checkpointing:
-        (getattr(model, "activation_checkpointing_disable", None) or model.gradient_checkpointing_disable)()
-        model.disable_input_require_grads()
-    return rows, model
-
-
-def format_check(result: dict) -> str:
-    """`check` as a table: analytic vs measured FLOPs and the relative error."""
-    lines = [f"{result['model']} ({result['model_type']}): prompt {result['prompt_tokens']} tokens + "
-             f"{result['new_tokens']} new; training on {result['train_tokens']} tokens, "
-             f"LoRA r={result['lora_rank']} on {','.join(result['lora_targets'])}"
-             + (", gradient checkpointing" if result["gradient_checkpointing"] else ""),
-             f"  {'':12} {'analytic':>12} {'measured':>12} {'rel. error':>10}"]
-    lines += [f"  {r['what']:12} {r['analytic']:12.5g} {r['measured']:12.5g} {r['rel_error']:+10.4%}"
-              for r in result["rows"]]
-    return "\n".join(lines)

@@ -6,11 +6,23 @@ order. Each sequence stops at an end-of-sequence token, at its stop rule (by def
 end of the first answer line) or at `max_new_tokens`, and the batch stops as soon as every
 sequence has: no decode step runs after that.
 
+With `prefix_cache`, the tokens that every prompt of the call starts with (the chat
+template's head, the instructions: the longest common prefix of the tokenized prompts,
+leaving each prompt at least one token of its own) are prefilled once, and every batch
+starts from a copy of their keys and values (`SharedPrefix`) instead of computing them
+again. A batch's rows are then the prefix, the row's padding, and its own tokens: the
+attention mask hides the padding, and generate numbers positions by the mask's running
+count, so each row sees exactly the prefix and its own tokens, at the positions it would
+have alone. Greedy results are those without the cache, up to floating-point rounding
+(a model with sliding-window layers shares a prefix at batch size 1 only: `SharedPrefix.of`).
+
 Every `Completion` records two token counts. The useful ones (`prompt_tokens`,
 `new_tokens`) are what the example needed; the executed ones (`batch_size`,
 `batch_prompt_tokens`, `batch_new_tokens`) are what its batch ran: one prefill forward
 over `batch_size` x `batch_prompt_tokens` positions, then `batch_new_tokens - 1` decode
 forwards of `batch_size` positions each (the last token is sampled, never fed back).
+Both prefills skip the `cached_prompt_tokens` a shared prefix supplied; that prefix ran
+once per call, one forward over its tokens without logits.
 
 Every `Completion` also carries its confidence: the log-probability of each token it
 needed, under the model's own next-token distribution (fp32 log-softmax of the logits
@@ -20,6 +32,7 @@ a constrained program's forced tokens show how little the model wanted them.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -28,7 +41,7 @@ from typing import Literal
 
 import torch
 from tqdm.auto import tqdm
-from transformers import LogitsProcessor, StoppingCriteria, StoppingCriteriaList
+from transformers import DynamicCache, LogitsProcessor, StoppingCriteria, StoppingCriteriaList
 
 StopRule = Callable[[str], int | None]
 """Given the text generated so far, where the answer ends (a cut position), or None to go on."""
@@ -55,7 +68,9 @@ class Completion:
     finish_reason: FinishReason
     """"stop" (the stop rule), "eos" (end-of-sequence token) or "length" (max_new_tokens)."""
     prompt_tokens: int
-    """This prompt's tokens, without padding."""
+    """This prompt's tokens, without padding (a cached prefix included)."""
+    cached_prompt_tokens: int
+    """The prompt's first tokens, whose keys and values came from the call's shared prefix (0: none)."""
     new_tokens: int
     """Tokens this example needed, up to and including the one that stopped it."""
     batch_index: int
@@ -63,7 +78,8 @@ class Completion:
     batch_size: int
     """Sequences in the batch it ran in."""
     batch_prompt_tokens: int
-    """The batch's padded prompt length (the prefill ran `batch_size` x this many positions)."""
+    """The batch's padded prompt length, a cached prefix included (the prefill ran `batch_size` x this many
+    positions less the cached ones)."""
     batch_new_tokens: int
     """Positions the batch generated for every sequence: one per forward pass, the prefill included."""
     token_logprobs: tuple[float, ...] = ()
@@ -92,7 +108,7 @@ def generate(model, tokenizer, prompts: Sequence[str], **options) -> list[Comple
 
     `options` are those of `iter_completions` (batch_size, max_new_tokens, do_sample,
     temperature, top_p, seed, stop, logits_processor, logits_processor_for, add_special_tokens,
-    progress).
+    prefix_cache, progress).
     """
     by_index = dict(iter_completions(model, tokenizer, prompts, **options))
     return [by_index[index] for index in range(len(prompts))]
@@ -114,6 +130,7 @@ def iter_completions(
     logits_processor: Sequence[LogitsProcessor] = (),
     logits_processor_for: Callable[[list[int]], Sequence[LogitsProcessor]] | None = None,
     add_special_tokens: bool = True,
+    prefix_cache: bool = False,
     progress: bool = False,
 ) -> Iterator[tuple[int, Completion]]:
     """Yield `(prompt index, completion)` as each batch finishes (longest prompts first).
@@ -126,9 +143,11 @@ def iter_completions(
     `logits_processor` runs on every step's scores before token selection;
     `logits_processor_for`, when given, is called once per batch with the batch's prompt
     indices (in row order) and its processors run after those, for that batch only (a
-    grammar per example: `constrained.processor_factory`). `add_special_tokens=False` is
-    for text that already holds them (chat templates). `progress` shows a progress bar
-    over prompts.
+    grammar per example: `constrained.processor_factory`); both see the input ids as they
+    would be without a prefix cache. `add_special_tokens=False` is for text that already
+    holds them (chat templates). `prefix_cache` computes the prompts' shared prefix once
+    (`SharedPrefix.of`); its cost is the caller's to count, once (`flops.prefix_flops`).
+    `progress` shows a progress bar over prompts.
     """
     if batch_size < 1:
         raise GenerationError(f"batch_size must be at least 1, got {batch_size}")
@@ -155,13 +174,15 @@ def iter_completions(
     order = sorted(range(len(encoded)), key=lambda index: -len(encoded[index]))
     with float32_logits(model), grouped_decode_attention(model), \
             tqdm(total=len(order), disable=not progress, unit="prompt", desc="generating") as bar:
+        prefix = SharedPrefix.of(model, encoded, batch_size) if prefix_cache else None
         for batch_index, start in enumerate(range(0, len(order), batch_size)):
             batch = order[start : start + batch_size]
             batch_settings = settings
             if logits_processor_for is not None:
                 processors = [*settings["logits_processor"], *logits_processor_for(batch)]
                 batch_settings = {**settings, "logits_processor": processors}
-            completions = _generate_batch(model, tokenizer, [encoded[i] for i in batch], batch_index, stop, batch_settings)
+            completions = _generate_batch(model, tokenizer, [encoded[i] for i in batch], batch_index, stop,
+                                          batch_settings, prefix)
             bar.update(len(batch))
             yield from zip(batch, completions)
 
@@ -250,19 +271,88 @@ def _register_grouped_sdpa() -> None:
     AttentionMaskInterface.register(GROUPED_SDPA, sdpa_mask)
 
 
-def _generate_batch(model, tokenizer, batch, batch_index, stop, settings) -> list[Completion]:
-    """Left-pad one batch of token ids, generate with `settings`, and cut each sequence at its stop."""
-    pad_id = settings["pad_token_id"]
+class SharedPrefix:
+    """The tokens every prompt of a call starts with, and their keys and values, computed once for all batches."""
+
+    def __init__(self, model, tokens: Sequence[int]):
+        """Prefill `tokens`: one forward that keeps every layer's keys and values and computes no logits."""
+        self.tokens = list(tokens)
+        self.cache = _empty_cache(model)
+        no_logits = torch.tensor([], dtype=torch.long, device=model.device)
+        with torch.no_grad():
+            model(input_ids=torch.tensor([self.tokens], device=model.device), cache=self.cache, use_cache=True,
+                  logits_to_keep=no_logits)
+
+    @classmethod
+    def of(cls, model, encoded: Sequence[Sequence[int]], batch_size: int) -> SharedPrefix | None:
+        """The prompts' shared prefix, prefilled; None when there is nothing to share or sharing would change results.
+
+        The prefix is the prompts' longest common prefix, less what would leave a prompt no
+        token of its own; nothing is shared by fewer than two prompts. A model with
+        sliding-window layers shares only at batch size 1: its window counts cache slots,
+        and the padding that follows the prefix in a batch would take some of them.
+        """
+        length = shared_prefix_length(encoded)
+        if not length or (batch_size > 1 and any(_empty_cache(model).is_sliding)):
+            return None
+        return cls(model, encoded[0][:length])
+
+    def expanded(self, rows: int) -> DynamicCache:
+        """A copy of the cache for a batch of `rows` sequences (generate extends the copy, never the prefix's own)."""
+        cache = copy.deepcopy(self.cache)
+        cache.batch_repeat_interleave(rows)
+        return cache
+
+
+def _empty_cache(model) -> DynamicCache:
+    """The cache `generate` would make for `model`: one layer per decoder layer, sliding where its attention is."""
+    return DynamicCache(config=model.config.get_text_config(decoder=True))
+
+
+def shared_prefix_length(encoded: Sequence[Sequence[int]]) -> int:
+    """Tokens that every prompt starts with, leaving each at least one of its own; 0 for fewer than two prompts."""
+    if len(encoded) < 2:
+        return 0
+    length = min(len(ids) for ids in encoded) - 1
+    first = encoded[0]
+    for ids in encoded[1:]:
+        length = next((i for i in range(length) if ids[i] != first[i]), length)
+    return length
+
+
+def batch_inputs(batch: Sequence[Sequence[int]], pad_id: int, device, prefix: SharedPrefix | None = None) -> dict:
+    """`generate`'s inputs for a batch of token ids: input_ids and attention_mask, and the cache after a prefix.
+
+    Without a prefix, rows are left-padded. After a shared prefix (which every row starts
+    with), a row is the prefix, its padding, then its own tokens: the mask hides the padding,
+    and generate's positions (the mask's running count) go on from the prefix's end.
+    """
+    cached = len(prefix.tokens) if prefix else 0
     width = max(len(ids) for ids in batch)
-    input_ids = torch.tensor([[pad_id] * (width - len(ids)) + ids for ids in batch], device=model.device)
-    attention_mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in batch], device=model.device)
+    rows = [[*ids[:cached], *[pad_id] * (width - len(ids)), *ids[cached:]] for ids in batch]
+    mask = [[1] * cached + [0] * (width - len(ids)) + [1] * (len(ids) - cached) for ids in batch]
+    inputs = {"input_ids": torch.tensor(rows, device=device), "attention_mask": torch.tensor(mask, device=device)}
+    if prefix:
+        inputs["cache"] = prefix.expanded(len(batch))
+    return inputs
+
+
+def _generate_batch(model, tokenizer, batch, batch_index, stop, settings,
+                    prefix: SharedPrefix | None) -> list[Completion]:
+    """Pad one batch of token ids (after the shared prefix, if any), generate with `settings`, and cut each
+    sequence at its stop."""
+    pad_id = settings["pad_token_id"]
+    inputs = batch_inputs(batch, pad_id, model.device, prefix)
+    width = inputs["input_ids"].shape[1]
+    processors = settings["logits_processor"]
+    if prefix and processors:
+        processors = [_AsIfUncached(processors, batch_inputs(batch, pad_id, model.device)["input_ids"])]
     stopper = _StopCriteria(tokenizer, width, settings["eos_token_id"], stop)
     confidence = _TokenLogProbs()
     output = model.generate(
-        input_ids=input_ids,
-        attention_mask=attention_mask,
+        **inputs,
         stopping_criteria=StoppingCriteriaList([stopper]),
-        **{**settings, "logits_processor": [confidence, *settings["logits_processor"]]},
+        **{**settings, "logits_processor": [confidence, *processors]},
     )
     generated = output[:, width:].tolist()
     steps = len(generated[0])
@@ -275,6 +365,7 @@ def _generate_batch(model, tokenizer, batch, batch_index, stop, settings) -> lis
                 text=text,
                 finish_reason=reason,
                 prompt_tokens=len(ids),
+                cached_prompt_tokens=len(prefix.tokens) if prefix else 0,
                 new_tokens=new_tokens,
                 batch_index=batch_index,
                 batch_size=len(batch),
@@ -284,6 +375,25 @@ def _generate_batch(model, tokenizer, batch, batch_index, stop, settings) -> lis
             )
         )
     return completions
+
+
+class _AsIfUncached(LogitsProcessor):
+    """Runs the caller's processors on the input ids as the batch would hold them without the prefix cache.
+
+    After a shared prefix a row's padding sits between the prefix and its own tokens;
+    without it, in front. The processors see the left-padded prompts, then the tokens
+    generated so far, so nothing they read depends on the cache.
+    """
+
+    def __init__(self, processors: Sequence[LogitsProcessor], left_padded: torch.LongTensor):
+        self.processors = processors
+        self.left_padded = left_padded
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        ids = torch.cat([self.left_padded, input_ids[:, self.left_padded.shape[1] :]], dim=1)
+        for processor in self.processors:
+            scores = processor(ids, scores)
+        return scores
 
 
 class _TokenLogProbs(LogitsProcessor):

@@ -56,6 +56,7 @@ class SolveOptions:
     dtype: str = "auto"
     quant: str = "none"
     chat_template: bool = True
+    prefix_cache: bool = True  # the prompts' shared prefix computed once, its keys and values reused (generation)
     max_prompt_tokens: int | None = None  # cut the report's least relevant sentences to fit; None: no cut, or as trained
     context: str | None = None  # page, retrieved or gold (retrieval.CONTEXTS); None: retrieved, or as trained
     top_k: int | None = None  # facts kept by the ranker; None: 5, or as trained
@@ -266,7 +267,9 @@ def scored_rows(model, tokenizer, examples: list[Example], options: SolveOptions
     """Generate for every example and yield its scored row as soon as its batch is done (longest prompts first).
 
     With `options.samples` > 1 each prompt is sampled that many times and the executed
-    values vote. A row's seconds are its share of its batch's generation time.
+    values vote. A row's seconds are its share of its batch's generation time. With
+    `options.prefix_cache` the prompts' shared prefix runs once, and its FLOPs are charged
+    to the first row (`prefix_flops`); every row records the prompt tokens it took from it.
     """
     from finprog import generation
 
@@ -283,13 +286,14 @@ def scored_rows(model, tokenizer, examples: list[Example], options: SolveOptions
         grammar = constrained.processor_factory(model, tokenizer, [e for e in shown for _ in range(options.samples)],
                                                 restrict_numbers=options.restrict_numbers)
     pending: dict[int, list] = {}  # example index -> its finished samples
+    charged = False  # whether a row carries the shared prefix's FLOPs yet
     batch, seconds, clock = None, 0.0, time.perf_counter()
     for index, completion in generation.iter_completions(
         model, tokenizer, repeated,
         batch_size=options.batch_size or default_batch_size(model.device), max_new_tokens=options.new_token_limit,
         do_sample=options.samples > 1, temperature=options.temperature, top_p=options.top_p, seed=options.seed,
         add_special_tokens=prompts.adds_special_tokens(tokenizer, options), logits_processor_for=grammar,
-        progress=progress,
+        prefix_cache=options.prefix_cache, progress=progress,
     ):
         if completion.batch_index != batch:  # a batch's completions arrive together, right after it ran
             batch = completion.batch_index
@@ -299,13 +303,16 @@ def scored_rows(model, tokenizer, examples: list[Example], options: SolveOptions
         samples.append((completion, seconds))
         if len(samples) == options.samples:
             del pending[example_index]
-            yield _row(examples[example_index], samples, options.mode, shape, ranking[example_index])
+            prefix = 0 if charged else flops.prefix_flops(shape, completion.cached_prompt_tokens)
+            charged = True
+            yield _row(examples[example_index], samples, options.mode, shape, ranking[example_index], prefix)
         clock = time.perf_counter()
 
 
-def _row(example: Example, samples: list, mode: str, shape, ranker_flops: float = 0.0) -> dict:
+def _row(example: Example, samples: list, mode: str, shape, ranker_flops: float = 0.0,
+         prefix_flops: float = 0.0) -> dict:
     """One example's record: its completion(s), score, confidence, token counts, seconds and FLOPs (the ranker's
-    included)."""
+    included, and `prefix_flops`: the shared prefix's, on the one row that carries them)."""
     scored = [(completion, score(example, completion.text, mode)) for completion, _ in samples]
     completion, row = _vote(scored) if len(scored) > 1 else scored[0]
     cost = flops.inference_flops(shape, [c for c, _ in scored])
@@ -316,11 +323,13 @@ def _row(example: Example, samples: list, mode: str, shape, ranker_flops: float 
         **confidence(completion),
         "finish_reason": completion.finish_reason,
         "prompt_tokens": completion.prompt_tokens,
+        "cached_prompt_tokens": completion.cached_prompt_tokens,
         "new_tokens": sum(c.new_tokens for c, _ in scored),
         "seconds": sum(s for _, s in samples),
-        "flops": cost["useful"] + ranker_flops,
-        "flops_executed": cost["executed"] + ranker_flops,
+        "flops": cost["useful"] + ranker_flops + prefix_flops,
+        "flops_executed": cost["executed"] + ranker_flops + prefix_flops,
         "ranker_flops": ranker_flops,
+        "prefix_flops": prefix_flops,
     }
     if len(scored) > 1:
         row["agreement"] = agreement(row["value"], [r["value"] for _, r in scored])
@@ -357,14 +366,18 @@ def _vote_key(value):
 
 
 def flop_totals(rows: list[dict], training_flops: float) -> dict:
+    """A run's FLOPs from its rows; `prefix_total` is the shared prefixes' part of both inference totals (a cascade
+    row's attempts each count theirs)."""
     n = len(rows)
     useful = sum(r["flops"] for r in rows)
     executed = sum(r["flops_executed"] for r in rows)
+    prefix = sum(a.get("prefix_flops", 0.0) for r in rows for a in r.get("attempts", [r]))
     return {
         "inference_total": useful,
         "inference_per_example": useful / n if n else 0.0,
         "inference_total_executed": executed,
         "inference_per_example_executed": executed / n if n else 0.0,
+        "prefix_total": prefix,
         "training_total": training_flops,
     }
 

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from finprog import flops, models, training
+from finprog import flopcheck, flops, models, training
 from finprog.cli import _build_parser, main
 from test_report import SET_B, write_run
 
@@ -206,8 +206,8 @@ def test_flops_prints_the_summary_of_a_checkpoint(tiny_checkpoint_dir, capsys):
     code, out, _ = run_cli(capsys, "flops", tiny_checkpoint_dir, "--lora-r", 4, "--lora-targets", "all-linear",
                            "--check", "--train-tokens", 16, "--prompt-tokens", 16, "--new-tokens", 2)
     assert code == 0 and "lora r=4 on" in out and "training step" in out
-    assert flops.format_check(flops.check(tiny_checkpoint_dir, prompt_tokens=16, new_tokens=2, train_tokens=16,
-                                          lora_rank=4, targets="all-linear")) in out
+    assert flopcheck.format_check(flopcheck.check(tiny_checkpoint_dir, prompt_tokens=16, new_tokens=2,
+                                                  train_tokens=16, lora_rank=4, targets="all-linear")) in out
     code, _, err = run_cli(capsys, "flops", "no-such-model")
     assert code == 2 and "no-such-model" in err and "Traceback" not in err
 

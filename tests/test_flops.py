@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from finprog import flops
+from finprog import flopcheck, flops
 
 # A one-layer llama small enough to count by hand: per token the projections are
 # q 4x4, k 4x2, v 4x2, o 4x4, gate 4x8, up 4x8, down 8x4 = 144 multiply-accumulates.
@@ -39,12 +39,41 @@ def test_generation_is_prefill_plus_decode_steps():
 
 def test_useful_and_executed_inference():
     shape = trivial()
-    batch = dict(batch_size=2, batch_prompt_tokens=7, batch_new_tokens=4)  # both rows padded to 7, run for 4 tokens
+    batch = dict(batch_size=2, batch_prompt_tokens=7, batch_new_tokens=4,  # both rows padded to 7, run for 4 tokens
+                 cached_prompt_tokens=0)
     completions = [SimpleNamespace(prompt_tokens=5, new_tokens=2, **batch),
                    SimpleNamespace(prompt_tokens=7, new_tokens=4, **batch)]
     counts = flops.inference_flops(shape, completions)
     assert counts["useful"] == flops.generation_flops(shape, 5, 2) + flops.generation_flops(shape, 7, 4)
     assert counts["executed"] == flops.generation_flops(shape, 7, 4, batch=2) > counts["useful"]
+
+
+def test_a_cached_prefix_by_hand():
+    shape = trivial()
+    # the prefix: 3 tokens, every projection, 3 x 3 attention, no logits
+    assert flops.prefix_flops(shape, 3) == 2 * (3 * 144 + 2 * 2 * 2 * 3 * 3)
+    # a 5-token prompt after it: 2 tokens run, scored against 3 cached keys and themselves; logits for the last
+    assert flops.prefill_flops(shape, 5, cached=3) == 2 * (2 * 144 + 2 * 2 * 2 * 2 * 5 + 4 * 10)
+    # the prefix once plus the rest is the whole prefill less the prefix's queries against the rest's (masked) keys
+    assert (flops.prefix_flops(shape, 3) + flops.prefill_flops(shape, 5, cached=3)
+            == flops.prefill_flops(shape, 5) - 2 * 2 * 2 * 2 * 3 * 2)
+    # decode steps do not change: their context holds the prefix either way
+    assert (flops.generation_flops(shape, 5, 4, cached=3) - flops.prefill_flops(shape, 5, cached=3)
+            == flops.generation_flops(shape, 5, 4) - flops.prefill_flops(shape, 5))
+
+
+def test_useful_and_executed_inference_after_a_cached_prefix():
+    shape = trivial()
+    batch = dict(batch_size=2, batch_prompt_tokens=9, batch_new_tokens=3, cached_prompt_tokens=6)
+    completions = [SimpleNamespace(prompt_tokens=8, new_tokens=3, **batch),
+                   SimpleNamespace(prompt_tokens=9, new_tokens=1, **batch)]
+    counts = flops.inference_flops(shape, completions)
+    assert counts["useful"] == flops.generation_flops(shape, 8, 3, cached=6) + flops.generation_flops(shape, 9, 1,
+                                                                                                          cached=6)
+    assert counts["executed"] == flops.generation_flops(shape, 9, 3, batch=2, cached=6) > counts["useful"]
+    uncached = flops.inference_flops(shape, [SimpleNamespace(**{**vars(c), "cached_prompt_tokens": 0})
+                                             for c in completions])
+    assert counts["useful"] + flops.prefix_flops(shape, 6) < uncached["useful"]
 
 
 def test_full_step_is_three_forwards():
@@ -140,8 +169,9 @@ def test_summary_formats():
     assert "generation" in flops.format_summary(result)
 
 
-def test_import_needs_no_torch():
-    code = "import sys, finprog.flops; sys.exit('torch' in sys.modules or 'transformers' in sys.modules)"
+def test_import_needs_no_torch_nor_the_modules_that_use_the_counts():
+    heavy = ["torch", "transformers", "finprog.flopcheck", "finprog.generation", "finprog.solve", "finprog.training"]
+    code = f"import sys, finprog.flops; sys.exit(any(m in sys.modules for m in {heavy}))"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
 
 
@@ -170,20 +200,30 @@ def tiny_model(arch):
 @pytest.mark.parametrize("checkpointing", [False, True])
 def test_check_agrees_with_flop_counter(arch, checkpointing):
     targets = "qkv_proj" if arch == "phi3" else flops.LORA_TARGETS
-    result = flops.check(tiny_model(arch), prompt_tokens=20, new_tokens=6, train_tokens=40, targets=targets,
-                         gradient_checkpointing=checkpointing)  # the generation crosses the window of 16
-    assert [r["what"] for r in result["rows"]] == ["prefill", "generation", "forward", "full step", "lora step"]
+    result = flopcheck.check(tiny_model(arch), prompt_tokens=20, new_tokens=6, train_tokens=40, targets=targets,
+                             gradient_checkpointing=checkpointing)  # the generation crosses the window of 16
+    assert [r["what"] for r in result["rows"]] == ["prefill", "generation", "forward", "prefix", "after prefix",
+                                                   "full step", "lora step"]
     for row in result["rows"]:
-        assert abs(row["rel_error"]) < 0.01, flops.format_check(result)
+        assert row["analytic"] == row["measured"], flopcheck.format_check(result)
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "gemma3", "phi3"])
+def test_check_counts_a_cached_prefix_longer_than_the_window_exactly(arch):
+    result = flopcheck.check(tiny_model(arch), prompt_tokens=48, new_tokens=5, train_tokens=8, targets="all-linear")
+    rows = {r["what"]: r for r in result["rows"]}
+    assert result["prefix_tokens"] == 24  # more than the window of 16 (the sliding layers' cache keeps 15)
+    for what in ("prefix", "after prefix"):
+        assert rows[what]["analytic"] == rows[what]["measured"], flopcheck.format_check(result)
 
 
 @pytest.mark.parametrize("arch, targets", [("llama", "k_proj"), ("llama", "o_proj,up_proj"), ("llama", "down_proj"),
                                            ("llama", "all-linear"), ("phi3", "gate_up_proj"), ("phi3", "all-linear")])
 def test_check_lora_targets(arch, targets):
     for checkpointing in (False, True):
-        result = flops.check(tiny_model(arch), prompt_tokens=24, new_tokens=2, lora_rank=4, targets=targets,
-                             gradient_checkpointing=checkpointing)
-        assert abs(result["rows"][-1]["rel_error"]) < 0.01, flops.format_check(result)
+        result = flopcheck.check(tiny_model(arch), prompt_tokens=24, new_tokens=2, lora_rank=4, targets=targets,
+                                 gradient_checkpointing=checkpointing)
+        assert abs(result["rows"][-1]["rel_error"]) < 0.01, flopcheck.format_check(result)
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2", "gemma3", "phi3"])
@@ -207,3 +247,23 @@ def test_padded_batch_generation_across_the_window(arch):
         model.generate(ids, attention_mask=mask, max_new_tokens=12, min_new_tokens=12, do_sample=False,
                        pad_token_id=0)
     assert flops.generation_flops(shape, 10, 12, batch=3) == pytest.approx(counter.get_total_flops(), rel=0.01)
+
+
+@pytest.mark.parametrize("batch_size", [1, 3])
+def test_a_generation_call_with_a_cached_prefix_costs_the_prefix_once_and_its_batches(fresh_tiny_llama, tiny_tokenizer,
+                                                                                       batch_size):
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from finprog.generation import generate
+
+    model = fresh_tiny_llama
+    model.set_attn_implementation("eager")
+    shape = flops.ModelShape.from_config(model.config.to_dict())
+    prompts = ["Shared instructions for every question. " + q for q in ("a?", "what is the sum of 3 and 4?", "x",
+                                                                         "how much did sales grow in 2019?", "ok")]
+    with FlopCounterMode(display=False) as counter:
+        completions = generate(model, tiny_tokenizer, prompts, batch_size=batch_size, max_new_tokens=6, stop=None,
+                               prefix_cache=True)
+    (cached,) = {c.cached_prompt_tokens for c in completions}
+    executed = flops.inference_flops(shape, completions)["executed"]
+    assert cached > 30 and counter.get_total_flops() == flops.prefix_flops(shape, cached) + executed

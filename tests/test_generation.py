@@ -8,7 +8,8 @@ import pytest
 import torch
 from transformers import LogitsProcessor
 
-from finprog.generation import GenerationError, first_line, generate, grouped_decode_attention
+from conftest import build_tiny_model
+from finprog.generation import GenerationError, first_line, generate, grouped_decode_attention, shared_prefix_length
 
 PROMPTS = [
     "What is the sum?",
@@ -251,3 +252,116 @@ def test_sampled_token_logprobs_ignore_temperature_and_a_forcing_processor(tiny_
     assert runs[0].token_logprobs == pytest.approx(runs[1].token_logprobs)
     assert all(math.isfinite(x) and x <= 0 for x in runs[0].token_logprobs)
     assert greedy_free.logprob_mean >= runs[0].token_logprobs[0]  # greedy takes the model's most likely token
+
+
+# ---------------------------------------------------------------- the shared-prefix cache
+
+HEAD = "You are a careful analyst. Read the report, then answer with one number.\n\n"
+"""A shared head (as instructions and a chat template's head are) before each of PROMPTS."""
+
+
+def with_and_without_cache(model, tokenizer, prompts, **options):
+    return [generate(model, tokenizer, prompts, prefix_cache=cached, **options) for cached in (False, True)]
+
+
+def head_tokens(tokenizer, prompts) -> int:
+    """The tokens every prompt starts with (the tiny tokenizer spells out every byte, so no merge crosses the head)."""
+    encoded = tokenizer(list(prompts))["input_ids"]
+    return next(i for i in range(min(map(len, encoded))) if len({tuple(ids[: i + 1]) for ids in encoded}) > 1)
+
+
+@pytest.mark.parametrize("batch_size", [1, 3])
+def test_the_prefix_cache_gives_the_same_greedy_completions(tiny_model, tiny_tokenizer, batch_size):
+    prompts = [HEAD + p for p in PROMPTS]  # mixed lengths: batches of 3 pad between the prefix and a row's own tokens
+    plain, cached = with_and_without_cache(tiny_model, tiny_tokenizer, prompts, batch_size=batch_size,
+                                           max_new_tokens=10, logits_processor=readable(tiny_tokenizer))
+    assert [c.text for c in cached] == [c.text for c in plain]
+    for a, b in zip(plain, cached):
+        assert (b.new_tokens, b.finish_reason, b.prompt_tokens, b.batch_prompt_tokens, b.batch_new_tokens) == (
+            a.new_tokens, a.finish_reason, a.prompt_tokens, a.batch_prompt_tokens, a.batch_new_tokens)
+        assert b.token_logprobs == pytest.approx(a.token_logprobs, abs=1e-4)
+    assert {c.cached_prompt_tokens for c in cached} == {head_tokens(tiny_tokenizer, prompts)}
+    assert {c.cached_prompt_tokens for c in plain} == {0}
+    if batch_size > 1:
+        assert any(c.batch_prompt_tokens > c.prompt_tokens for c in cached), "no sequence was padded"
+
+
+def test_processors_see_the_same_input_ids_and_scores_with_and_without_the_cache(tiny_llama, tiny_tokenizer):
+    seen = {False: [], True: []}
+
+    class Record(LogitsProcessor):
+        def __init__(self, log, rows):
+            self.log, self.rows = log, rows
+
+        def __call__(self, input_ids, scores):
+            self.log.append((self.rows, input_ids.tolist(), scores.clone()))
+            return scores
+
+    prompts = [HEAD + p for p in PROMPTS[:5]]
+    for cached in (False, True):
+        generate(tiny_llama, tiny_tokenizer, prompts, batch_size=2, max_new_tokens=5, stop=None, prefix_cache=cached,
+                 logits_processor=readable(tiny_tokenizer),  # no end-of-sequence: every batch runs 5 steps
+                 logits_processor_for=lambda rows, log=seen[cached]: [Record(log, list(rows))])
+    assert len(seen[True]) == len(seen[False]) == 3 * 5
+    for (rows, ids, scores), (rows_cached, ids_cached, scores_cached) in zip(seen[False], seen[True]):
+        assert (rows_cached, ids_cached) == (rows, ids)
+        torch.testing.assert_close(scores_cached, scores, atol=1e-4, rtol=1e-4)
+
+
+def test_the_prefix_cache_under_a_grammar_per_example(tiny_qwen2, tiny_tokenizer):
+    from finprog import constrained
+    from finprog.data import load_finqa
+    from shared_data import REPO
+
+    examples = load_finqa(REPO / "data" / "demo.json")[:4]
+    prompts = [f"{HEAD}Question: {e.question}\nProgram:" for e in examples]
+    grammar = constrained.processor_factory(tiny_qwen2, tiny_tokenizer, examples)
+    plain, cached = with_and_without_cache(tiny_qwen2, tiny_tokenizer, prompts, batch_size=3, max_new_tokens=12,
+                                           logits_processor_for=grammar)
+    assert [c.text for c in cached] == [c.text for c in plain]
+    assert all(c.cached_prompt_tokens > 0 for c in cached)
+
+
+def test_sampled_repeats_of_prompts_share_the_prefix_and_sample_the_same(tiny_llama, tiny_tokenizer):
+    prompts = [p for p in [HEAD + "alpha?", HEAD + "what grew by 12%?"] for _ in range(3)]  # 3 samples each, as solve
+    plain, cached = with_and_without_cache(tiny_llama, tiny_tokenizer, prompts, batch_size=4, do_sample=True,
+                                           temperature=0.9, top_p=0.95, seed=3, stop=None, max_new_tokens=8)
+    assert [c.text for c in cached] == [c.text for c in plain]
+    assert len({c.text for c in cached}) > 2  # the samples differ: sampling ran
+    assert {c.cached_prompt_tokens for c in cached} == {head_tokens(tiny_tokenizer, prompts)}
+
+
+def test_a_prompt_alone_or_without_a_shared_prefix_runs_whole(tiny_llama, tiny_tokenizer):
+    (alone,) = generate(tiny_llama, tiny_tokenizer, [HEAD + "alpha"], prefix_cache=True, stop=None, max_new_tokens=4)
+    (plain,) = generate(tiny_llama, tiny_tokenizer, [HEAD + "alpha"], stop=None, max_new_tokens=4)
+    assert (alone.text, alone.cached_prompt_tokens) == (plain.text, 0)
+    unshared = ["alpha", "beta", "x"]  # without <bos>, not even a first token is shared
+    plain, cached = with_and_without_cache(tiny_llama, tiny_tokenizer, unshared, add_special_tokens=False,
+                                           batch_size=2, stop=None, max_new_tokens=4)
+    assert [c.text for c in cached] == [c.text for c in plain] and {c.cached_prompt_tokens for c in cached} == {0}
+    same = generate(tiny_llama, tiny_tokenizer, ["x"] * 3, prefix_cache=True, stop=None, max_new_tokens=4)
+    assert {(c.prompt_tokens, c.cached_prompt_tokens) for c in same} == {(2, 1)}  # <bos> cached, "x" its own
+
+
+@pytest.mark.parametrize("encoded, length", [
+    ([[1, 2, 3, 4], [1, 2, 3, 5, 6]], 3),
+    ([[1, 2, 3], [1, 2, 3, 4]], 2),  # the shorter prompt keeps a token of its own
+    ([[1, 2], [1, 2], [1, 2]], 1),
+    ([[7, 2], [1, 2]], 0),
+    ([[1, 2, 3]], 0),  # one prompt shares nothing
+    ([[1], [1]], 0),
+])
+def test_shared_prefix_length(encoded, length):
+    assert shared_prefix_length(encoded) == length
+
+
+def test_a_sliding_window_model_shares_a_prefix_only_one_prompt_at_a_time(tiny_tokenizer):
+    model = build_tiny_model("qwen2", tiny_tokenizer, use_sliding_window=True, sliding_window=16, max_window_layers=1)
+    prompts = [HEAD + p for p in PROMPTS[:4]]  # the prefix is longer than the window
+    single, single_cached = with_and_without_cache(model, tiny_tokenizer, prompts, batch_size=1, max_new_tokens=8,
+                                                   stop=None)
+    assert [c.text for c in single_cached] == [c.text for c in single]
+    assert {c.cached_prompt_tokens for c in single_cached} == {head_tokens(tiny_tokenizer, prompts)}
+    assert head_tokens(tiny_tokenizer, prompts) > 16
+    batched = generate(model, tiny_tokenizer, prompts, batch_size=2, max_new_tokens=8, stop=None, prefix_cache=True)
+    assert [c.text for c in batched] == [c.text for c in single] and {c.cached_prompt_tokens for c in batched} == {0}

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from finprog import models, prompts
+from finprog import flops, models, prompts
 from finprog.cli import main
 from finprog.compare import compare_runs
 from finprog.data import load_finqa
@@ -147,10 +147,38 @@ def test_the_grammar_reads_the_numbers_of_the_context_the_cut_prompt_shows(tmp_p
 
 def test_self_consistency_votes_over_samples_and_counts_their_flops(tmp_path, checkpoint):
     single = solve(options(checkpoint, limit=1, max_new_tokens=5), tmp_path / "one", progress=False)
-    record = solve(options(checkpoint, limit=1, max_new_tokens=5, samples=3), tmp_path / "three", progress=False)
+    record = solve(options(checkpoint, limit=1, max_new_tokens=5, samples=3, prefix_cache=False), tmp_path / "three",
+                   progress=False)  # each sample's prompt computed whole (with the cache, they share all but a token)
     row = json.loads((tmp_path / "three" / "predictions.jsonl").read_text())
     assert len(row["samples"]) == 3 and row["new_tokens"] >= 3
     assert record["flops"]["inference_total"] > 2 * single["flops"]["inference_total"]
+
+
+def test_the_shared_prefix_runs_once_changes_no_answer_and_is_charged_to_one_row(tmp_path, checkpoint):
+    records, rows = {}, {}
+    for name, cache in (("whole", False), ("cached", True)):
+        records[name] = solve(options(checkpoint, limit=4, prefix_cache=cache), tmp_path / name, progress=False)
+        lines = (tmp_path / name / "predictions.jsonl").read_text().splitlines()
+        rows[name] = {row["id"]: row for row in map(json.loads, lines)}
+    completions = {name: {i: r["completion"] for i, r in by_id.items()} for name, by_id in rows.items()}
+    assert completions["cached"] == completions["whole"]
+    (tokens,) = {r["cached_prompt_tokens"] for r in rows["cached"].values()}
+    shape = flops.ModelShape.from_config(models.model_config(checkpoint))
+    prefix = flops.prefix_flops(shape, tokens)
+    assert tokens > 100 and sorted(r["prefix_flops"] for r in rows["cached"].values()) == [0, 0, 0, prefix]
+    assert records["cached"]["flops"]["prefix_total"] == prefix and records["whole"]["flops"]["prefix_total"] == 0
+    assert {r["cached_prompt_tokens"] for r in rows["whole"].values()} == {0}
+    for which in ("inference_total", "inference_total_executed"):
+        assert records["cached"]["flops"][which] < records["whole"]["flops"][which]
+    assert records["cached"]["config"]["prefix_cache"] and not records["whole"]["config"]["prefix_cache"]
+
+
+def test_no_prefix_cache_turns_the_cache_off(tmp_path, checkpoint):
+    common = ["solve", "--model", checkpoint, "--data", str(DEMO), "--limit", "2", "--max-new-tokens", "3",
+              "--shots", "0", "--dtype", "fp32", "--json"]
+    for flag, cache in ((), True), (("--no-prefix-cache",), False):
+        assert main([*common, *flag, "--out", str(tmp_path / str(cache))]) == 0
+        assert json.loads((tmp_path / str(cache) / "run.json").read_text())["config"]["prefix_cache"] is cache
 
 
 def test_vote_prefers_the_most_frequent_value_and_breaks_ties_by_order():
