@@ -1,0 +1,170 @@
+"""Studies: declared cells, predicted against measured FLOPs, resuming after a kill, changed declarations, executors,
+and bad study files."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from finprog import study as studies
+from finprog.cli import main
+from finprog.runs import PREDICTIONS, RUN, read_rows
+
+STUDY = """
+name = "tiny"
+targets = [0.1, 0.5]
+[solve]
+data = "{eval}"
+max_new_tokens = 4
+dtype = "fp32"
+[train]
+train = ["{train}"]
+eval = "{eval}"
+eval_limit = 2
+eval_batch_size = 2
+max_new_tokens = 4
+batch_size = 4
+lr = 1e-3
+dtype = "fp32"
+[cells.prompted]
+model = "{model}"
+mode = "direct"
+[cells.trained]
+model = "{model}"
+train = {{ method = "lora", max_steps = 2, eval_every = 1 }}
+test.free = {{ limit = 3 }}
+"""
+
+
+def write_study(folder: Path, checkpoint: str, split: Path, text: str = STUDY) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "study.toml"
+    path.write_text(text.format(model=checkpoint, train=split / "train.json", eval=split / "eval.json"))
+    return path
+
+
+def run_cli(capsys, *args) -> tuple[int, str, str]:
+    code = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_a_two_cell_study_runs_records_predicted_and_measured_flops_and_reports(
+        tmp_path, tiny_checkpoint_dir, demo_split, capsys):
+    path = write_study(tmp_path / "study", tiny_checkpoint_dir, demo_split)
+    code, out, _ = run_cli(capsys, "study", path, "--dry-run")
+    assert code == 0 and "prompted" in out and "trained" in out and out.count("pending") == 2
+    result = studies.run_study(path)
+    assert result["ran"] == ["prompted", "trained"] and result["failed"] == []
+    runs = tmp_path / "study" / "runs"
+    assert sorted(p.name for p in runs.iterdir()) == ["prompted", "trained", "trained_test_free"]
+    record = json.loads((tmp_path / "study" / "study.json").read_text())["cells"]
+    trained = record["trained"]
+    assert trained["predicted"]["training"] == trained["measured"]["training"] > 0  # every step counted as it ran
+    for cell in record.values():  # new tokens predicted from the gold replies, measured from a random model
+        assert cell["predicted"]["inference"] > 0 and cell["measured"]["inference"] > 0
+    assert trained["declaration"]["train"]["max_steps"] == 2 and trained["declaration"]["test"] == {
+        "free": {"data": str(demo_split / "eval.json"), "max_new_tokens": 4, "dtype": "fp32", "limit": 3}}
+    test_run = json.loads((runs / "trained_test_free" / RUN).read_text())
+    assert test_run["config"]["model"] == os.path.relpath(runs / "trained") and test_run["metrics"]["n"] == 3
+    assert test_run["flops"]["training_total"] == trained["measured"]["training"]  # the test solve carries it
+    report = json.loads((tmp_path / "study" / "report.json").read_text())
+    assert {row["name"] for group in report["groups"] for row in group["rows"]} == {
+        "prompted", "trained", "trained_test_free"}
+    assert (tmp_path / "study" / "report.md").is_file() and (tmp_path / "study" / "report.png").is_file()
+    code, out, _ = run_cli(capsys, "study", path, "--dry-run")  # done cells: measured beside predicted, no time left
+    assert code == 0 and out.count(" done ") == 2 and "1.0000" in out
+    assert studies.run_study(path)["ran"] == []  # a finished cell is never rerun
+
+
+def test_a_changed_declaration_is_refused_until_rerun(tmp_path, tiny_checkpoint_dir, demo_split, capsys):
+    path = write_study(tmp_path / "study", tiny_checkpoint_dir, demo_split,
+                       STUDY.split("[cells.trained]")[0])
+    studies.run_study(path)
+    first = (tmp_path / "study" / "runs" / "prompted" / PREDICTIONS).read_text()
+    path.write_text(path.read_text().replace('mode = "direct"', 'mode = "direct"\nlimit = 2'))
+    code, _, err = run_cli(capsys, "study", path)
+    assert code == 2 and err.count("\n") == 1
+    assert "cell 'prompted' was run with other options (solve.limit)" in err and "--rerun prompted" in err
+    code, out, _ = run_cli(capsys, "study", path, "--dry-run")
+    assert code == 0 and "changed (solve.limit)" in out
+    assert studies.run_study(path, rerun=("prompted",))["ran"] == ["prompted"]
+    again = (tmp_path / "study" / "runs" / "prompted" / PREDICTIONS).read_text()
+    assert len(again.splitlines()) == 2 and len(first.splitlines()) == 5
+
+
+def test_runs_made_before_the_study_are_adopted_when_their_config_matches(
+        tmp_path, tiny_checkpoint_dir, demo_split, capsys):
+    """A run folder moved into a study, with no study.json yet: done if its config has the declared values."""
+    path = write_study(tmp_path / "study", tiny_checkpoint_dir, demo_split, STUDY.split("[cells.trained]")[0])
+    studies.run_study(path)
+    (tmp_path / "study" / "study.json").unlink()
+    planned = studies.plan(studies.load_study(path), predict_flops=False)
+    assert [(p.cell.name, p.status) for p in planned] == [("prompted", "done")]
+    path.write_text(path.read_text().replace('mode = "direct"', 'mode = "program"'))
+    planned = studies.plan(studies.load_study(path), predict_flops=False)
+    assert [(p.status, p.changed) for p in planned] == [("changed", ["mode"])]
+
+
+def test_submitits_local_executor_runs_the_cells(tmp_path, tiny_checkpoint_dir, demo_split):
+    pytest.importorskip("submitit")
+    path = write_study(tmp_path / "study", tiny_checkpoint_dir, demo_split, STUDY.split("[cells.trained]")[0])
+    result = studies.run_study(path, executor="submitit-local")
+    assert result["ran"] == ["prompted"] and result["failed"] == []
+    assert any((tmp_path / "study" / "jobs").iterdir())  # submitit's own job files
+    assert json.loads((tmp_path / "study" / "runs" / "prompted" / RUN).read_text())["status"] == "finished"
+
+
+@pytest.mark.slow
+def test_a_study_killed_during_its_second_cell_finishes_on_a_rerun_with_no_row_lost_or_redone(
+        tmp_path, tiny_checkpoint_dir, demo_split):
+    text = STUDY.split("[cells.trained]")[0].replace("max_new_tokens = 4", "max_new_tokens = 48")
+    text += f'[cells.second]\nmodel = "{tiny_checkpoint_dir}"\nmode = "program"\nconstrained = false\n'
+    path = write_study(tmp_path / "study", tiny_checkpoint_dir, demo_split, text)
+    second = tmp_path / "study" / "runs" / "second" / PREDICTIONS
+    command = [sys.executable, "-m", "finprog", "study", str(path)]
+    process = subprocess.Popen(command, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while not (second.is_file() and read_rows(second)) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    os.killpg(process.pid, signal.SIGKILL)  # the study and its cell's process, as a lost terminal or job would
+    process.wait()
+    before = read_rows(second)
+    assert 1 <= len(before) < 5, "the kill came after the second cell had finished: nothing was tested"
+    assert json.loads((second.parent / RUN).read_text())["status"] == "running"
+    assert subprocess.run(command, capture_output=True).returncode == 0
+    after = read_rows(second)
+    assert [row["id"] for row in after] == list(dict.fromkeys(row["id"] for row in after)) and len(after) == 5
+    assert after[:len(before)] == before  # the rows written before the kill are kept, not redone
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ("\nmystery = 1", "mystery: is not a study key"),
+    ('\n[cells.x]\nmodel = "{model}"\nlimit = "2"', "cells.x (with [solve]): "),
+    ('\n[cells.x]\nmodel = "no-such-model"', "cells.x: unknown model 'no-such-model'"),
+    ('\n[cells.x]\nmodel = "{model}"\ntrain = {{ method = "magic" }}', "unknown training method 'magic'"),
+    ('\n[cells.x]\nmodel = "{model}"\nsparkle = true', "unknown option 'sparkle'"),
+    ('\n[cells.x]\nmodel = "{model}"\n[cells.x]\nmodel = "{model}"', "not valid TOML"),
+    ('\n[techniques.x]\nmode = "direct"', "models: is missing"),
+    ('\n[cells.x]\nmodel = "{model}"\ndata = "no_such_split"', "data 'no_such_split' is neither a file"),
+    ('\nmodels = ["{model}"]\n[techniques.prompted]\nmode = "direct"\n[cells.checkpoint_prompted]\n'
+     'model = "{model}"', "declares cell 'checkpoint_prompted' a second time"),
+])
+def test_bad_study_files_get_one_line_naming_the_file_and_key(tmp_path, tiny_checkpoint_dir, demo_split, capsys,
+                                                              change, message, monkeypatch):
+    import finprog.models
+
+    monkeypatch.setattr(finprog.models, "load_model", None)  # nothing may load a model
+    text = STUDY.split("[cells.prompted]")[0] + '[cells.prompted]\nmodel = "{model}"' + change
+    folder = tmp_path / "study"
+    checkpoint = tmp_path / "checkpoint"
+    checkpoint.symlink_to(tiny_checkpoint_dir)
+    path = write_study(folder, str(checkpoint), demo_split, text)
+    code, out, err = run_cli(capsys, "study", path, "--dry-run")
+    assert code == 2 and out == "" and err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith(f"finprog: error: {path}: ") and message.format(model=checkpoint) in err
