@@ -4,22 +4,27 @@ Every run becomes one point: its final accuracy against the total FLOPs it needs
 answer Q questions (training FLOPs + Q x inference FLOPs per question). A training
 run also keeps its learning curve, which tells how much training reaches the target.
 Runs evaluated on different question sets (a different `eval_set.ids_sha256`) are
-reported in separate groups, never compared with each other. A report may hold several
-targets (10%, 20%, 30%): each gets its FLOPs-to-target column and its cheapest run.
+reported in separate groups, never compared with each other. A run whose training cost is
+unknown (an adapter without the run.json of its training) shows "unknown" FLOPs and is left
+out of the frontier, the FLOPs to target and the plot: it is never placed at zero training cost.
+A report may hold several targets (10%, 20%, 30%): each gets its FLOPs-to-target column
+and its cheapest run.
 """
 
 from __future__ import annotations
 
 import math
+import shutil
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from finprog import __version__
+from finprog.errors import FinprogError
 from finprog.evaluation import METRICS
 from finprog.provenance import now
-from finprog.runs import PREDICTIONS, RunError, RunRecord, read_rows
+from finprog.runs import PREDICTIONS, RunError, RunRecord, path_list, read_rows
 from finprog.stats import Paired, paired, wilson_interval
 
 DEFAULT_METRIC = "exact"
@@ -36,7 +41,7 @@ TECHNIQUE_NAMES = {
 _TRAINED = {"lora", "qlora", "full"}
 
 
-class ReportError(ValueError):
+class ReportError(FinprogError, ValueError):
     """A run cannot be reported or the report was asked for wrongly; the message says which file and field."""
 
 
@@ -79,10 +84,11 @@ class RunSummary:
     n: int  # questions scored
     exact: float
     tolerant: float
-    training_flops: float
+    training_flops: float | None  # None: unknown (`flops.training_unknown` in run.json says why)
     inference_flops_per_question: float
     seconds_per_question: float
     curve: tuple[CurvePoint, ...] = ()
+    details: dict = field(default_factory=dict)  # program accuracy, outcomes, tokens per question (the details table)
     qualified: bool = False  # named with its parent folder too, because another run has the same folder name
 
     @property
@@ -137,9 +143,10 @@ class Crossing:
     """Where one run first reaches one target accuracy."""
 
     target: float
-    training_flops: float | None  # training FLOPs at the first crossing; None: never reached
+    training_flops: float | None  # training FLOPs at the first crossing; None: never reached, or at an unknown cost
     interpolated: bool  # the crossing lies between two evaluations of the learning curve
     flops_to_target: float | None  # training_flops + Q x inference FLOPs per question
+    unknown: bool = False  # reached, at an unknown training cost
 
 
 @dataclass(frozen=True)
@@ -148,7 +155,7 @@ class Row:
 
     run: RunSummary
     accuracy: float
-    total_flops: float
+    total_flops: float | None  # None: the training cost is unknown
     crossings: tuple[Crossing, ...]  # one per target of the report, in its order
     on_frontier: bool
     interval: tuple[float, float] = (0.0, 1.0)  # 95% Wilson interval of `accuracy`
@@ -189,6 +196,11 @@ class Group:
     @property
     def frontier(self) -> tuple[Row, ...]:
         return tuple(row for row in self.rows if row.on_frontier)
+
+    @property
+    def placed(self) -> tuple[Row, ...]:
+        """The rows whose total FLOPs are known: those a plot places."""
+        return tuple(row for row in self.rows if row.total_flops is not None)
 
 
 @dataclass(frozen=True)
@@ -279,7 +291,7 @@ def find_run_files(paths: list[str | Path]) -> tuple[list[Path], list[Path]]:
     """
     found: list[Path] = []
     unfinished: list[Path] = []
-    for path in map(Path, paths):
+    for path in path_list(paths, "paths"):
         if path.is_file():
             found.append(path)
         elif (path / "run.json").is_file():
@@ -334,6 +346,8 @@ def load_run(path: str | Path) -> RunSummary:
         seconds_per_question=get("timing.seconds_per_example"),
         curve=tuple(CurvePoint(p["train_flops"], p["exact"], p["tolerant"]) for p in get("curve", ()))
         if get("kind") == "train" else (),
+        details={name: get(f"metrics.{name}") for name in
+                 ("program_accuracy", "outcomes", "prompt_tokens_per_example", "new_tokens_per_example")},
     )
 
 
@@ -420,6 +434,8 @@ def build_report(
 
 
 def _crossing(run: RunSummary, target: float, questions: int, metric: str) -> Crossing:
+    if run.training_flops is None:
+        return Crossing(target, None, False, None, unknown=run.accuracy(metric) >= target - ACCURACY_TOLERANCE)
     # A run without a learning curve is a single evaluation after all its training.
     curve = run.curve or (CurvePoint(run.training_flops, run.exact, run.tolerant),)
     training, interpolated = training_flops_to_target(curve, metric, target)
@@ -427,20 +443,28 @@ def _crossing(run: RunSummary, target: float, questions: int, metric: str) -> Cr
     return Crossing(target, training, interpolated, None if training is None else training + inference)
 
 
+def _total_flops(run: RunSummary, questions: int) -> float | None:
+    """Training FLOPs + `questions` x inference FLOPs per question; None when the training cost is unknown."""
+    if run.training_flops is None:
+        return None
+    return run.training_flops + questions * run.inference_flops_per_question
+
+
 def _score_group(runs: list[RunSummary], targets: tuple[float, ...], questions: int, metric: str) -> Group:
-    points = [(run.training_flops + questions * run.inference_flops_per_question, run.accuracy(metric)) for run in runs]
+    points = [(_total_flops(run, questions), run.accuracy(metric)) for run in runs]
+    known = [point for point in points if point[0] is not None]
     rows = [
         Row(
             run=run,
             accuracy=accuracy,
             total_flops=total,
             crossings=tuple(_crossing(run, target, questions, metric) for target in targets),
-            on_frontier=not any(_dominates(other, (total, accuracy)) for other in points),
+            on_frontier=total is not None and not any(_dominates(other, (total, accuracy)) for other in known),
             interval=run.interval(metric),
         )
         for run, (total, accuracy) in zip(runs, points)
     ]
-    rows.sort(key=lambda row: (row.total_flops, -row.accuracy, row.run.name))
+    rows.sort(key=lambda row: (row.total_flops is None, row.total_flops or 0, -row.accuracy, row.run.name))
     rows = _with_neighbours(rows, metric)
     # The same questions may carry different names (test_100 from two files); show them all.
     names = " / ".join(sorted({run.eval_set.name for run in runs}))
@@ -450,6 +474,8 @@ def _score_group(runs: list[RunSummary], targets: tuple[float, ...], questions: 
 def _neighbour(row: Row, frontier: list[Row]) -> Row | None:
     """The frontier run a run is tested against: for a frontier run, the frontier run before it (cheaper, less
     accurate); for any other run, the most accurate frontier run that costs no more (one that beats it)."""
+    if row.total_flops is None:
+        return None
     cheaper = [other for other in frontier if other is not row and other.total_flops <= row.total_flops
                and (not row.on_frontier or other.accuracy < row.accuracy)]
     return max(cheaper, key=lambda other: (other.accuracy, -other.total_flops), default=None)
@@ -477,8 +503,10 @@ def _with_neighbours(rows: list[Row], metric: str) -> list[Row]:
 # ---------------------------------------------------------------- text
 
 
-def format_flops(flops: float) -> str:
-    """`1.23e17`: three significant digits, no exponent sign or padding."""
+def format_flops(flops: float | None) -> str:
+    """`1.23e17`: three significant digits, no exponent sign or padding; `unknown` for None."""
+    if flops is None:
+        return "unknown"
     if flops == 0:
         return "0"
     mantissa, exponent = f"{flops:.2e}".split("e")
@@ -530,6 +558,8 @@ def _table(report: Report, group: Group) -> tuple[list[str], list[list[str]]]:
 
 
 def _to_target_cell(crossing: Crossing) -> str:
+    if crossing.unknown:
+        return "unknown"
     if crossing.flops_to_target is None:
         return "not reached"
     return ("~" if crossing.interpolated else "") + format_flops(crossing.flops_to_target)
@@ -548,8 +578,9 @@ def _cheapest_line(report: Report, group: Group, index: int) -> str:
     cheapest = group.cheapest_to(index)
     if cheapest is None:
         best = max(group.rows, key=lambda row: row.accuracy)
+        known = "of known training cost " if any(row.crossings[index].unknown for row in group.rows) else ""
         return (
-            f"No run reaches {goal}; the most accurate is {best.run.name} ({best.run.label}) "
+            f"No run {known}reaches {goal}; the most accurate is {best.run.name} ({best.run.label}) "
             f"at {format_percent(best.accuracy)}."
         )
     crossing = cheapest.crossings[index]
@@ -579,6 +610,15 @@ def _unfinished_note(report: Report) -> str | None:
             + ", ".join(str(path.parent) for path in report.unfinished) + ".")
 
 
+def _unknown_cost_note(report: Report) -> str | None:
+    unknown = [row.run.name for group in report.groups for row in group.rows if row.total_flops is None]
+    if not unknown:
+        return None
+    return (f"Training cost unknown for {len(unknown)} run(s): {', '.join(unknown)} (an adapter without the run.json "
+            "of its training); they show 'unknown' FLOPs and are left out of the frontier, the FLOPs to target and "
+            "the plot.")
+
+
 def _notes(report: Report) -> list[str]:
     return [
         f"Total FLOPs = training FLOPs + {report.questions} questions x inference FLOPs per question. "
@@ -595,6 +635,24 @@ def _notes(report: Report) -> list[str]:
     ]
 
 
+def _details(group: Group) -> tuple[list[str], list[list[str]]]:
+    """Each run's outcomes, program accuracy, tokens and time per question, as its run.json records them."""
+    headers = ["run", "model", "technique", "mode", "n", "exact", "tolerant", "program acc.", "outcomes",
+               "prompt tok/q", "new tok/q", "s/q", "GFLOPs/q"]
+    cells = []
+    for row in group.rows:
+        run, details = row.run, row.run.details
+        program = details["program_accuracy"]
+        cells.append([
+            run.name, run.model, run.technique_label, run.mode, str(run.n), format_percent(run.exact),
+            format_percent(run.tolerant), "-" if program is None else format_percent(program),
+            ", ".join(f"{k} {v}" for k, v in sorted(details["outcomes"].items())),
+            f"{details['prompt_tokens_per_example']:.0f}", f"{details['new_tokens_per_example']:.1f}",
+            f"{run.seconds_per_question:.2f}", f"{run.inference_flops_per_question / 1e9:,.0f}",
+        ])
+    return headers, cells
+
+
 def _aligned(headers: list[str], cells: list[list[str]]) -> str:
     lines = [headers, *cells]
     widths = [max(len(line[i]) for line in lines) for i in range(len(headers))]
@@ -608,7 +666,7 @@ def _markdown_table(headers: list[str], cells: list[list[str]]) -> str:
 
 def format_table(report: Report) -> str:
     """The report for the terminal: per eval set, the table, the cheapest run and the frontier."""
-    parts = [line for line in (_mixing_warning(report), _unfinished_note(report)) if line]
+    parts = [line for line in (_mixing_warning(report), _unfinished_note(report), _unknown_cost_note(report)) if line]
     parts += [""] if parts else []
     for group in report.groups:
         parts += [f"Eval set {group.eval_set.describe()}", _aligned(*_table(report, group))]
@@ -622,8 +680,8 @@ def _targets_text(report: Report) -> str:
     return f"Targets {', '.join(rest)} and {last}" if rest else f"Target {last}"
 
 
-def format_markdown(report: Report, plot_name: str = REPORT_PNG) -> str:
-    """The report as Markdown: summary, the plot, one table per eval set, and how to read them."""
+def format_markdown(report: Report, plot_name: str | None = REPORT_PNG) -> str:
+    """The report as Markdown: summary, the plot (None: no plot), one table per eval set, and how to read them."""
     runs = sum(len(group.rows) for group in report.groups)
     parts = [
         "# finprog report",
@@ -633,13 +691,15 @@ def format_markdown(report: Report, plot_name: str = REPORT_PNG) -> str:
         f"Written {now()} by finprog {__version__}; each run's run.json records its own date, machine and "
         "package versions.",
     ]
-    for line in (_mixing_warning(report), _unfinished_note(report)):
+    for line in (_mixing_warning(report), _unfinished_note(report), _unknown_cost_note(report)):
         parts += ["", f"**{line}**"] if line else []
-    parts += ["", f"![{report.metric} EmAcc against total FLOPs]({plot_name})"]
+    if plot_name:
+        parts += ["", f"![{report.metric} EmAcc against total FLOPs]({plot_name})"]
     for group in report.groups:
         parts += ["", f"## Eval set {group.eval_set.describe()}", ""]
         parts += [f"- {line}" for line in _summary(report, group)]
         parts += ["", _markdown_table(*_table(report, group))]
+        parts += ["", "Runs in detail:", "", _markdown_table(*_details(group))]
     parts += ["", "## How to read this", "", *[f"- {note}" for note in _notes(report)]]
     return "\n".join(parts) + "\n"
 
@@ -648,15 +708,24 @@ def format_markdown(report: Report, plot_name: str = REPORT_PNG) -> str:
 
 
 def write_report(report: Report, out_dir: str | Path) -> list[Path]:
-    """Write report.md and report.png into `out_dir` (created if needed); returns their paths."""
+    """Write report.md and report.png (unless no run's cost is known) into `out_dir`; returns their paths.
+
+    A folder this call creates is removed again if writing fails, so nothing partial is left.
+    """
     out_dir = Path(out_dir)
+    created = not out_dir.exists()
     out_dir.mkdir(parents=True, exist_ok=True)
     from finprog.plot import plot_report  # matplotlib loads only when a plot is drawn
 
-    png = plot_report(report, out_dir / REPORT_PNG)
-    markdown = out_dir / REPORT_MD
-    markdown.write_text(format_markdown(report, png.name), encoding="utf-8")
-    return [markdown, png]
+    try:
+        png = plot_report(report, out_dir / REPORT_PNG) if any(group.placed for group in report.groups) else None
+        markdown = out_dir / REPORT_MD
+        markdown.write_text(format_markdown(report, png and png.name), encoding="utf-8")
+    except BaseException:
+        if created:
+            shutil.rmtree(out_dir, ignore_errors=True)
+        raise
+    return [markdown, png] if png else [markdown]
 
 
 def report(
