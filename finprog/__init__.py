@@ -12,6 +12,7 @@ from importlib import import_module
 __version__ = "0.1.0"
 
 _EXPORTS = {  # name -> (module, attribute)
+    "FinprogError": ("finprog.errors", "FinprogError"),
     "Example": ("finprog.data", "Example"),
     "load_finqa": ("finprog.data", "load_finqa"),
     "resolve_data": ("finprog.data", "resolve_data"),

@@ -31,7 +31,8 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from finprog import flops, retrieval
-from finprog.runs import RunRecorder, eval_set
+from finprog.errors import FinprogError, check_types
+from finprog.runs import RunRecorder, eval_set, finished_record
 from finprog.solve import (
     SolveOptions, check_model, context_cut_line, exemplar_retriever, fit_to_context, load, load_examples, results,
     scored_rows, training_flops,
@@ -50,7 +51,7 @@ RULE_HELP = ("executes, logprob:V (mean token log-prob >= V, V <= 0), minlogprob
              "agree:F (a fraction F of --samples agree), joined by + (all must hold)")
 
 
-class CascadeError(ValueError):
+class CascadeError(FinprogError, ValueError):
     """A cascade or a sweep was asked for wrongly: too few models, a bad rule, runs that do not fit together."""
 
 
@@ -99,6 +100,8 @@ class Rule:
 
 def parse_rule(text: str, open_term: bool = False) -> Rule:
     """Read a rule such as `executes+logprob:-0.3`; with `open_term`, one term may lack its value (`logprob`)."""
+    if not str(text).strip():
+        raise CascadeError(f"the acceptance rule is empty; give one: {RULE_HELP}")
     terms = []
     for part in str(text).split("+"):
         name, _, value = part.strip().partition(":")
@@ -167,6 +170,7 @@ class CascadeOptions:
     accept: str = "executes"
 
     def __post_init__(self):
+        check_types(self, CascadeError)
         if len(self.stages) < 2:
             raise CascadeError(f"a cascade needs at least two models, got {len(self.stages)}; "
                                "for a single model use --model")
@@ -215,7 +219,12 @@ def cascade(options: CascadeOptions, out: Path, resume: bool = False, progress: 
         "config": {**options.config(), "data": str(data_path)},
         "eval_set": eval_set(data_path.stem, [e.id for e in examples]),
     }
-    training = sum(training_flops(model) for model in options.models)
+    finished = finished_record(out, "cascade", record["config"], resume)
+    if finished:
+        _say(progress, f"{out}: the cascade is finished, every example answered; nothing to run")
+        return finished
+    costs = [training_flops(stage.model, source) for stage, (source, _, _) in zip(options.stages, checked)]
+    training = None if None in costs else sum(costs)
     with RunRecorder(out, record, resume=resume) as recorder:
         todo = [e for e in examples if e.id not in recorder.done_ids]
         _say(progress, f"data: {described}; {len(examples)} examples, {len(todo)} to run; accept: {options.rule}")

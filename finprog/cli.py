@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 
 from finprog import __version__, flops
 from finprog.cascade import RULE_HELP
+from finprog.errors import FinprogError
 from finprog.evaluation import METRICS
 from finprog.models import DTYPES
 from finprog.prompts import PROMPT_STYLES
 from finprog.report import DEFAULT_METRIC, DEFAULT_QUESTIONS
 from finprog.retrieval import CONTEXTS, DEFAULT_CONTEXT, DEFAULT_RANKER, DEFAULT_TOP_K, RANKERS
 from finprog.solve import DEFAULT_MODEL, DEFAULT_SHOTS, EXEMPLAR_CHOICES, MODES
+from finprog.study import EXECUTORS
 from finprog.training import LR_SCHEDULES
 
 
@@ -26,56 +29,34 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("finprog: interrupted", file=sys.stderr)
         return 130
-    except Exception as error:
-        if not _is_user_error(error):
-            raise
+    except FinprogError as error:  # bad input or an impossible request; anything else is a bug and keeps its traceback
         print(f"finprog: error: {error}", file=sys.stderr)
         return 2
 
 
-class UsageError(ValueError):
+class UsageError(FinprogError, ValueError):
     """Options that no command can run with."""
-
-
-# Errors that describe bad input or an impossible request: printed as one line, exit status 2.
-# Anything else is a bug and keeps its traceback.
-USER_ERRORS = {
-    "finprog.cli": ("UsageError",),
-    "finprog.data": ("DataValidationError",),
-    "finprog.dsl": ("ProgramError",),
-    "finprog.evaluation": ("PredictionFileError",),
-    "finprog.report": ("ReportError",),
-    "finprog.runs": ("RunError",),
-    "finprog.solve": ("SolveError",),
-    "finprog.training": ("TrainingError",),
-    "finprog.flops": ("UnsupportedModelError",),
-    "finprog.models": ("ModelError",),
-    "finprog.generation": ("GenerationError",),
-    "finprog.constrained": ("ConstrainedDecodingError",),
-    "finprog.retrieval": ("RetrievalError",),
-    "finprog.cascade": ("CascadeError",),
-}
-
-
-def _is_user_error(error: Exception) -> bool:
-    """Whether `error` is one of finprog's typed input errors (only modules already imported are asked)."""
-    for module_name, class_names in USER_ERRORS.items():
-        module = sys.modules.get(module_name)
-        if module and isinstance(error, tuple(getattr(module, name) for name in class_names)):
-            return True
-    return False
 
 
 DESCRIPTION = ("Which model and technique reach a target exact-match accuracy on FinQA for the fewest FLOPs: "
                "solve, train, count and report.")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, reading a value such as `-1e-4` as a number, as Python 3.13's argparse does (3.11's takes it for
+    an option, so `--lr -1e-4` was refused with "expected one argument"); subcommands' parsers are of this class too."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._negative_number_matcher = re.compile(r"-\.?\d")
+
+
 def _build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="finprog", description=DESCRIPTION)
+    parser = _Parser(prog="finprog", description=DESCRIPTION)
     parser.add_argument("--version", action="version", version=f"finprog {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in (_add_evaluate, _add_data, _add_solve, _add_compare, _add_train, _add_export_adapter, _add_retrieve,
-                _add_models, _add_flops, _add_report, _add_cascade_sweep):
+                _add_models, _add_flops, _add_report, _add_cascade_sweep, _add_study):
         add(commands)
     return parser
 
@@ -98,7 +79,7 @@ def _add_data(commands) -> None:
     data = commands.add_parser("data", help="FinQA files: inspect or download")
     data_commands = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
     info = data_commands.add_parser("info", help="counts, split, fields of FinQA files")
-    info.add_argument("paths", nargs="+", type=Path, help="FinQA files, folders of them, or split names (dev_200)")
+    info.add_argument("paths", nargs="+", help="FinQA files, folders of them, split names (dev_200) or hf:NAME")
     _add_json(info)
     info.set_defaults(run=_data_info)
     download = data_commands.add_parser(
@@ -268,6 +249,53 @@ def _add_report(commands) -> None:
     report.set_defaults(run=_report)
 
 
+def _add_study(commands) -> None:
+    study = commands.add_parser(
+        "study", help="run a declared model x technique study (STUDY.toml): every unfinished cell, then its report")
+    study.add_argument("studies", nargs="+", type=Path, metavar="STUDY.toml", help="study files, run in turn")
+    action = study.add_mutually_exclusive_group()
+    action.add_argument("--dry-run", action="store_true",
+                        help="list every cell, done or not, with its predicted FLOPs and time left; run nothing")
+    action.add_argument("--report-only", action="store_true", help="write the report of the finished runs only")
+    study.add_argument("--rerun", nargs="+", default=[], metavar="CELL",
+                       help="delete these cells' run folders and run them again (after a changed declaration)")
+    study.add_argument("--executor", choices=EXECUTORS, default="local",
+                       help="local processes, Slurm jobs through submitit, or submitit's local executor "
+                            "(default: %(default)s)")
+    study.add_argument("--jobs", type=int, default=1, help="cells run at once (default: %(default)s)")
+    study.add_argument("--gpus-per-cell", type=int, help="with --executor slurm: GPUs each cell's job asks for")
+    study.add_argument("--partition", help="with --executor slurm: the Slurm partition")
+    study.add_argument("--time-limit", type=int, help="with --executor slurm: minutes a cell's job may run")
+    _add_json(study)
+    study.set_defaults(run=_study)
+
+
+def _study(args) -> int:
+    from finprog import study
+
+    slurm = {key: value for key, value in (("gpus_per_node", args.gpus_per_cell), ("slurm_partition", args.partition),
+                                           ("timeout_min", args.time_limit)) if value is not None}
+    results = []
+    for path in args.studies:
+        if args.dry_run:
+            loaded = study.load_study(path)
+            planned = study.plan(loaded)
+            results.append(study.plan_summary(planned))
+            if not args.json:
+                print(study.format_plan(loaded, planned))
+            continue
+        result = study.run_study(path, executor=args.executor, jobs=args.jobs, rerun=tuple(args.rerun),
+                                 report_only=args.report_only, slurm=slurm)
+        results.append(result)
+        if not args.json:
+            print(f"study {path}: ran {len(result['ran'])} cell(s), {len(result['failed'])} failed"
+                  + (f" ({', '.join(result['failed'])})" if result["failed"] else "")
+                  + (f"; wrote {', '.join(result['report'])}" if result.get("report") else ""))
+    if args.json:
+        print(json.dumps(results))
+    return 1 if any(result.get("failed") for result in results) else 0
+
+
 def _add_cascade_sweep(commands) -> None:
     sweep = commands.add_parser("cascade-sweep",
                                 help="a cascade's accuracy and FLOPs for every acceptance threshold, from finished runs")
@@ -390,7 +418,7 @@ def _model_label(model: str) -> str:
 def _solve(args) -> int:
     from finprog.solve import solve, summary, summary_lines
 
-    if args.cascade or args.accept:
+    if args.cascade or args.accept is not None:
         record = _cascade(args)
     else:
         out = args.out or _default_out(args.model, args.mode, args.data)
@@ -411,7 +439,7 @@ def _cascade(args) -> dict:
     if args.model:
         raise CascadeError("give the models with --cascade or with --model, not both")
     stages = [_solve_options(args, args.mode, args.constrained, model=model) for model in args.cascade]
-    options = CascadeOptions(stages, accept=args.accept or "executes")
+    options = CascadeOptions(stages, accept="executes" if args.accept is None else args.accept)
     out = args.out or _default_out("+".join(map(_model_label, args.cascade)), f"cascade_{args.mode}", args.data)
     return cascade(options, out, resume=args.resume, progress=not args.json)
 
@@ -491,7 +519,7 @@ def _retrieve(args) -> int:
     retrieval.check_options(DEFAULT_CONTEXT, 1 if k is None else k, args.ranker)
     path, described = resolve_data(args.data)
     ks = range(1, 11) if k is None else [k]
-    results = retrieval.recall_at_k(load_finqa(path), retrieval.ranker(args.ranker), ks)
+    results = retrieval.recall_at_k(load_finqa(path), retrieval.ranker(args.ranker), ks, where=str(path))
     if args.json:
         print(json.dumps({"data": str(path), "ranker": args.ranker, **results[0].as_dict()}))
         return 0
@@ -563,12 +591,13 @@ def _report(args) -> int:
 
 
 def _data_info(args) -> int:
-    from finprog.data import DataValidationError, describe, is_dataset_folder, resolve_data
+    from finprog.data import HUB, DataValidationError, describe, is_dataset_folder, resolve_data
 
     files = []
-    for path in args.paths:
-        if not path.exists() and str(path) == path.name and not path.suffix:  # a split name, as --data takes
-            path = resolve_data(path.name)[0]
+    for spec in args.paths:
+        path = Path(spec)
+        if not path.exists() and (spec.startswith(HUB) or spec == path.name and not path.suffix):  # as --data takes
+            path = resolve_data(spec)[0]
         if path.is_dir() and not is_dataset_folder(path):
             found = sorted(p for p in path.glob("*.json") if p.name != "manifest.json")
         else:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from finprog.runs import PREDICTIONS, RunError, RunRecord, read_rows
+from finprog.runs import PREDICTIONS, RunError, RunRecord, path_list, read_rows
 from finprog.stats import paired, wilson_interval
 
 COMPARISON = "comparison.json"
@@ -15,6 +15,7 @@ def compare_modes(runs: list, out: Path, resume: bool = False, progress: bool = 
     """Solve with each of `runs` (SolveOptions of one model and data, a mode each) into `out/MODE/`; compare them."""
     from finprog.solve import solve
 
+    out = Path(out)
     for options in runs:
         solve(options, out / options.mode, resume=resume, progress=progress)
     result = compare_runs([out / options.mode for options in runs])
@@ -22,9 +23,9 @@ def compare_modes(runs: list, out: Path, resume: bool = False, progress: bool = 
     return result
 
 
-def compare_runs(run_dirs: list[Path]) -> dict:
-    """Compare finished runs; they must have been scored on the same examples."""
-    runs = [load_run_folder(Path(d)) for d in run_dirs]
+def compare_runs(run_dirs: list[str | Path]) -> dict:
+    """Compare finished runs (a folder or a list of them); they must have been scored on the same examples."""
+    runs = [load_run_folder(d) for d in path_list(run_dirs, "run_dirs")]
     check_same_examples(runs)
     columns = [_column(run) for run in runs]
     return {"eval_set": runs[0]["record"]["eval_set"], "runs": columns, "paired": _paired_tests(runs)}

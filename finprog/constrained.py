@@ -31,6 +31,7 @@ from transformers import LogitsProcessor
 
 from finprog import dsl
 from finprog.data import Example
+from finprog.errors import FinprogError
 from finprog.generation import eos_token_ids
 from finprog.operands import example_numbers, example_rows
 
@@ -49,7 +50,7 @@ GENERAL_ROW = r"[^\s(),#]([^(),#\r\n]*[^\s(),#])?"
 """The DSL's ROW terminal kept to one line and without trailing space."""
 
 
-class ConstrainedDecodingError(RuntimeError):
+class ConstrainedDecodingError(FinprogError, RuntimeError):
     """A grammar was rejected, or constrained decoding was used in a way it cannot follow."""
 
 

@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from finprog.errors import FinprogError
 from finprog.paths import cache_dir, finqa_dirs, resource
 
 SPLITS = ("train", "dev", "test")
 DEMO = "demo"
 
 
-class DataValidationError(ValueError):
+class DataValidationError(FinprogError, ValueError):
     """A FinQA file or record is unusable; the message names the file, record and field."""
 
 
@@ -105,17 +107,32 @@ def dataset_records(folder: Path) -> list[dict]:
     `exe_ans` and `gold_inds` columns. A columnar file holds one type per column, so an
     `exe_ans` stored as text is read back as a number unless it is "yes" or "no".
     """
-    import datasets
-
-    if (folder / "dataset_dict.json").is_file():
-        splits = ", ".join(str(folder / name) for name in datasets.load_from_disk(str(folder)))
-        raise DataValidationError(f"{folder} holds several splits; give one of the folders {splits}")
-    if (folder / "state.json").is_file():
-        rows = datasets.load_from_disk(str(folder))
-    else:
-        files = [str(f) for f in sorted(folder.glob("*.parquet"))]
-        rows = datasets.load_dataset("parquet", data_files=files, split="train")
+    rows = _dataset_rows(folder)
+    if not rows:
+        raise DataValidationError(f"{folder}: holds no rows; give a dataset folder of FinQA records")
     return [_official_record(row) for row in rows]
+
+
+def _dataset_rows(folder: Path) -> list[dict]:
+    """The rows of a `datasets` folder as `datasets` or pyarrow read them; any failure to read them (or a folder of
+    several splits) is a DataValidationError naming the folder."""
+    import datasets
+    import pyarrow.parquet
+
+    try:
+        if (folder / "dataset_dict.json").is_file():
+            splits = list(datasets.load_from_disk(str(folder)))
+        elif (folder / "state.json").is_file():
+            return list(datasets.load_from_disk(str(folder)))
+        else:
+            return [row for file in sorted(folder.glob("*.parquet"))
+                    for row in pyarrow.parquet.read_table(file).to_pylist()]
+    except Exception as error:  # datasets and pyarrow fail in many ways (ArrowInvalid, FileNotFoundError, ...)
+        reason = " ".join(str(error).split()) or type(error).__name__
+        raise DataValidationError(f"{folder}: cannot be read as a dataset folder ({reason}); write it again "
+                                  "(save_to_disk or to_parquet), or give a FinQA JSON file") from None
+    raise DataValidationError(f"{folder} holds several splits; give one of the folders "
+                              + ", ".join(str(folder / name) for name in splits))
 
 
 QA_COLUMNS = ("question", "answer", "program", "exe_ans", "gold_inds")
@@ -234,19 +251,26 @@ def resolve_data(spec: str | None, default_split: str = "dev") -> tuple[Path, st
 
 HUB = "hf:"
 HUB_SPLITS = {"train": ("train",), "dev": ("dev", "validation"), "test": ("test",)}  # our name -> the hub's
+_HUB_DATASET = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
+_HUB_SPLIT = re.compile(r"[A-Za-z0-9][\w.-]*")
 
 
 def _from_hub(spec: str, default_split: str) -> tuple[Path, str]:
     """A hub dataset's split, saved once into the cache (`save_to_disk`) and read from there afterwards."""
     name, _, split = spec.partition(":")
+    if not _HUB_DATASET.fullmatch(name) or split and not _HUB_SPLIT.fullmatch(split):
+        raise DataValidationError(f"{HUB}{spec} does not name a hub dataset; give hf:NAME or hf:OWNER/NAME, and "
+                                  ":SPLIT for a split (e.g. hf:owner/finqa:test)")
     folder = cache_dir() / "hub" / name.replace("/", "--") / (split or default_split)
     if not is_dataset_folder(folder):
         import datasets
 
         try:
             splits = datasets.load_dataset(name)
-        except (OSError, ValueError, RuntimeError) as error:  # RuntimeError: a dataset that needs a loading script
-            raise DataValidationError(f"cannot load dataset {name!r} from the hub: {error}") from None
+        except Exception as error:  # datasets fails in many ways (offline, unknown name, a loading script, ...)
+            reason = " ".join(str(error).split()) or type(error).__name__
+            raise DataValidationError(f"cannot load dataset {name!r} from the hub: {reason}; check the name, or "
+                                      "without hub access give a local FinQA file or dataset folder") from None
         found = [s for s in ((split,) if split else HUB_SPLITS.get(default_split, (default_split,))) if s in splits]
         if not found:
             raise DataValidationError(
@@ -297,6 +321,8 @@ def download_finqa(splits: list[str], directory: Path, timeout: float = 20.0) ->
     import urllib.error
     import urllib.request
 
+    if directory.exists() and not directory.is_dir():
+        raise DataValidationError(f"--dir {directory} is a file; give a folder to download FinQA into")
     directory.mkdir(parents=True, exist_ok=True)
     manifest_path = directory / "manifest.json"
     manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}

@@ -18,6 +18,7 @@ import re
 from dataclasses import dataclass
 from functools import cache
 
+from finprog.errors import FinprogError
 from finprog.paths import resource
 
 MAX_PROGRAM_CHARS = 4000
@@ -26,7 +27,7 @@ ARITHMETIC_OPS = ("add", "subtract", "multiply", "divide", "exp", "greater")
 TABLE_OPS = ("table_max", "table_min", "table_sum", "table_average")
 
 
-class ProgramError(ValueError):
+class ProgramError(FinprogError, ValueError):
     """Any failure of a program: parsing, execution or comparison."""
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from finprog import answers, dsl
 from finprog.data import Example, read_records
+from finprog.errors import FinprogError
 
 CORRECT = "correct"
 WRONG_VALUE = "wrong_value"
@@ -34,7 +35,7 @@ OUTCOMES = PROGRAM_OUTCOMES + DIRECT_OUTCOMES
 METRICS = ("exact", "tolerant")  # the accuracies a run is judged by: exact match, and a tolerant match for reference
 
 
-class PredictionFileError(ValueError):
+class PredictionFileError(FinprogError, ValueError):
     """A predictions file cannot be read; the message names the file, line or entry, and field."""
 
 

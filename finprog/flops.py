@@ -17,6 +17,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from finprog.errors import FinprogError
+
 METHODS = ("full", "lora", "qlora")
 PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 FUSED_PROJECTIONS = ("qkv_proj", "o_proj", "gate_up_proj", "down_proj")  # phi3: q, k, v and gate, up in one matmul
@@ -24,7 +26,7 @@ LORA_TARGETS = ("q_proj", "v_proj")
 MODEL_TYPES = ("llama", "qwen2", "gemma3_text", "phi3")
 
 
-class UnsupportedModelError(ValueError):
+class UnsupportedModelError(FinprogError, ValueError):
     """The config describes an architecture whose FLOPs finprog cannot count."""
 
 

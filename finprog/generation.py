@@ -43,6 +43,8 @@ import torch
 from tqdm.auto import tqdm
 from transformers import DynamicCache, LogitsProcessor, StoppingCriteria, StoppingCriteriaList
 
+from finprog.errors import FinprogError
+
 StopRule = Callable[[str], int | None]
 """Given the text generated so far, where the answer ends (a cut position), or None to go on."""
 
@@ -55,7 +57,7 @@ longest `exe_ans` written out 16, so 24 leaves a few tokens for a lead-in ("The 
 is") and caps what a rambling model can waste."""
 
 
-class GenerationError(ValueError):
+class GenerationError(FinprogError, ValueError):
     """Generation was asked for something it cannot do (an empty prompt, a batch size below 1)."""
 
 

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from finprog.errors import FinprogError
 from finprog.paths import cache_dir
 
 if TYPE_CHECKING:
@@ -40,7 +41,7 @@ if TYPE_CHECKING:
     from transformers import BitsAndBytesConfig, PreTrainedModel, PreTrainedTokenizerBase
 
 
-class ModelError(Exception):
+class ModelError(FinprogError):
     """A model could not be found, fetched or loaded; the message says what was wrong and what to do."""
 
 
@@ -62,6 +63,10 @@ class ModelOptionError(ModelError, ValueError):
 
 class QuantizationUnavailableError(ModelError, RuntimeError):
     """bitsandbytes is missing or cannot run the asked quantization on this device."""
+
+
+class DamagedAdapterError(ModelError, ValueError):
+    """An adapter folder's adapter_config.json or weights are unreadable, incomplete or cut short."""
 
 
 @dataclass(frozen=True)
@@ -129,7 +134,9 @@ ZOO: dict[str, ZooModel] = {
 PROVENANCE_FILE = "finprog_zoo.json"  # written next to a converted zoo checkpoint: where it came from
 DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}  # --dtype name -> torch attribute
 QUANTS = ("none", "4bit", "8bit")
+ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHT_FILES = ("adapter_model.safetensors", "adapter_model.bin")  # what PEFT's save_pretrained writes
+LORA_KEYS = {"r": int, "lora_alpha": (int, float), "target_modules": (str, list)}  # a LoRA config's, as PEFT writes it
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
 
@@ -191,14 +198,8 @@ def _unknown_model_message(text: str) -> str:
 
 
 def _local_source(path: Path) -> ModelSource:
-    adapter_config = path / "adapter_config.json"
-    if adapter_config.is_file():
-        base = json.loads(adapter_config.read_text(encoding="utf-8")).get("base_model_name_or_path")
-        if not base:
-            raise ModelNotFoundError(
-                f"{adapter_config} names no base model (base_model_name_or_path is empty); "
-                "set it to the zoo name, hub id or folder the adapter was trained on"
-            )
+    if (path / ADAPTER_CONFIG).is_file():
+        base = check_adapter(path)
         try:
             return ModelSource("adapter", str(path), base=resolve_model(base))
         except ModelNotFoundError as error:
@@ -209,6 +210,74 @@ def _local_source(path: Path) -> ModelSource:
         f"{path} holds neither config.json (a checkpoint) nor adapter_config.json (a PEFT adapter); "
         "point --model at the folder that save_pretrained or `finprog train` wrote"
     )
+
+
+def check_adapter(folder: Path) -> str:
+    """Check a PEFT adapter folder without loading any weights, and return the base model its config names.
+
+    adapter_config.json must be a JSON object naming the base model and the PEFT type (and for
+    LoRA its rank, alpha and target modules); the weights must be there, a safetensors file
+    whole (`check_safetensors`). DamagedAdapterError (ModelNotFoundError for a missing base or
+    missing weights) names the file and what to do.
+    """
+    path = folder / ADAPTER_CONFIG
+    again = "copy the adapter again, or export it again from its run folder (finprog export-adapter RUN DEST)"
+    try:
+        config = json.loads(path.read_bytes())
+    except (OSError, ValueError) as error:  # ValueError: invalid JSON or text
+        raise DamagedAdapterError(f"{path}: not readable as JSON ({error}); {again}") from None
+    if not isinstance(config, dict):
+        raise DamagedAdapterError(f"{path}: expected a JSON object, got {type(config).__name__}; {again}")
+    base = config.get("base_model_name_or_path")
+    if not base:
+        raise ModelNotFoundError(
+            f"{path} names no base model (base_model_name_or_path is empty); "
+            "set it to the zoo name, hub id or folder the adapter was trained on"
+        )
+    kinds = {"base_model_name_or_path": str, "peft_type": str,
+             **(LORA_KEYS if config.get("peft_type") == "LORA" else {})}
+    for key, kind in kinds.items():
+        if not isinstance(config.get(key), kind) or isinstance(config.get(key), bool):
+            raise DamagedAdapterError(f"{path}: field {key!r} is missing or of the wrong type (got "
+                                      f"{config.get(key)!r}); PEFT needs it to load the adapter: {again}")
+    weights = [folder / name for name in ADAPTER_WEIGHT_FILES if (folder / name).is_file()]
+    if not weights:
+        raise ModelNotFoundError(
+            f"adapter {folder} holds no weights ({' or '.join(ADAPTER_WEIGHT_FILES)}); "
+            "point --model at the folder that save_pretrained or `finprog train` wrote"
+        )
+    if weights[0].suffix == ".safetensors":
+        check_safetensors(weights[0])
+    return base
+
+
+def check_safetensors(path: Path) -> None:
+    """Check that a safetensors file is whole, reading only its header (no torch): the 8-byte header length and the
+    JSON header read, and the tensors' data offsets cover the rest of the file exactly, one after another."""
+
+    def fail(problem: str):
+        raise DamagedAdapterError(f"{path}: {problem}, so the file is damaged or cut short; copy it again, or export "
+                                  "the adapter again from its run folder (finprog export-adapter RUN DEST)")
+
+    size = path.stat().st_size
+    with path.open("rb") as file:
+        prefix = file.read(8)
+        length = int.from_bytes(prefix, "little")
+        if len(prefix) < 8 or length > size - 8:
+            fail(f"its {size} bytes cannot hold the safetensors header they announce")
+        try:
+            header = json.loads(file.read(length))
+            spans = sorted((int(start), int(end)) for name, entry in header.items() if name != "__metadata__"
+                           for start, end in [entry["data_offsets"]])
+        except (ValueError, TypeError, KeyError, AttributeError):
+            fail("its header is not the JSON object of tensors and data offsets safetensors writes")
+    covered = 0
+    for start, end in spans:
+        if start != covered or end < start:
+            fail(f"its tensors' data leave a gap or overlap at byte {start} of the data")
+        covered = end
+    if 8 + length + covered != size:
+        fail(f"its header and tensors take {8 + length + covered} bytes, but the file has {size}")
 
 
 def _unusable_base_message(adapter: str | Path, base: str, error: Exception) -> str:
@@ -549,11 +618,6 @@ def _load_weights(
     from transformers import AutoModelForCausalLM
 
     if source.kind == "adapter":
-        if not any((Path(source.location) / name).is_file() for name in ADAPTER_WEIGHT_FILES):
-            raise ModelNotFoundError(
-                f"adapter {source.location} holds no weights ({' or '.join(ADAPTER_WEIGHT_FILES)}); "
-                "point --model at the folder that save_pretrained or `finprog train` wrote"
-            )
         from peft import PeftModel
 
         base = _load_weights(source.base, dtype, device, quantization, fetch_missing)

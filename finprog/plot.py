@@ -4,6 +4,7 @@ and the labels of the runs a reader needs: the frontier's and each target's chea
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -30,14 +31,18 @@ _OFFSETS = [(dx * radius, dy * radius) for radius in (7, 16, 28, 42, 58, 76) for
 
 
 def plot_report(report: Report, path: str | Path) -> Path:
-    """Write the PNG: per eval set, accuracy against total FLOPs (log), a line per target and the frontier."""
-    figure = Figure(figsize=(12, 6.5 * len(report.groups)), dpi=130)
+    """Write the PNG: per eval set, accuracy against total FLOPs (log), a line per target and the frontier.
+
+    Only the runs whose total FLOPs are known are placed (`Group.placed`); an eval set with none gets no panel.
+    """
+    groups = [replace(group, rows=group.placed) for group in report.groups if group.placed]
+    figure = Figure(figsize=(12, 6.5 * len(groups)), dpi=130)
     FigureCanvasAgg(figure)
-    axes = figure.subplots(len(report.groups), 1, squeeze=False)[:, 0]
-    for axis, group in zip(axes, report.groups):
+    axes = figure.subplots(len(groups), 1, squeeze=False)[:, 0]
+    for axis, group in zip(axes, groups):
         _plot_group(axis, report, group)
     figure.tight_layout()
-    for axis, group in zip(axes, report.groups):
+    for axis, group in zip(axes, groups):
         _place_labels(axis, report, group)
     path = Path(path)
     figure.savefig(path)

@@ -27,7 +27,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from finprog.data import Example
+from finprog.data import Example, first_without_page
+from finprog.errors import FinprogError
 from finprog.operands import needed_operands, writes
 
 CONTEXTS = ("page", "retrieved", "gold")
@@ -38,7 +39,7 @@ DEFAULT_RANKER = "linear"
 _TOKEN = re.compile(r"\d+(?:[.,]\d+)*%?|[a-z]+|%")
 
 
-class RetrievalError(ValueError):
+class RetrievalError(FinprogError, ValueError):
     """A context, ranker or k that cannot be used (the message says which and why)."""
 
 
@@ -268,12 +269,19 @@ class Recall:
         return dict(self.__dict__)
 
 
-def recall_at_k(examples: Sequence[Example], rank, ks: Sequence[int]) -> list[Recall]:
+def recall_at_k(examples: Sequence[Example], rank, ks: Sequence[int], where: str = "the data") -> list[Recall]:
     """Full and mean recall of `gold_inds` at each k, the context kept, and the share of records whose kept facts
-    write every number and row label of the gold program (`operands.writes`), over records with gold facts."""
+    write every number and row label of the gold program (`operands.writes`), over records with gold facts.
+
+    RetrievalError, naming `where` (the file), when no record has gold facts or one has no page to rank."""
     annotated = [e for e in examples if e.gold_inds]
     if not annotated:
-        raise RetrievalError("no record has gold_inds, so recall cannot be measured")
+        raise RetrievalError(f"{where}: no record has gold_inds, so recall cannot be measured; give FinQA records "
+                             "with their annotated facts (such as dev_200)")
+    pageless = first_without_page(annotated)
+    if pageless:
+        raise RetrievalError(f"{where}: record {pageless!r} has no page (no text, no table) to retrieve facts from; "
+                             "measure recall on FinQA records with pages")
     orders = [ranked(e, rank) for e in annotated]
     n = len(annotated)
     chars_page = sum(map(context_chars, annotated)) / n

@@ -1,10 +1,10 @@
 """Run folders: the one `RunRecord` type (schema, load, save, validate), the folder lock, and resuming predictions.
 
-A run folder holds `run.json` (config, model, metrics, FLOPs, timing, provenance and a
-status) and `predictions.jsonl`, one line per example written as it is produced, so an
-interrupted run loses nothing and `--resume` skips the ids already there. One process
-writes a folder at a time (`RunRecorder` holds an OS lock on it, released when the
-process ends, however it ends). A run that stops on an error or Ctrl-C is marked
+A run folder holds `run.json` (schema version, config, model, metrics, FLOPs, timing,
+provenance and a status) and `predictions.jsonl`, one line per example written as it is
+produced, so an interrupted run loses nothing and `--resume` skips the ids already there.
+One process writes a folder at a time (`RunRecorder` holds an OS lock on it, released when
+the process ends, however it ends). A run that stops on an error or Ctrl-C is marked
 "failed" or "interrupted" with the reason.
 """
 
@@ -19,6 +19,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from finprog.errors import FinprogError
 from finprog.provenance import machine, now, versions
 
 PREDICTIONS = "predictions.jsonl"
@@ -26,10 +27,16 @@ RUN = "run.json"
 LOCK = ".lock"
 DAMAGED = "predictions.damaged.jsonl"
 KINDS = ("solve", "train", "cascade")
+KIND_NAMES = {"solve": "a single-model run of `finprog solve`", "train": "a training run of `finprog train`",
+              "cascade": "a cascade of `finprog solve --cascade`"}
+SCHEMA_VERSION = 2
+"""The format of run.json. Version 2 added `schema_version` and lets `flops.training_total` be null, an unknown
+training cost, with `flops.training_unknown` saying why. A record without a version is of version 1; `RunRecord.load`
+upgrades it (`_upgraded`) and refuses a version newer than this one."""
 STATUSES = ("running", "finished", "failed", "interrupted")
 
 
-class RunError(ValueError):
+class RunError(FinprogError, ValueError):
     """A run folder cannot be used as asked, or holds a malformed record; the message names the file and field."""
 
 
@@ -50,8 +57,10 @@ class Field:
         if self.choices and value not in self.choices:
             return f"must be {' or '.join(map(repr, self.choices))}, got {value!r}"
         if self.kind is float:
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not self.low <= value <= self.high:
-                return f"must be a number from {self.low:g} to {self.high:g}, got {value!r}"
+            if (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
+                    or not self.low <= value <= self.high):
+                bounds = f"to {self.high:g}" if math.isfinite(self.high) else "upward, and finite"
+                return f"must be a number from {self.low:g} {bounds}, got {value!r}"
         elif self.kind is str:
             if not isinstance(value, str) or not value:
                 return f"must be a non-empty string, got {value!r}"
@@ -91,7 +100,8 @@ RESULTS = {
     "metrics.outcomes": OBJECT,
     "metrics.prompt_tokens_per_example": NUMBER,
     "metrics.new_tokens_per_example": NUMBER,
-    "flops.training_total": NUMBER,
+    "flops.training_total": Field(float, null=True),  # null: unknown, and `flops.training_unknown` says why
+    "flops.training_unknown": Field(str, required=False),
     "flops.inference_per_example": Field(float, low=1),
     "flops.inference_per_example_executed": NUMBER,
     "timing.seconds_per_example": NUMBER,
@@ -127,7 +137,7 @@ class RunRecord:
             raise RunError(f"{path}: invalid JSON at line {error.lineno}, column {error.colno}: {error.msg}") from None
         if not isinstance(data, dict):
             raise RunError(f"{path}: expected a JSON object, got {type(data).__name__}")
-        return cls(path, data)
+        return cls(path, _upgraded(path, data))
 
     @classmethod
     def trained(cls, model: str) -> RunRecord | None:
@@ -159,6 +169,7 @@ class RunRecord:
         self._check(self.data, SCHEMA)
         if finished:
             self._check(self.data, RESULTS)
+            self._check_training_cost()
             if self.data["kind"] == "train":
                 self._check_curve()
             if self.data["kind"] == "cascade":
@@ -192,6 +203,15 @@ class RunRecord:
             if problem:
                 self._fail(prefix, name, problem)
 
+    def _check_training_cost(self) -> None:
+        """An unknown training cost (null) says why, and a training run always knows its own."""
+        if self.get("flops.training_total") is not None:
+            return
+        if self.data["kind"] == "train":
+            self._fail("", "flops.training_total", "is null, but a training run counts its own training FLOPs")
+        if self.get("flops.training_unknown") is None:
+            self._fail("", "flops.training_total", "is null (unknown) without 'flops.training_unknown' saying why")
+
     def _check_curve(self) -> None:
         curve = self.data.get("curve")
         if curve is None:
@@ -206,6 +226,50 @@ class RunRecord:
     def _fail(self, prefix: str, name: str, problem: str):
         full = ".".join(part for part in (prefix, name) if part)
         raise RunError(f"{self.path}: field {full!r} {problem}")
+
+
+V1_UNKNOWN_TRAINING = ("recorded as 0 by a finprog that did not yet mark unknown training costs: the adapter had no "
+                       "run.json of its `finprog train` run")
+
+
+def _upgraded(path: Path, data: dict) -> dict:
+    """`data` in the format of SCHEMA_VERSION: a newer version is refused, and version 1 is upgraded.
+
+    Version 1 recorded 0 training FLOPs for a run of an adapter without the run.json of its
+    training (its cost unknown); such a record now says so instead.
+    """
+    version = data.get("schema_version", 1)
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise RunError(f"{path}: field 'schema_version' must be a whole number from 1, got {version!r}")
+    if version > SCHEMA_VERSION:
+        raise RunError(f"{path}: run.json of schema version {version}, written by a newer finprog; this one reads "
+                       f"versions up to {SCHEMA_VERSION}: upgrade finprog to read it")
+    if version == 1:
+        data = _with_legacy_config(data)
+        cost = data.get("flops")
+        model = data.get("model") if isinstance(data.get("model"), dict) else {}
+        stages = model.get("stages") if isinstance(model.get("stages"), list) else []
+        sources = [model.get("source")] + [stage.get("source") for stage in stages if isinstance(stage, dict)]
+        if data.get("kind") != "train" and "adapter" in sources and isinstance(cost, dict) \
+                and cost.get("training_total") == 0:
+            data = {**data, "flops": {**cost, "training_total": None, "training_unknown": V1_UNKNOWN_TRAINING}}
+    return {**data, "schema_version": SCHEMA_VERSION}
+
+
+LEGACY_CONFIG = {"context": "page", "prompt": "instructed", "prefix_cache": False}
+"""Options that runs of version 1 may lack, and what they ran with: the whole page (before retrieval), the
+instructed prompt (before bare prompts), no shared-prefix cache."""
+
+
+def _with_legacy_config(data: dict) -> dict:
+    """A version-1 record whose config (a cascade: each stage's) names every option of LEGACY_CONFIG."""
+    config = data.get("config")
+    if not isinstance(config, dict):
+        return data
+    if isinstance(config.get("stages"), list):
+        stages = [{**LEGACY_CONFIG, **stage} if isinstance(stage, dict) else stage for stage in config["stages"]]
+        return {**data, "config": {**config, "stages": stages}}
+    return {**data, "config": {**LEGACY_CONFIG, **config}}
 
 
 def read_text(path: Path, error: type[Exception]) -> str:
@@ -226,6 +290,20 @@ def replace_file(path: Path, text: str) -> None:
         file.flush()
         os.fsync(file.fileno())
     os.replace(partial, path)
+
+
+def path_list(paths, option: str) -> list[Path]:
+    """One path (a str or os.PathLike) or an iterable of them, as Paths: a string is one path, never its letters."""
+    items = [paths] if isinstance(paths, (str, os.PathLike)) else paths
+    try:
+        items = list(items)
+    except TypeError:
+        items = [items]
+    if not items:
+        raise RunError(f"{option}: no path given; give one or more")
+    if not all(isinstance(item, (str, os.PathLike)) for item in items):
+        raise RunError(f"{option} must be a path or a list of paths, got {paths!r}")
+    return [Path(item) for item in items]
 
 
 def eval_set(name: str, ids: list[str]) -> dict:
@@ -256,11 +334,12 @@ def lock(out: Path):
     return handle
 
 
-def open_run(out: Path, config: dict, resume: bool, may_change: tuple[str, ...] = ()) -> RunRecord | None:
+def open_run(out: Path, kind: str, config: dict, resume: bool, may_change: tuple[str, ...] = ()) -> RunRecord | None:
     """The record already in `out` when resuming it (None for a new folder).
 
-    Refuses to write over an existing run without `resume` (saying how it ended), and to
-    resume a run that was made with another config (but for the keys in `may_change`).
+    Refuses to write over an existing run without `resume` (saying how it ended), to resume
+    a run of another kind, and one that was made with another config (but for the keys in
+    `may_change`).
     """
     path = Path(out) / RUN
     if not path.exists():
@@ -269,15 +348,35 @@ def open_run(out: Path, config: dict, resume: bool, may_change: tuple[str, ...] 
         status = _status_of(path)
         raise RunError(f"{out} already holds a run{status}; pass --resume to continue it, or choose another --out")
     saved = RunRecord.load(path)
+    if saved.data.get("kind") != kind:
+        held = KIND_NAMES.get(saved.data.get("kind"), f"a run of kind {saved.data.get('kind')!r}")
+        raise RunError(f"{out} holds {held}, not {KIND_NAMES[kind]}; resume it with the command that made it, "
+                       "or choose another --out")
     saved_config = saved.data.get("config")
     if not isinstance(saved_config, dict):
         raise RunError(f"{path}: field 'config' is missing; cannot resume this run")
     changed = sorted(k for k in set(saved_config) | set(config)
                      if saved_config.get(k) != config.get(k) and k not in may_change)
     if changed:
-        details = ", ".join(f"{k}: {saved_config.get(k)!r} -> {config.get(k)!r}" for k in changed)
+        details = ", ".join(f"{k}: {_brief(saved_config.get(k))} -> {_brief(config.get(k))}" for k in changed)
         raise RunError(f"{out} was run with another config ({details}); resume with the same options")
     return saved
+
+
+def _brief(value: object, width: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def finished_record(out: Path, kind: str, config: dict, resume: bool) -> dict | None:
+    """The record of the finished run in `out` when resuming would only repeat it (every prediction is there), else
+    None; refuses what `open_run` refuses."""
+    saved = open_run(out, kind, config, resume)
+    predictions = Path(out) / PREDICTIONS
+    if saved is None or saved.status != "finished" or not predictions.is_file():
+        return None
+    done = {row["id"] for row in read_rows(predictions)}
+    return saved.data if len(done) == saved.get("eval_set.n") else None
 
 
 def _status_of(path: Path) -> str:
@@ -329,7 +428,7 @@ class RunRecorder:
             raise RunError(f"--out {out} is a file; give a folder for the run")
         self._lock = lock(self.out)
         try:
-            saved = open_run(self.out, record["config"], resume, may_change)
+            saved = open_run(self.out, record["kind"], record["config"], resume, may_change)
         except RunError:
             self._lock.close()
             raise
@@ -339,7 +438,8 @@ class RunRecorder:
         if saved is not None and predictions.exists():
             self.rows = list({row["id"]: row for row in read_rows(predictions, self.out / DAMAGED)}.values())
             write_rows(predictions, self.rows)  # without damaged lines or repeats
-        record.update(status="running", created=now(), machine=machine(), versions=versions())
+        record.update(schema_version=SCHEMA_VERSION, status="running", created=now(), machine=machine(),
+                      versions=versions())
         self.record.save()
         self._file = predictions.open("a", encoding="utf-8")
 

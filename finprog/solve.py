@@ -16,14 +16,15 @@ from pathlib import Path
 
 from finprog import flops, prompts, retrieval
 from finprog.data import Example, first_without_page, load_finqa, resolve_data
+from finprog.errors import FinprogError, check_types
 from finprog.evaluation import metrics, score
-from finprog.runs import RunRecord, RunRecorder, eval_set
+from finprog.runs import RunRecord, RunRecorder, eval_set, finished_record
 
 MODES = ("program", "direct")
 EXEMPLAR_CHOICES = ("similar", "first")
 
 
-class SolveError(ValueError):
+class SolveError(FinprogError, ValueError):
     """A run was asked for with options that cannot work together."""
 
 DEFAULT_MODEL = "qwen2.5-coder-0.5b"
@@ -64,6 +65,7 @@ class SolveOptions:
     technique: str = ""  # derived unless given: few-shot or zero-shot; training sets lora, qlora or full
 
     def __post_init__(self):
+        check_types(self, SolveError, paths=("model", "data", "exemplars"))
         self._inherit_training()
         if self.mode not in MODES:
             raise SolveError(f"unknown mode {self.mode!r}; choose one of {', '.join(MODES)}")
@@ -141,8 +143,12 @@ def solve(options: SolveOptions, out: Path, resume: bool = False, progress: bool
         "config": {**asdict(options), "data": str(data_path)},
         "eval_set": eval_set(data_path.stem, [e.id for e in examples]),
     }
+    finished = finished_record(out, "solve", record["config"], resume)
+    if finished:
+        _say(progress, f"{out}: the run is finished, every example answered; nothing to run")
+        return finished
     source, config, shape = check_model(options)  # an unknown model, or one whose FLOPs cannot be counted, fails here
-    training = training_flops(options.model)
+    training = training_flops(options.model, source)
     with RunRecorder(out, record, resume=resume) as recorder:
         todo = [e for e in examples if e.id not in recorder.done_ids]
         _say(progress, f"data: {described}; {len(examples)} examples, {len(todo)} to run")
@@ -202,7 +208,7 @@ def load(options: SolveOptions, source, shape: flops.ModelShape) -> tuple:
     return loaded, entry, time.perf_counter() - started
 
 
-def results(rows: list[dict], mode: str, training: float, load_seconds: float) -> dict:
+def results(rows: list[dict], mode: str, training: float | None, load_seconds: float) -> dict:
     """A finished run's metrics, FLOPs and timing (the fields `RunRecorder.finish` adds to run.json)."""
     seconds = sum(r["seconds"] for r in rows)
     return {
@@ -213,10 +219,23 @@ def results(rows: list[dict], mode: str, training: float, load_seconds: float) -
     }
 
 
-def training_flops(model: str) -> float:
-    """The training FLOPs behind `model`: those of the `finprog train` run that wrote it, else 0."""
+UNKNOWN_TRAINING = "an adapter it ran has no run.json of the `finprog train` run that made it"
+"""Why a run's `flops.training_total` is null (unknown)."""
+
+
+def training_flops(model: str, source) -> float | None:
+    """The training FLOPs behind `model` (resolved as `source`): those of the `finprog train` run that wrote it;
+    None (unknown, with a warning) for an adapter without that run's run.json; else 0, a pretrained model's."""
     trained = RunRecord.trained(model)
-    return trained.data["flops"]["training_total"] if trained else 0.0
+    if trained:
+        return trained.data["flops"]["training_total"]
+    if source.kind != "adapter":
+        return 0.0
+    print(f"finprog: warning: {model} is an adapter without the run.json of the `finprog train` run that made it: "
+          "its training cost is recorded as unknown, and it is asked with solve's defaults (--prompt, --shots, "
+          "--context, --constrained), not as it was trained; put that run.json beside it (finprog export-adapter "
+          "copies it)", file=sys.stderr)
+    return None
 
 
 def fit_to_context(options: SolveOptions, examples: list[Example], tokenizer, retriever: prompts.ExemplarRetriever,
@@ -365,9 +384,9 @@ def _vote_key(value):
     return round(value, 5) if isinstance(value, float) else value
 
 
-def flop_totals(rows: list[dict], training_flops: float) -> dict:
+def flop_totals(rows: list[dict], training_flops: float | None) -> dict:
     """A run's FLOPs from its rows; `prefix_total` is the shared prefixes' part of both inference totals (a cascade
-    row's attempts each count theirs)."""
+    row's attempts each count theirs). Unknown training FLOPs (None) are recorded as null, with the reason."""
     n = len(rows)
     useful = sum(r["flops"] for r in rows)
     executed = sum(r["flops_executed"] for r in rows)
@@ -379,6 +398,7 @@ def flop_totals(rows: list[dict], training_flops: float) -> dict:
         "inference_per_example_executed": executed / n if n else 0.0,
         "prefix_total": prefix,
         "training_total": training_flops,
+        **({} if training_flops is not None else {"training_unknown": UNKNOWN_TRAINING}),
     }
 
 
@@ -433,6 +453,8 @@ def summary_lines(record: dict) -> list[str]:
         f"FLOPs: {cost['inference_total']:.3g} total, {cost['inference_per_example']:.3g} per example "
         f"({cost['inference_total_executed']:.3g} executed, padding and post-stop steps included)",
     ]
+    if cost.get("training_total", 0.0) is None:
+        lines.append(f"Training FLOPs: unknown ({cost['training_unknown']})")
     if "answered_by" in record:  # a cascade
         lines.append("Answered by: " + ", ".join(f"{model} {n}" for model, n in record["answered_by"].items()))
     return lines

@@ -27,6 +27,7 @@ from finprog.cascade import SIGNALS, CascadeError, Rule, parse_rule, route
 from finprog.compare import check_same_examples, load_run_folder
 from finprog.provenance import header
 from finprog.report import DEFAULT_METRIC, METRICS, format_flops, format_percent, parse_target
+from finprog.runs import path_list
 
 DECIMALS = 3
 CALIBRATION_EDGES = (-math.inf, -2.0, -1.0, -0.5, -0.25, -0.1, -0.05, 0.0)
@@ -45,6 +46,8 @@ def sweep(run_dirs: list[str | Path], rule: str, target: float | str, metric: st
     target = parse_target(target)
     if metric not in METRICS:
         raise CascadeError(f"metric {metric!r} is unknown; use one of {', '.join(METRICS)}")
+    if out is not None and Path(out).exists() and not Path(out).is_dir():
+        raise CascadeError(f"--out {out} is a file; give a folder for {SWEEP_JSON}, {SWEEP_TXT} and {SWEEP_PNG}")
     rule = parse_rule(rule, open_term=True)
     runs = load_runs(run_dirs, rule)
     attempts = question_attempts(runs)
@@ -57,7 +60,7 @@ def sweep(run_dirs: list[str | Path], rule: str, target: float | str, metric: st
         "rule": str(rule),
         "metric": metric,
         "target": target,
-        "training_flops": sum(run["record"]["flops"]["training_total"] for run in runs),
+        "training_flops": _training_flops(runs),
         "alone": [_alone(run, metric) for run in runs],
         "points": points,
         "chosen": cheapest(points, target),
@@ -66,11 +69,25 @@ def sweep(run_dirs: list[str | Path], rule: str, target: float | str, metric: st
     return result, write_sweep(result, out) if out is not None else []
 
 
+def _training_flops(runs: list[dict]) -> float | None:
+    """The models' training FLOPs together; None when one model's is unknown."""
+    costs = [run["record"]["flops"]["training_total"] for run in runs]
+    return None if None in costs else sum(costs)
+
+
 def load_runs(run_dirs: list[str | Path], rule: Rule) -> list[dict]:
-    """The finished single-model runs, in cascade order, checked: the same questions, the signals the rule needs."""
+    """The finished single-model runs, in cascade order, checked: each once, the same questions, the signals the
+    rule needs."""
+    run_dirs = path_list(run_dirs, "run_dirs")
     if len(run_dirs) < 2:
         raise CascadeError(f"a cascade sweep needs the runs of at least two models, got {len(run_dirs)}")
-    runs = [load_run_folder(Path(d)) for d in run_dirs]
+    seen = set()
+    for folder in run_dirs:
+        if folder.resolve() in seen:
+            raise CascadeError(f"{folder} is given twice; a cascade sweep needs one run per model, each a different "
+                               "run folder")
+        seen.add(folder.resolve())
+    runs = [load_run_folder(d) for d in run_dirs]
     for run in runs:
         if run["record"].get("kind") != "solve":
             raise CascadeError(f"{run['dir']}: a sweep reads single-model runs of `finprog solve`, "

@@ -44,8 +44,9 @@ from typing import Any
 
 from finprog import flops, models, prompts, retrieval
 from finprog.data import Example, first_without_page, load_finqa, resolve_data
+from finprog.errors import FinprogError, check_types
 from finprog.evaluation import METRICS, gold_value, metrics
-from finprog.models import DTYPES
+from finprog.models import ADAPTER_CONFIG, DTYPES
 from finprog.runs import PREDICTIONS, RUN, RunError, RunRecord, RunRecorder, eval_set, open_run, read_rows, write_rows
 from finprog.solve import EXEMPLAR_CHOICES, MODES, SolveOptions, flop_totals, scored_rows
 
@@ -56,14 +57,13 @@ DEFAULT_MAX_PROMPT_TOKENS = 1024
 CHECKPOINT = "checkpoint.pt"
 EVALS = "evals"
 IGNORE_INDEX = -100  # label of a token that has no loss (prompt and padding)
-ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 EXPORT_MAX_BYTES = 25_000_000  # an exported adapter small enough to commit
 RUNTIME_OPTIONS = ("micro_batch_size", "gradient_checkpointing")
 """Options that change how a step runs (memory, time, FLOPs) but not the update: a resumed run may change them."""
 
 
-class TrainingError(ValueError):
+class TrainingError(FinprogError, ValueError):
     """A training run was asked for with options or data that cannot work; raised before any model is loaded."""
 
 
@@ -72,7 +72,7 @@ class TrainOptions:
     """Everything that shapes a training run; saved as `config` in run.json (a resumed run must match it but
     for RUNTIME_OPTIONS)."""
 
-    model: str
+    model: str  # zoo name, hub id or folder (a str or a Path, as every path here)
     train: str | list[str]  # FinQA file(s) or split name(s), concatenated in order
     eval: str  # FinQA file or split name, no id shared with `train`
     method: str = "lora"  # lora | qlora (4-bit NF4 base + LoRA) | full
@@ -123,7 +123,8 @@ class TrainOptions:
         def fail(message: str) -> None:
             raise TrainingError(message)
 
-        self.train = [self.train] if isinstance(self.train, str) else list(self.train)
+        check_types(self, TrainingError, paths=("model", "train", "eval"))
+        self.train = [self.train] if isinstance(self.train, str) else self.train
 
         if self.method not in METHODS:
             fail(f"unknown training method {self.method!r}; choose one of {', '.join(METHODS)}")
@@ -500,7 +501,7 @@ def train(options: TrainOptions, out: Path, resume: bool = False, progress: bool
     from accelerate import Accelerator
 
     accelerator = Accelerator(cpu=models.resolve_device("auto").type == "cpu")  # cpu: processes talk over gloo
-    saved = open_run(out, config, resume, RUNTIME_OPTIONS)
+    saved = open_run(out, "train", config, resume, RUNTIME_OPTIONS)
     finished = saved.data if saved and saved.status == "finished" else None
     accelerator.wait_for_everyone()  # every process has read the folder before the main one writes to it
     if finished:
@@ -782,25 +783,31 @@ def export_adapter(run: str | Path, dest: str | Path) -> dict:
     """Write a finished LoRA or QLoRA run's adapter into `dest` as bf16 safetensors, with its adapter_config.json
     and run.json (so `finprog solve --model dest` carries the training FLOPs and is prompted as it was trained).
 
-    Refuses a run that is not a finished `finprog train` run, a full fine-tuning run, an adapter above
-    EXPORT_MAX_BYTES in bf16, and a `dest` that already holds files. Returns what was written.
+    Refuses a run that is not a finished `finprog train` run, a full fine-tuning run, an adapter that
+    `finprog solve` would refuse (`models.check_adapter`), one above EXPORT_MAX_BYTES in bf16, and a
+    `dest` that already holds files. The files are written into a scratch folder beside `dest`,
+    which becomes `dest` only when they are all there. Returns what was written.
     """
     import torch
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file, save
 
     run, dest = Path(run), Path(dest)
+    if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
+        raise TrainingError(f"{dest} already exists and is not an empty folder; choose a new folder to export into")
     record = _exportable_run(run)
+    models.resolve_model(run)  # the config, the weights' header and the base model, as solve checks them
     weights = {name: tensor.to(torch.bfloat16) for name, tensor in load_file(run / ADAPTER_WEIGHTS).items()}
     size = sum(tensor.numel() * tensor.element_size() for tensor in weights.values())
     if size > EXPORT_MAX_BYTES:
         raise TrainingError(f"{run}: the adapter is {size / 1e6:.1f} MB in bf16, above the export limit of "
                             f"{EXPORT_MAX_BYTES / 1e6:g} MB; train a smaller one (--lora-r, --lora-targets)")
-    if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
-        raise TrainingError(f"{dest} already exists and is not an empty folder; choose a new folder to export into")
-    dest.mkdir(parents=True, exist_ok=True)
-    save_file(weights, dest / ADAPTER_WEIGHTS, metadata={"format": "pt"})
+    partial = dest.with_name(f".{dest.name}.partial")
+    shutil.rmtree(partial, ignore_errors=True)  # left by an interrupted earlier export
+    partial.mkdir(parents=True)
+    (partial / ADAPTER_WEIGHTS).write_bytes(save(weights, metadata={"format": "pt"}))  # mode as the other files'
     for name in (ADAPTER_CONFIG, RUN):
-        shutil.copyfile(run / name, dest / name)
+        shutil.copyfile(run / name, partial / name)
+    partial.replace(dest)
     files = [dest / name for name in (ADAPTER_WEIGHTS, ADAPTER_CONFIG, RUN)]
     return {"run": str(run), "dest": str(dest), "files": list(map(str, files)), "bytes": files[0].stat().st_size,
             "tensors": len(weights), "dtype": "bf16", "training_flops": record.data["flops"]["training_total"]}

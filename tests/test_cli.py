@@ -29,7 +29,7 @@ def test_every_option_of_every_command_has_help_text():
             for parser in parsers(_build_parser()) for action in parser._actions
             if not action.help and not isinstance(action, argparse._SubParsersAction)]
     assert bare == []
-    assert len(list(parsers(_build_parser()))) == 16  # finprog, 11 commands, data's and models' 2 actions each
+    assert len(list(parsers(_build_parser()))) == 17  # finprog, 12 commands, data's and models' 2 actions each
 
 
 # ---------------------------------------------------------------- train

@@ -13,6 +13,7 @@ import pytest
 import torch
 from conftest import build_tiny_model, build_tiny_tokenizer
 from peft import LoraConfig, get_peft_model
+from safetensors.torch import save_file
 from transformers import GgufConfig
 from transformers.quantizers.quantizer_gguf import GgufHfQuantizer
 
@@ -57,9 +58,13 @@ def empty_cache(tmp_path, monkeypatch) -> Path:
     return tmp_path / "cache"
 
 
-def _write_adapter_config(folder: Path, base: str | None) -> Path:
+def _write_adapter_config(folder: Path, base: str | None, weights: bool = True) -> Path:
+    """An adapter folder as PEFT writes one (a LoRA config and, with `weights`, a small weights file)."""
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": base, "peft_type": "LORA"}))
+    config = {"base_model_name_or_path": base, "peft_type": "LORA", "r": 2, "lora_alpha": 4, "target_modules": ["q_proj"]}
+    (folder / "adapter_config.json").write_text(json.dumps(config))
+    if weights:
+        save_file({"base_model.model.lora_A.weight": torch.zeros(2, 4)}, folder / "adapter_model.safetensors")
     return folder
 
 
@@ -140,7 +145,8 @@ def test_adapter_without_weights_is_refused_before_its_base_loads(tmp_path, tiny
 
     monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", refuse)
     with pytest.raises(ModelNotFoundError, match="adapter .* holds no weights"):
-        finprog_models.load_model(_write_adapter_config(tmp_path / "adapter", str(tiny_checkpoint)), device="cpu")
+        finprog_models.load_model(_write_adapter_config(tmp_path / "adapter", str(tiny_checkpoint), weights=False),
+                                  device="cpu")
 
 
 # --- dtype, device, quantization --------------------------------------------------------------

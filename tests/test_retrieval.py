@@ -154,8 +154,9 @@ def test_retrieve_on_a_file_without_gold_facts_says_so(tmp_path, capsys):
     path = tmp_path / "nogold.json"
     path.write_text(json.dumps([record]))
     assert main(["retrieve", str(path)]) == 2
-    assert capsys.readouterr().err.strip() == ("finprog: error: no record has gold_inds, "
-                                               "so recall cannot be measured")
+    assert capsys.readouterr().err.strip() == (f"finprog: error: {path}: no record has gold_inds, so recall cannot "
+                                               "be measured; give FinQA records with their annotated facts (such as "
+                                               "dev_200)")
 
 
 def test_gold_context_on_records_without_gold_facts_fails_before_loading(tmp_path, capsys):

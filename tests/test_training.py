@@ -449,8 +449,14 @@ def test_bad_input_fails_before_any_model_loads(tmp_path, checkpoint, files, no_
     elif case == "budget":
         changes["budget_flops"] = 1e6
     else:
+        import torch
+        from safetensors.torch import save_file
+
         (tmp_path / "adapter").mkdir()
-        (tmp_path / "adapter" / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": checkpoint}))
+        config = {"base_model_name_or_path": checkpoint, "peft_type": "LORA", "r": 2, "lora_alpha": 4,
+                  "target_modules": ["q_proj"]}
+        (tmp_path / "adapter" / "adapter_config.json").write_text(json.dumps(config))
+        save_file({"lora_A.weight": torch.zeros(2, 4)}, tmp_path / "adapter" / "adapter_model.safetensors")
         changes["model"] = str(tmp_path / "adapter")
     with pytest.raises(TrainingError, match=message):
         train(options(checkpoint, files, **changes), tmp_path / "run", progress=False)
