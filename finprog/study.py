@@ -403,14 +403,16 @@ def predict(cell: Cell) -> dict:
     programs' or answers' lengths as the new tokens)."""
     predicted = {"training": 0.0, "inference": 0.0}
     for run in cell.runs:
+        saved = RunRecord.load(run.out / RUN).data if (run.out / RUN).is_file() else {}
+        cache = saved.get("config", {}).get("prefix_cache", True)  # runs made before the cache ran without it
         if run.trains:
-            steps, evaluations = _predict_training(run.options)
+            steps, evaluations = _predict_training(run.options, saved.get("config_changes", []), cache)
             predicted["training"] += steps
             predicted["inference"] += evaluations
         else:  # a cascade's stages as if each answered every question: an upper bound
             for options in getattr(run.options, "stages", [run.options]):
                 shape, tokenizer = _shape_and_tokenizer(run.base or options.model)
-                predicted["inference"] += _predict_solve(options, shape, tokenizer)
+                predicted["inference"] += _predict_solve(replace(options, prefix_cache=cache), shape, tokenizer)
     return predicted
 
 
@@ -422,19 +424,21 @@ def _shape_and_tokenizer(model: str):
 
 
 def _predict_solve(options: SolveOptions, shape: flops.ModelShape, tokenizer, examples=None) -> float:
-    """Inference FLOPs of solving `options.data` (or `examples`): each prompt as solve builds it, and the gold
-    reply's tokens, plus the ranker's."""
+    """Inference FLOPs of solving `options.data` (or `examples`): each prompt as solve builds it (after the shared
+    prefix, counted once, when the prefix cache is on), the gold reply's tokens, and the ranker's FLOPs."""
+    from finprog.generation import shared_prefix_length
     from finprog.solve import exemplar_retriever, load_examples
 
     examples = load_examples(options)[2] if examples is None else examples
     retriever = exemplar_retriever(options, examples, progress=False)
     special = prompts.adds_special_tokens(tokenizer, options)
-    total = 0.0
-    for example in examples:
-        prompt = len(tokenizer(prompts.build_prompt(example, tokenizer, options, retriever),
-                               add_special_tokens=special)["input_ids"])
+    prompt_ids = [tokenizer(prompts.build_prompt(example, tokenizer, options, retriever),
+                            add_special_tokens=special)["input_ids"] for example in examples]
+    cached = shared_prefix_length(prompt_ids) if options.prefix_cache else 0
+    total = float(flops.prefix_flops(shape, cached)) if cached else 0.0
+    for example, ids in zip(examples, prompt_ids):
         reply = _reply_tokens(example, options.mode, tokenizer, options.new_token_limit)
-        total += options.samples * flops.generation_flops(shape, prompt, reply)
+        total += options.samples * flops.generation_flops(shape, len(ids), reply, cached=cached)
         total += prompts.ranker_flops(example, options, retriever)
     return total
 
@@ -447,8 +451,11 @@ def _reply_tokens(example, mode: str, tokenizer, limit: int) -> int:
     return min(limit, len(tokenizer(text, add_special_tokens=False)["input_ids"]) + 1)
 
 
-def _predict_training(options) -> tuple[float, float]:
-    """(training FLOPs of every planned step, FLOPs of the evaluations while training)."""
+def _predict_training(options, changes: list[dict], prefix_cache: bool) -> tuple[float, float]:
+    """(training FLOPs of every planned step, FLOPs of the evaluations while training).
+
+    `changes` are the run's `config_changes`: options of how a step runs (micro-batches) that a
+    resumed run changed from a step on; the steps before it are counted as they ran."""
     from finprog import training
 
     data = training.validate(options)
@@ -457,11 +464,20 @@ def _predict_training(options) -> tuple[float, float]:
     encoded = [training.encode(e, tokenizer, options, retriever) for e in data.train]
     steps = training.planned_steps(len(encoded), options)
     train_flops = sum(training.step_flops(data.shape, [encoded[i] for i in training.batch_indices(
-        len(encoded), options, step, rank=0, world=1)], options) for step in range(steps))
+        len(encoded), options, step, rank=0, world=1)], _as_run_at(options, changes, step)) for step in range(steps))
     points = (1 if options.eval_at_start else 0) + (steps // options.eval_every if options.eval_every else 0)
     points += 0 if options.eval_every and steps % options.eval_every == 0 else 1
-    evaluation = _predict_solve(training.solve_options(options), data.shape, tokenizer, data.eval)
+    evaluation = _predict_solve(replace(training.solve_options(options), prefix_cache=prefix_cache), data.shape,
+                                tokenizer, data.eval)
     return float(train_flops), points * evaluation
+
+
+def _as_run_at(options, changes: list[dict], step: int):
+    """`options` as step `step` ran: the values a later resume changed, as they were before it."""
+    for change in changes:
+        if step < change["from_step"]:
+            return replace(options, **{key: values[0] for key, values in change.items() if key != "from_step"})
+    return options
 
 
 def measured(cell: Cell) -> dict | None:
