@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import shutil
 from dataclasses import dataclass, field
@@ -216,7 +217,7 @@ def _kind_name(kind: type | tuple) -> str:
     return " or ".join(names.get(k, k.__name__) for k in kinds)
 
 
-def resolve_data(spec: str | None, default_split: str = "dev") -> tuple[Path, str]:
+def resolve_data(spec: str | os.PathLike | None, default_split: str = "dev") -> tuple[Path, str]:
     """Turn `--data` into a file and a sentence saying which data that is.
 
     `spec` is a path (a file, or a `datasets` folder), a name such as `dev` or `dev_200`
@@ -224,6 +225,9 @@ def resolve_data(spec: str | None, default_split: str = "dev") -> tuple[Path, st
     `hf:NAME[:SPLIT]`, a dataset on the Hugging Face hub. With no spec, the official
     `default_split` is used when it is in the cache, else the demo sample.
     """
+    if spec is not None and not isinstance(spec, (str, os.PathLike)):
+        raise DataValidationError(f"data must be a path or a name such as dev_200, got {spec!r}")
+    spec = None if spec is None else os.fspath(spec)
     if spec is None:
         found = _find_named(default_split)
         if found:
@@ -323,7 +327,11 @@ def download_finqa(splits: list[str], directory: Path, timeout: float = 20.0) ->
 
     if directory.exists() and not directory.is_dir():
         raise DataValidationError(f"--dir {directory} is a file; give a folder to download FinQA into")
-    directory.mkdir(parents=True, exist_ok=True)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise DataValidationError(f"--dir {directory}: cannot create the folder ({error.strerror}); give a folder "
+                                  "that can be written") from None
     manifest_path = directory / "manifest.json"
     manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
     for split in splits:

@@ -171,6 +171,8 @@ def resolve_model(spec: str | os.PathLike | ModelSource) -> ModelSource:
     """
     if isinstance(spec, ModelSource):
         return spec
+    if not isinstance(spec, (str, os.PathLike)):
+        raise ModelNotFoundError(f"a model is a zoo name, hub id or folder, got {spec!r}")
     text = os.fspath(spec)
     if text in ZOO:
         return ModelSource("zoo", text)

@@ -14,6 +14,7 @@ and its cheapest run.
 from __future__ import annotations
 
 import math
+import os
 import shutil
 from collections import Counter
 from collections.abc import Sequence
@@ -568,7 +569,7 @@ def _to_target_cell(crossing: Crossing) -> str:
 def _summary(report: Report, group: Group) -> list[str]:
     frontier = " -> ".join(
         f"{row.run.name} ({format_percent(row.accuracy)}, {format_flops(row.total_flops)})" for row in group.frontier
-    )
+    ) or "none (no run's training cost is known)"
     cheapest = [_cheapest_line(report, group, index) for index in range(len(report.targets))]
     return [*cheapest, f"Pareto frontier, cheapest first: {frontier}."]
 
@@ -740,6 +741,8 @@ def report(
 
     Returns the report and the files written (none when `out` is None).
     """
+    if out is not None and not isinstance(out, (str, os.PathLike)):
+        raise ReportError(f"out must be a folder's path, got {out!r}")
     if out is not None and Path(out).exists() and not Path(out).is_dir():
         raise ReportError(f"--out {out} is a file; give a folder for report.md and report.png")
     files, unfinished = find_run_files(paths)

@@ -817,7 +817,8 @@ def _exportable_run(run: Path) -> RunRecord:
     """The record of a finished LoRA or QLoRA `finprog train` run in `run` whose adapter weights are there."""
     record = RunRecord.trained(run) if run.is_dir() else None
     if record is None:
-        raise TrainingError(f"{run} is not a `finprog train` run folder (no run.json of a training run in it)")
+        raise TrainingError(f"{run} is not a `finprog train` run folder (no run.json of a training run in it); "
+                            "give the folder that `finprog train --out` wrote")
     method = record.data["config"]["method"]
     if method == "full":
         raise TrainingError(f"{run} is a full fine-tuning run: it holds a whole model, not an adapter; "

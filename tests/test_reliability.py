@@ -333,7 +333,8 @@ def test_a_report_never_places_an_unknown_training_cost_at_zero(adapter, finishe
     unknown_cost_run(adapter, tmp_path, capsys)
     lone = tmp_path / "lone"  # every run of unknown cost: a table, no plot
     result, files = finprog.report_runs(str(tmp_path / "unknown"), target=0.01, out=lone)
-    assert [path.name for path in files] == ["report.md"] and "unknown" in (lone / "report.md").read_text()
+    assert [path.name for path in files] == ["report.md"]
+    assert "Pareto frontier, cheapest first: none (no run's training cost is known)" in (lone / "report.md").read_text()
     row = result.groups[0].rows[0]
     assert row.total_flops is None and not row.on_frontier and result.groups[0].cheapest is None
 
@@ -620,6 +621,24 @@ def test_options_of_the_wrong_type_name_the_option(make, option):
     with pytest.raises(finprog.FinprogError) as caught:
         make()
     assert option in str(caught.value)
+
+
+@pytest.mark.parametrize("call", [
+    lambda: finprog.resolve_data(5), lambda: finprog.model_config(None),
+    lambda: finprog.report_runs(["x"], target=0.3, out=5), lambda: finprog.load_finqa(Path("no/such.json")),
+])
+def test_library_calls_with_a_wrong_argument_raise_a_finprog_error(call):
+    with pytest.raises(finprog.FinprogError):
+        call()
+
+
+def test_data_may_be_named_by_a_path_and_downloaded_only_into_a_folder(tmp_path):
+    from finprog.data import download_finqa
+
+    assert finprog.resolve_data(DEMO)[0] == DEMO
+    (tmp_path / "file").write_text("")
+    with pytest.raises(finprog.FinprogError, match="cannot create the folder"):
+        download_finqa(["dev"], tmp_path / "file" / "sub")
 
 
 def test_run_folders_may_be_given_as_one_string(finished_run, tmp_path):
