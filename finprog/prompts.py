@@ -13,7 +13,7 @@ import re
 from bisect import bisect_left
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 from finprog import retrieval
 from finprog.data import Example
@@ -44,9 +44,56 @@ def direct_prompt(example: Example) -> str:
     return f"{DIRECT_INSTRUCTIONS}\n\n{render_context(example)}\n\nQuestion: {example.question}\n{DIRECT_CUE}"
 
 
+MODES = ("program", "direct")
+EXEMPLAR_CHOICES = ("similar", "first")
+DEFAULT_SHOTS = 1  # with retrieved facts, 1 exemplar is as accurate as 2 on dev_200 (evals/context-dev.md)
 PROMPT_STYLES = ("instructed", "bare")
 """instructed: the task's instructions (and exemplars) before the page and question, in the template's default
 chat; bare: only the facts shown and the question, with an empty system turn (for models trained on FinQA)."""
+
+
+@dataclass(kw_only=True)
+class PromptOptions:
+    """What a prompt shows: the options `SolveOptions` and `TrainOptions` share, declared and checked once here.
+
+    None means "the default": for a solve, instructed prompts with DEFAULT_SHOTS exemplars (none
+    when bare) and the retrieved facts, or what a finprog-trained model was trained with.
+    """
+
+    mode: str = "program"  # program or direct
+    prompt: str | None = None  # PROMPT_STYLES
+    shots: int | None = None  # program mode, instructed: exemplars chosen from a pool of solved records
+    exemplar_choice: str = "similar"  # the most similar questions (TF-IDF), or the pool's first
+    chat_template: bool = True
+    max_prompt_tokens: int | None = None  # cut the report's least relevant sentences to fit; None: no cut
+    context: str | None = None  # page, retrieved or gold (retrieval.CONTEXTS)
+    top_k: int | None = None  # facts kept by the ranker
+    ranker: str | None = None  # retrieval.RANKERS
+
+    def check_prompt(self, error: type[Exception]) -> None:
+        """Fill the defaults left unset and refuse what cannot work together, raising `error` (the caller's type)."""
+        if self.mode not in MODES:
+            raise error(f"unknown mode {self.mode!r}; choose one of {', '.join(MODES)}")
+        self.prompt = self.prompt or "instructed"
+        if self.prompt not in PROMPT_STYLES:
+            raise error(f"unknown prompt style {self.prompt!r}; choose {' or '.join(PROMPT_STYLES)}")
+        if self.shots is None:
+            self.shots = 0 if self.prompt == "bare" else DEFAULT_SHOTS
+        if self.shots < 0:
+            raise error(f"--shots must be at least 0, got {self.shots}")
+        if self.shots and self.prompt == "bare":
+            raise error("--shots needs --prompt instructed (a bare prompt shows no exemplars)")
+        if self.exemplar_choice not in EXEMPLAR_CHOICES:
+            raise error(f"unknown exemplar choice {self.exemplar_choice!r}; choose {' or '.join(EXEMPLAR_CHOICES)}")
+        if self.max_prompt_tokens is not None and self.max_prompt_tokens < 1:
+            raise error(f"--max-prompt-tokens must be at least 1, got {self.max_prompt_tokens}")
+        self.context = self.context or retrieval.DEFAULT_CONTEXT
+        self.top_k = retrieval.DEFAULT_TOP_K if self.top_k is None else self.top_k
+        self.ranker = self.ranker or retrieval.DEFAULT_RANKER
+        try:
+            retrieval.check_options(self.context, self.top_k, self.ranker)
+        except retrieval.RetrievalError as problem:
+            raise error(str(problem)) from None
 
 
 def apply_chat_template(tokenizer, text: str, use_template: bool = True, bare: bool = False,

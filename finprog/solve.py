@@ -20,31 +20,25 @@ from finprog.errors import FinprogError, check_types
 from finprog.evaluation import metrics, score
 from finprog.runs import RunRecord, RunRecorder, eval_set, finished_record
 
-MODES = ("program", "direct")
-EXEMPLAR_CHOICES = ("similar", "first")
+MODES, EXEMPLAR_CHOICES, DEFAULT_SHOTS = prompts.MODES, prompts.EXEMPLAR_CHOICES, prompts.DEFAULT_SHOTS
 
 
 class SolveError(FinprogError, ValueError):
     """A run was asked for with options that cannot work together."""
 
 DEFAULT_MODEL = "qwen2.5-coder-0.5b"
-DEFAULT_SHOTS = 1  # with retrieved facts, 1 exemplar is as accurate as 2 on dev_200 (evals/context-dev.md)
 
 
 @dataclass
-class SolveOptions:
+class SolveOptions(prompts.PromptOptions):
     """Everything that shapes a run; saved as `config` in run.json. For a model that `finprog train` wrote, the
-    fields left unset are those its training evaluated it with."""
+    prompt options left unset (`prompts.PromptOptions`) are those its training evaluated it with."""
 
     model: str = DEFAULT_MODEL
-    mode: str = "program"
-    prompt: str | None = None  # prompts.PROMPT_STYLES; None: instructed, or as trained
     data: str | None = None
     limit: int | None = None
     batch_size: int | None = None  # None: 8 on a GPU, 1 on a CPU (see default_batch_size)
     max_new_tokens: int | None = None
-    shots: int | None = None  # None: DEFAULT_SHOTS, or the shots of the `finprog train` run that wrote `model`
-    exemplar_choice: str = "similar"
     exemplars: str | None = None
     gold_exemplars: bool = False  # only training records with annotated facts (the others are shown with retrieved ones)
     constrained: bool | None = None  # None: on in program mode (off for a model finprog trained), off in direct mode
@@ -56,45 +50,24 @@ class SolveOptions:
     seed: int = 0
     dtype: str = "auto"
     quant: str = "none"
-    chat_template: bool = True
     prefix_cache: bool = True  # the prompts' shared prefix computed once, its keys and values reused (generation)
-    max_prompt_tokens: int | None = None  # cut the report's least relevant sentences to fit; None: no cut, or as trained
-    context: str | None = None  # page, retrieved or gold (retrieval.CONTEXTS); None: retrieved, or as trained
-    top_k: int | None = None  # facts kept by the ranker; None: 5, or as trained
-    ranker: str | None = None  # retrieval.RANKERS; None: linear, or as trained
     technique: str = ""  # derived unless given: few-shot or zero-shot; training sets lora, qlora or full
 
     def __post_init__(self):
         check_types(self, SolveError, paths=("model", "data", "exemplars"))
         self._inherit_training()
-        if self.mode not in MODES:
-            raise SolveError(f"unknown mode {self.mode!r}; choose one of {', '.join(MODES)}")
-        for name in ("samples", "batch_size", "limit", "max_new_tokens", "max_prompt_tokens"):
+        self.check_prompt(SolveError)
+        for name in ("samples", "batch_size", "limit", "max_new_tokens"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise SolveError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         if self.samples > 1 and not self.temperature > 0:
             raise SolveError(f"--samples {self.samples} samples: --temperature must be above 0, got {self.temperature}")
         if not 0 < self.top_p <= 1:
             raise SolveError(f"--top-p must be in (0, 1], got {self.top_p}")
-        if self.exemplar_choice not in EXEMPLAR_CHOICES:
-            raise SolveError(f"unknown exemplar choice {self.exemplar_choice!r}; choose {' or '.join(EXEMPLAR_CHOICES)}")
-        self.context = self.context or retrieval.DEFAULT_CONTEXT
-        self.top_k = retrieval.DEFAULT_TOP_K if self.top_k is None else self.top_k
-        self.ranker = self.ranker or retrieval.DEFAULT_RANKER
-        retrieval.check_options(self.context, self.top_k, self.ranker)
         if self.constrained is None:
             self.constrained = self.mode == "program"
         if self.constrained and self.mode != "program":
             raise SolveError("--constrained decodes programs: it needs --mode program")
-        self.prompt = self.prompt or "instructed"
-        if self.prompt not in prompts.PROMPT_STYLES:
-            raise SolveError(f"unknown prompt style {self.prompt!r}; choose {' or '.join(prompts.PROMPT_STYLES)}")
-        if self.shots is None:
-            self.shots = 0 if self.prompt == "bare" else DEFAULT_SHOTS
-        if self.shots < 0:
-            raise SolveError(f"--shots must be at least 0, got {self.shots}")
-        if self.shots and self.prompt == "bare":
-            raise SolveError("--shots needs --prompt instructed (a bare prompt shows no exemplars)")
         if not self.technique:
             self.technique = "few-shot" if self.mode == "program" and self.shots else "zero-shot"
 
@@ -276,7 +249,7 @@ def context_cut_line(cut: dict) -> str:
 
 def default_batch_size(device) -> int:
     """8 on a GPU; 1 on a CPU, where generation is compute-bound and a batch's padding and
-    masked attention cost more than batching saves (evals/bench_solve.txt measures both)."""
+    masked attention cost more than batching saves (evals/bench/solve.txt measures both)."""
     return 8 if device.type == "cuda" else 1
 
 

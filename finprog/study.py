@@ -45,7 +45,7 @@ from multiprocessing import get_context
 from pathlib import Path
 
 from finprog import flops, prompts
-from finprog.data import DataValidationError, load_finqa, resolve_data
+from finprog.data import DataValidationError, resolve_data
 from finprog.errors import FinprogError
 from finprog.provenance import machine
 from finprog.report import DEFAULT_METRIC, DEFAULT_QUESTIONS, parse_targets
@@ -91,19 +91,25 @@ class Run:
         record = RunRecord.load(path) if path.is_file() else None
         return record.validate() if record and record.status == "finished" else None
 
-    def execute(self) -> None:
-        """Run it, or resume it from its folder; export a trained adapter where declared."""
+    def done(self) -> bool:
+        """Finished, and its adapter exported where declared."""
+        return bool(self.finished()) and (self.export is None or self.export.exists())
+
+    def complete(self) -> None:
+        """Run it, or resume it from its folder, unless it finished; export a trained adapter where declared."""
         from finprog import cascade, solve, training
 
         resume = (self.out / RUN).exists()
-        if self.trains:
+        if self.finished():
+            pass
+        elif self.trains:
             training.train(self.options, self.out, resume=resume)
-            if self.export and not self.export.exists():
-                training.export_adapter(self.out, self.export)
         elif self.cascades:
             cascade.cascade(self.options, self.out, resume=resume)
         else:
             solve.solve(self.options, self.out, resume=resume)
+        if self.export and not self.export.exists():
+            training.export_adapter(self.out, self.export)
 
 
 @dataclass
@@ -119,7 +125,7 @@ class Cell:
 
     def status(self) -> str:
         """done, partial (some run folder exists) or pending."""
-        if all(run.finished() for run in self.runs):
+        if all(run.done() for run in self.runs):
             return "done"
         return "partial" if any(run.out.exists() for run in self.runs) else "pending"
 
@@ -607,8 +613,7 @@ def run_cell(study_path: str, name: str) -> None:
     """Run one cell's unfinished runs in order (in the process this is called in); the entry point of a job."""
     study = load_study(study_path)
     for run in study.cells[name].runs:
-        if not run.finished():
-            run.execute()
+        run.complete()
 
 
 def run_study(path: str | Path, executor: str = "local", jobs: int = 1, rerun: tuple[str, ...] = (),

@@ -48,7 +48,7 @@ from finprog.errors import FinprogError, check_types
 from finprog.evaluation import METRICS, gold_value, metrics
 from finprog.models import ADAPTER_CONFIG, DTYPES
 from finprog.runs import PREDICTIONS, RUN, RunError, RunRecord, RunRecorder, eval_set, open_run, read_rows, write_rows
-from finprog.solve import EXEMPLAR_CHOICES, MODES, SolveOptions, flop_totals, scored_rows
+from finprog.solve import SolveOptions, flop_totals, scored_rows
 
 METHODS = flops.METHODS
 DEFAULT_LR = {"full": 1e-5, "lora": 2e-4, "qlora": 2e-4}
@@ -68,24 +68,18 @@ class TrainingError(FinprogError, ValueError):
 
 
 @dataclass
-class TrainOptions:
+class TrainOptions(prompts.PromptOptions):
     """Everything that shapes a training run; saved as `config` in run.json (a resumed run must match it but
-    for RUNTIME_OPTIONS)."""
+    for RUNTIME_OPTIONS). The prompt options (`prompts.PromptOptions`) are what `finprog solve` builds, the same
+    at training and evaluation; here bare prompts, no exemplars and a cut at 1,024 tokens by default."""
 
     model: str  # zoo name, hub id or folder (a str or a Path, as every path here)
     train: str | list[str]  # FinQA file(s) or split name(s), concatenated in order
     eval: str  # FinQA file or split name, no id shared with `train`
     method: str = "lora"  # lora | qlora (4-bit NF4 base + LoRA) | full
-    mode: str = "program"
-    # prompts: what `finprog solve` builds, the report's context cut to fit max_prompt_tokens
-    prompt: str = "bare"  # bare: the facts and the question only; instructed: solve's prompt for untrained models
-    shots: int = 0  # program mode, instructed: exemplars from the training file (0: models answer zero-shot)
-    exemplar_choice: str = "similar"
-    chat_template: bool = True
-    max_prompt_tokens: int | None = DEFAULT_MAX_PROMPT_TOKENS  # None: no cut
-    context: str = retrieval.DEFAULT_CONTEXT  # page, retrieved or gold: the same rule at training and evaluation
-    top_k: int = retrieval.DEFAULT_TOP_K
-    ranker: str = retrieval.DEFAULT_RANKER
+    prompt: str | None = field(default="bare", kw_only=True)  # instructed: solve's prompt for untrained models
+    shots: int | None = field(default=0, kw_only=True)  # instructed: exemplars from the training file
+    max_prompt_tokens: int | None = field(default=DEFAULT_MAX_PROMPT_TOKENS, kw_only=True)  # None: no cut
     # when to stop (the first that happens); without max_steps and epochs, one epoch
     max_steps: int | None = None
     epochs: float | None = None
@@ -128,20 +122,9 @@ class TrainOptions:
 
         if self.method not in METHODS:
             fail(f"unknown training method {self.method!r}; choose one of {', '.join(METHODS)}")
-        if self.mode not in MODES:
-            fail(f"unknown mode {self.mode!r}; choose one of {', '.join(MODES)}")
-        if self.exemplar_choice not in EXEMPLAR_CHOICES:
-            fail(f"unknown exemplar choice {self.exemplar_choice!r}; choose {' or '.join(EXEMPLAR_CHOICES)}")
+        self.check_prompt(TrainingError)
         if self.shots and self.mode == "direct":
             fail("--shots applies to program mode only (the direct prompt has no exemplars)")
-        if self.prompt not in prompts.PROMPT_STYLES:
-            fail(f"unknown prompt style {self.prompt!r}; choose {' or '.join(prompts.PROMPT_STYLES)}")
-        if self.shots and self.prompt == "bare":
-            fail("--shots needs --prompt instructed (a bare prompt shows no exemplars)")
-        try:
-            retrieval.check_options(self.context, self.top_k, self.ranker)
-        except retrieval.RetrievalError as error:
-            fail(str(error))
         if self.dtype not in ("auto", *DTYPES):
             fail(f"unknown dtype {self.dtype!r}; use auto, {', '.join(DTYPES)}")
         if self.lr_schedule not in LR_SCHEDULES:
@@ -152,8 +135,7 @@ class TrainOptions:
             fail("give --max-steps or --epochs, not both")
         if self.target is not None and not 0 < self.target <= 1:
             fail(f"--target is an accuracy fraction in (0, 1], got {self.target}")
-        for name in ("max_steps", "eval_every", "eval_limit", "eval_batch_size", "max_prompt_tokens", "max_new_tokens",
-                     "micro_batch_size"):
+        for name in ("max_steps", "eval_every", "eval_limit", "eval_batch_size", "max_new_tokens", "micro_batch_size"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 fail(f"--{name.replace('_', '-')} must be at least 1, got {value}")
@@ -168,8 +150,8 @@ class TrainOptions:
             fail(f"--micro-batch-size ({self.micro_batch_size}) cannot exceed --batch-size ({self.batch_size})")
         if not 0 <= self.lora_dropout < 1:
             fail(f"--lora-dropout must be in [0, 1), got {self.lora_dropout}")
-        if self.shots < 0 or self.warmup_steps < 0 or self.weight_decay < 0 or self.max_grad_norm <= 0:
-            fail("--shots, --warmup-steps and --weight-decay cannot be negative, --max-grad-norm must be positive")
+        if self.warmup_steps < 0 or self.weight_decay < 0 or self.max_grad_norm <= 0:
+            fail("--warmup-steps and --weight-decay cannot be negative, --max-grad-norm must be positive")
         try:
             flops.lora_targets(self.lora_targets)
         except ValueError as error:
@@ -542,7 +524,7 @@ def _set_up(options: TrainOptions, data: TrainData, out: Path, accelerator, reco
     import torch
 
     started = time.perf_counter()
-    loaded, model = _trainable_model(options, data, str(accelerator.device))
+    loaded, model = trainable_model(options, data, str(accelerator.device))
     saved = torch.load(out / CHECKPOINT, weights_only=True) if resume and (out / CHECKPOINT).is_file() else None
     if saved:
         _load_trainable(model, saved["trainable"])
@@ -602,7 +584,7 @@ def _loop(setup: Setup, state: TrainState, progress: bool) -> str:
                 stop = "budget"
                 break
             clock = time.perf_counter()
-            loss = _training_step(accelerator, setup.model, setup.optimizer, setup.trainable,
+            loss = training_step(accelerator, setup.model, setup.optimizer, setup.trainable,
                                   [collate(micro, setup.tokenizer.pad_token_id, accelerator.device)
                                    for micro in micro_batches(batch, options)],
                                   options, learning_rate(options, state.step, total_steps))
@@ -680,7 +662,7 @@ def learning_rate(options: TrainOptions, step: int, total_steps: int) -> float:
     return options.lr * max(0.0, left)
 
 
-def _training_step(accelerator, model, optimizer, trainable, micros: list[dict], options: TrainOptions,
+def training_step(accelerator, model, optimizer, trainable, micros: list[dict], options: TrainOptions,
                    rate: float) -> float:
     """Forward and backward of each micro-batch, clip, AdamW update at learning rate `rate`; returns the mean
     loss over processes.
@@ -706,7 +688,7 @@ def _training_step(accelerator, model, optimizer, trainable, micros: list[dict],
     return accelerator.reduce(loss.reshape(1), reduction="mean").item()
 
 
-def _trainable_model(options: TrainOptions, data: TrainData, device: str):
+def trainable_model(options: TrainOptions, data: TrainData, device: str):
     """Load the base (4-bit for qlora) and make it trainable: LoRA adapters, or every weight for full."""
     import torch
 

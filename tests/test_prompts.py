@@ -1,6 +1,6 @@
 """The prototype's direct prompt, the shared context layout and chat templates."""
 
-from shared_data import finqa_file
+from shared_data import REPO, finqa_file
 
 from finprog.data import Example, load_finqa
 from finprog.prompts import apply_chat_template, direct_prompt, render_context, render_table
@@ -69,3 +69,79 @@ def test_without_a_template_the_text_is_unchanged(tiny_tokenizer):
     assert apply_chat_template(tiny_tokenizer, "What is 2+2?", use_template=False) == "What is 2+2?"
     tiny_tokenizer.chat_template = None
     assert apply_chat_template(tiny_tokenizer, "What is 2+2?") == "What is 2+2?"
+
+
+DEFAULT_SYSTEM = "{% if messages[0]['role'] != 'system' %}<|system|>\nYou are a helpful assistant.\n{% endif %}"
+
+
+def test_a_bare_prompt_shows_only_the_facts_and_the_question():
+    from finprog.prompts import PROGRAM_INSTRUCTIONS, bare_prompt
+
+    text = bare_prompt(EXAMPLE, "program", cue=False)
+    assert text == ("revenue rose . costs fell .\n\n | 2019 | 2018\nsales | $ 120 | $ 100\n\nsee note 4 .\n\n"
+                    "Question: what was the change in sales?")
+    assert "SECRET" not in text and PROGRAM_INSTRUCTIONS not in text and "987654" not in text
+    no_text = Example(id="x", pre_text=[], post_text=[], table=EXAMPLE.table, question="q?")
+    assert bare_prompt(no_text, "program", cue=False) == " | 2019 | 2018\nsales | $ 120 | $ 100\n\nQuestion: q?"
+    assert bare_prompt(no_text, "program", cue=True).endswith("\nProgram:")
+    assert bare_prompt(no_text, "direct", cue=True).endswith("\nAnswer:")
+
+
+def test_bare_prompts_replace_the_default_system_turn_with_an_empty_one(tiny_tokenizer):
+    tiny_tokenizer.chat_template = DEFAULT_SYSTEM + tiny_tokenizer.chat_template.removeprefix("{{ bos_token }}")
+    instructed = apply_chat_template(tiny_tokenizer, "Q")
+    bare = apply_chat_template(tiny_tokenizer, "Q", bare=True)
+    assert "helpful assistant" in instructed and "helpful assistant" not in bare
+    assert bare == "<|system|>\n\n<|user|>\nQ\n<|assistant|>\n"
+    assert apply_chat_template(tiny_tokenizer, "Q", bare=True, reply="add(1, 2)") == (
+        "<|system|>\n\n<|user|>\nQ\n<|assistant|>\nadd(1, 2)\n")
+
+
+def test_a_template_without_a_system_role_keeps_its_own_turns(tiny_tokenizer):
+    tiny_tokenizer.chat_template = ("{% for m in messages %}{% if m['role'] == 'system' %}"
+                                    "{{ raise_exception('no system role') }}{% endif %}[{{ m['content'] }}]{% endfor %}")
+    assert apply_chat_template(tiny_tokenizer, "Q", bare=True) == "[Q]"
+
+
+def test_bare_options_refuse_exemplars_and_name_the_style(tiny_tokenizer):
+    import pytest
+
+    from finprog.prompts import bare_without_template_note
+    from finprog.solve import SolveError, SolveOptions
+    from finprog.training import TrainingError, TrainOptions
+
+    assert SolveOptions(prompt="bare").shots == 0 and SolveOptions().shots == 1
+    with pytest.raises(SolveError, match="--shots needs --prompt instructed"):
+        SolveOptions(prompt="bare", shots=2)
+    with pytest.raises(TrainingError, match="unknown prompt style 'plain'"):
+        TrainOptions("m", "t", "e", prompt="plain")
+    options = TrainOptions("m", "t", "e")
+    assert (options.prompt, options.shots) == ("bare", 0)
+    assert bare_without_template_note(tiny_tokenizer, options) is None
+    tiny_tokenizer.chat_template = None
+    assert "'Program:'" in bare_without_template_note(tiny_tokenizer, options)
+
+
+def test_solve_asks_a_trained_model_in_its_style_and_refuses_the_other(tmp_path):
+    import json
+
+    import pytest
+
+    from finprog.solve import SolveError, SolveOptions
+
+    committed = json.loads((REPO / "evals" / "adapters" / "smollm2-135m_lora" / "run.json").read_text())
+
+    def trained(name: str, **config) -> str:
+        """A finished training record (a committed one, instructed) with `config` changed."""
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "run.json").write_text(json.dumps({**committed, "config": {**committed["config"], **config}}))
+        return str(folder)
+
+    bare = trained("bare", prompt="bare")
+    assert (SolveOptions(bare).prompt, SolveOptions(bare).shots) == ("bare", 0)
+    with pytest.raises(SolveError, match="was trained with bare prompts; ask it with --prompt bare"):
+        SolveOptions(bare, prompt="instructed")
+    assert SolveOptions(trained("before")).prompt == "instructed"  # run.json of version 1: instructed
+    with pytest.raises(SolveError, match="was trained with instructed prompts"):
+        SolveOptions(trained("old"), prompt="bare")

@@ -18,7 +18,7 @@ from finprog import models
 from finprog.cli import main
 from finprog.report import load_run
 from finprog.runs import DAMAGED, LOCK, PREDICTIONS, RUN, SCHEMA_VERSION, RunRecord
-from shared_data import REPO, finqa_file
+from shared_data import REPO
 
 DEMO = REPO / "data" / "demo.json"
 

@@ -88,6 +88,7 @@ def test_a_changed_declaration_is_refused_until_rerun(tmp_path, tiny_checkpoint_
     studies.run_study(path)
     first = (tmp_path / "study" / "runs" / "prompted" / PREDICTIONS).read_text()
     path.write_text(path.read_text().replace('mode = "direct"', 'mode = "direct"\nlimit = 2'))
+    capsys.readouterr()
     code, _, err = run_cli(capsys, "study", path)
     assert code == 2 and err.count("\n") == 1
     assert "cell 'prompted' was run with other options (solve.limit)" in err and "--rerun prompted" in err
@@ -144,15 +145,17 @@ def test_a_study_killed_during_its_second_cell_finishes_on_a_rerun_with_no_row_l
 
 
 @pytest.mark.parametrize(("change", "message"), [
-    ("\nmystery = 1", "mystery: is not a study key"),
+    ("mystery = 1\n", "mystery: is not a study key"),
+    ('targets = "high"\n', "targets: must be list, got str"),
     ('\n[cells.x]\nmodel = "{model}"\nlimit = "2"', "cells.x (with [solve]): "),
     ('\n[cells.x]\nmodel = "no-such-model"', "cells.x: unknown model 'no-such-model'"),
     ('\n[cells.x]\nmodel = "{model}"\ntrain = {{ method = "magic" }}', "unknown training method 'magic'"),
     ('\n[cells.x]\nmodel = "{model}"\nsparkle = true', "unknown option 'sparkle'"),
     ('\n[cells.x]\nmodel = "{model}"\n[cells.x]\nmodel = "{model}"', "not valid TOML"),
     ('\n[techniques.x]\nmode = "direct"', "models: is missing"),
+    ('\n[cells.x]\nmodel = "{model}"\ntrain = {{ method = "lora", lr = "fast" }}', "TrainOptions.lr must be"),
     ('\n[cells.x]\nmodel = "{model}"\ndata = "no_such_split"', "data 'no_such_split' is neither a file"),
-    ('\nmodels = ["{model}"]\n[techniques.prompted]\nmode = "direct"\n[cells.checkpoint_prompted]\n'
+    ('models = ["{model}"]\n|\n[techniques.prompted]\nmode = "direct"\n[cells.checkpoint_prompted]\n'
      'model = "{model}"', "declares cell 'checkpoint_prompted' a second time"),
 ])
 def test_bad_study_files_get_one_line_naming_the_file_and_key(tmp_path, tiny_checkpoint_dir, demo_split, capsys,
@@ -160,7 +163,9 @@ def test_bad_study_files_get_one_line_naming_the_file_and_key(tmp_path, tiny_che
     import finprog.models
 
     monkeypatch.setattr(finprog.models, "load_model", None)  # nothing may load a model
-    text = STUDY.split("[cells.prompted]")[0] + '[cells.prompted]\nmodel = "{model}"' + change
+    top, _, tail = change.rpartition("|") if "|" in change else (
+        ("", "", change) if change.startswith("\n") else (change, "", ""))  # keys before the tables, tables after
+    text = top + STUDY.split("[cells.prompted]")[0] + '[cells.prompted]\nmodel = "{model}"\n' + tail
     folder = tmp_path / "study"
     checkpoint = tmp_path / "checkpoint"
     checkpoint.symlink_to(tiny_checkpoint_dir)
