@@ -1,6 +1,6 @@
 """Why program-mode runs fail: each wrong answer of a run sorted into a kind of mistake, with examples.
 
-    python evals/failures.py evals/runs/test/*_program* > evals/failures.txt
+    python evals/failures.py evals/studies/test/runs/*_program* > evals/failures.txt
 
 For every example a run got wrong, the predicted program is compared with the gold one:
 - no program / parse error / execution error: the run's own outcome;
@@ -15,15 +15,14 @@ For every example a run got wrong, the predicted program is compared with the go
 from __future__ import annotations
 
 import argparse
-import json
 from collections import Counter
 from pathlib import Path
 
 from finprog import dsl
-from finprog.constrained import example_numbers
 from finprog.data import load_finqa
+from finprog.operands import example_numbers
 from finprog.provenance import header
-from finprog.runs import read_rows
+from finprog.runs import PREDICTIONS, RunRecord, read_rows
 
 KINDS = ("no program", "parse error", "execution error", "percent scale", "right operations, wrong numbers",
          "numbers of the gold program, wrong operations", "a number not in the report", "other wrong program")
@@ -54,9 +53,9 @@ def mistake(row: dict, example) -> str:
 
 
 def analyse(run_dir: Path) -> str:
-    record = json.loads((run_dir / "run.json").read_text())
+    record = RunRecord.load(run_dir).validate().data
     examples = {e.id: e for e in load_finqa(Path(record["config"]["data"]))}
-    rows = [row for row in read_rows(run_dir / "predictions.jsonl") if not row["exact"]]
+    rows = [row for row in read_rows(run_dir / PREDICTIONS) if not row["exact"]]
     kinds = Counter()
     shown: dict[str, list[str]] = {}
     for row in rows:

@@ -85,11 +85,14 @@ Value = float | str  # a number, or "yes"/"no" from `greater`
 # ---------------------------------------------------------------- parsing
 
 
-@cache
-def _parser():
+def build_parser():
+    """A new LALR parser of grammar/finqa.lark (`parse` builds one per process and keeps it)."""
     from lark import Lark
 
     return Lark(resource("grammar", "finqa.lark").read_text(), start="program", parser="lalr")
+
+
+_parser = cache(build_parser)
 
 
 def parse(text: str) -> Program:
@@ -343,7 +346,7 @@ MAX_SIMPLIFIED_OPERANDS = 10
 FinQA's gold programs have at most 7. Comparing two of the worst 10-operand formulas
 found (continued fractions) takes sympy about 0.3 s, two of 12 operands about 0.7 s,
 of 17 operands over 2 s, and a 10-step tower of `exp(#i, #i)` (2,049 operands) over
-5 s (evals/bench_equivalent.txt)."""
+5 s (evals/bench/equivalent.txt)."""
 
 
 def equivalent(gold: Program, predicted: Program) -> bool:
@@ -358,10 +361,7 @@ def equivalent(gold: Program, predicted: Program) -> bool:
     written out as the official script writes it (a step used twice counts twice);
     beyond that limit, where sympy can run for minutes, they are not equivalent.
     """
-    symbols: dict[str, str] = {}
-    for step in gold.steps:
-        for key in _operand_keys(step):
-            symbols.setdefault(key, f"a{len(symbols)}")
+    symbols = operand_symbols(gold)
     if any(key not in symbols for step in predicted.steps for key in _operand_keys(step)):
         return False
     nodes: dict[tuple, int] = {}
@@ -370,7 +370,7 @@ def equivalent(gold: Program, predicted: Program) -> bool:
     if max(operand_count(gold), operand_count(predicted)) > MAX_SIMPLIFIED_OPERANDS:
         return False
     try:
-        return _symbolic(gold, symbols) == _symbolic(predicted, symbols)
+        return symbolic(gold, symbols) == symbolic(predicted, symbols)
     except Exception as error:  # sympy can fail in many ways on odd expressions
         raise ProgramError(f"symbolic comparison failed: {error}") from None
 
@@ -401,13 +401,25 @@ def _formula_id(program: Program, symbols: dict[str, str], nodes: dict[tuple, in
     return ids[-1]
 
 
+def operand_symbols(program: Program) -> dict[str, str]:
+    """A symbol name (`a0`, `a1`, ...) for each distinct operand of `program`, in order: a literal's text, or a
+    table step as written."""
+    symbols: dict[str, str] = {}
+    for step in program.steps:
+        for key in _operand_keys(step):
+            symbols.setdefault(key, f"a{len(symbols)}")
+    return symbols
+
+
 def _operand_keys(step: Step) -> list[str]:
     if isinstance(step.first, Row):
         return [format_step(step)]
     return [arg.text for arg in (step.first, step.second) if isinstance(arg, Literal)]
 
 
-def _symbolic(program: Program, symbols: dict[str, str]):
+def symbolic(program: Program, symbols: dict[str, str]):
+    """The program's final value as a sympy expression over `symbols` (`operand_symbols`), simplified: the slow
+    part of `equivalent`, which skips it for formulas of more than MAX_SIMPLIFIED_OPERANDS operands."""
     import sympy
 
     expressions = []

@@ -209,6 +209,23 @@ def forward_flops(shape: ModelShape, tokens: int, past: int = 0, logits: int | N
     return 2 * batch * macs
 
 
+def encoder_shape(config) -> ModelShape:
+    """A BERT encoder's sizes (a transformers BertConfig, or any object with its attribute names) as a `ModelShape`:
+    an ungated MLP, every layer full attention, no LM head."""
+    return ModelShape(
+        model_type=config.model_type, layers=config.num_hidden_layers, hidden=config.hidden_size,
+        heads=config.num_attention_heads, kv_heads=config.num_attention_heads,
+        head_dim=config.hidden_size // config.num_attention_heads, mlp=config.intermediate_size, gated_mlp=False,
+        vocab=config.vocab_size, tied_embeddings=False, layer_types=("full_attention",) * config.num_hidden_layers,
+        sliding_window=None, biases=(), post_norms=False, qk_norm=False)
+
+
+def classifier_flops(shape: ModelShape, tokens: int, rows: int = 1) -> int:
+    """A BERT classifier's forward over `rows` sequences of `tokens` (a cross-encoder scoring question-fact pairs):
+    the encoder (`encoder_shape`), its pooler and a one-logit head."""
+    return forward_flops(shape, tokens, logits=0, batch=rows) + 2 * rows * (shape.hidden ** 2 + shape.hidden)
+
+
 def prefix_flops(shape: ModelShape, tokens: int) -> int:
     """Prefilling a shared prefix once: its keys and values for every layer, no logits (`generation.SharedPrefix`)."""
     return forward_flops(shape, tokens, logits=0)

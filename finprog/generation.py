@@ -239,7 +239,7 @@ def grouped_decode_attention(model):
     `scaled_dot_product_attention` with `enable_gqa=True` when no mask is needed (batch 1),
     and PyTorch's CPU kernel runs that case about 12x slower than the same attention with
     the query heads of each group stacked as rows against their shared key/value head
-    (evals/bench_decode.txt). The result is the same attention; prompts (prefill) are
+    (evals/bench/decode.txt). The result is the same attention; prompts (prefill) are
     untouched.
     """
     if model.device.type != "cpu" or model.config._attn_implementation != "sdpa":

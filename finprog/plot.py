@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -16,7 +17,10 @@ from matplotlib.text import Text
 from matplotlib.ticker import MaxNLocator, PercentFormatter
 from matplotlib.transforms import blended_transform_factory
 
-from finprog.report import TECHNIQUE_NAMES, Group, Report, format_flops, format_percent
+from finprog.labels import TECHNIQUE_NAMES, format_flops, format_percent
+
+if TYPE_CHECKING:  # the report is drawn, never imported: report.py imports this module to draw it
+    from finprog.report import Group, Report
 
 _COLOURS = {
     "zero-shot": "tab:gray", "few-shot": "tab:blue", "lora": "tab:orange", "qlora": "tab:green", "full": "tab:red",

@@ -19,11 +19,13 @@ import shutil
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
+from itertools import groupby
 from pathlib import Path
 
 from finprog import __version__
 from finprog.errors import FinprogError
 from finprog.evaluation import METRICS
+from finprog.labels import TECHNIQUE_NAMES, format_flops, format_interval, format_params, format_percent
 from finprog.provenance import now
 from finprog.runs import PREDICTIONS, RunError, RunRecord, path_list, read_rows
 from finprog.stats import Paired, paired, wilson_interval
@@ -35,10 +37,6 @@ REPORT_PNG = "report.png"
 # Accuracies are ratios such as 36/300; two that differ by less than this are equal.
 ACCURACY_TOLERANCE = 1e-9
 
-TECHNIQUE_NAMES = {
-    "zero-shot": "zero-shot", "few-shot": "few-shot", "lora": "LoRA", "qlora": "QLoRA", "full": "full FT",
-    "cascade": "cascade",
-}
 _TRAINED = {"lora", "qlora", "full"}
 
 
@@ -405,11 +403,19 @@ def training_flops_to_target(
     return None, False
 
 
-def _dominates(a: tuple[float, float], b: tuple[float, float]) -> bool:
-    """Whether (cost, accuracy) `a` is at most as costly and at least as accurate as `b`, and better in one."""
-    no_worse = a[0] <= b[0] and a[1] >= b[1] - ACCURACY_TOLERANCE
-    better = a[0] < b[0] or a[1] > b[1] + ACCURACY_TOLERANCE
-    return no_worse and better
+def pareto_frontier(points: Sequence[tuple[float, float]]) -> list[int]:
+    """The indices of the (cost, accuracy) points that no other point beats, cheapest first (then the more accurate,
+    then the earlier). A point beats another when it costs no more and is no less accurate, and is better in one;
+    accuracies within ACCURACY_TOLERANCE are equal, and two equal points are both on the frontier."""
+    order = sorted(range(len(points)), key=lambda i: (points[i][0], -points[i][1], i))
+    kept, best_cheaper = [], -math.inf  # the best accuracy of the points that cost less
+    for _, same_cost in groupby(order, key=lambda i: points[i][0]):
+        same_cost = list(same_cost)
+        best = max(best_cheaper, points[same_cost[0]][1])  # ... or as much
+        kept += [i for i in same_cost if best_cheaper < points[i][1] - ACCURACY_TOLERANCE
+                 and best <= points[i][1] + ACCURACY_TOLERANCE]
+        best_cheaper = best
+    return kept
 
 
 def build_report(
@@ -453,17 +459,18 @@ def _total_flops(run: RunSummary, questions: int) -> float | None:
 
 def _score_group(runs: list[RunSummary], targets: tuple[float, ...], questions: int, metric: str) -> Group:
     points = [(_total_flops(run, questions), run.accuracy(metric)) for run in runs]
-    known = [point for point in points if point[0] is not None]
+    known = [i for i, point in enumerate(points) if point[0] is not None]
+    frontier = {known[i] for i in pareto_frontier([points[i] for i in known])}
     rows = [
         Row(
             run=run,
             accuracy=accuracy,
             total_flops=total,
             crossings=tuple(_crossing(run, target, questions, metric) for target in targets),
-            on_frontier=total is not None and not any(_dominates(other, (total, accuracy)) for other in known),
+            on_frontier=index in frontier,
             interval=run.interval(metric),
         )
-        for run, (total, accuracy) in zip(runs, points)
+        for index, (run, (total, accuracy)) in enumerate(zip(runs, points))
     ]
     rows.sort(key=lambda row: (row.total_flops is None, row.total_flops or 0, -row.accuracy, row.run.name))
     rows = _with_neighbours(rows, metric)
@@ -502,31 +509,6 @@ def _with_neighbours(rows: list[Row], metric: str) -> list[Row]:
 
 
 # ---------------------------------------------------------------- text
-
-
-def format_flops(flops: float | None) -> str:
-    """`1.23e17`: three significant digits, no exponent sign or padding; `unknown` for None."""
-    if flops is None:
-        return "unknown"
-    if flops == 0:
-        return "0"
-    mantissa, exponent = f"{flops:.2e}".split("e")
-    return f"{mantissa}e{int(exponent)}"
-
-
-def format_params(params: int) -> str:
-    """`494M`, `1.5B`."""
-    return f"{params / 1e9:.3g}B" if params >= 1e9 else f"{params / 1e6:.3g}M"
-
-
-def format_percent(fraction: float) -> str:
-    """`34.7%`."""
-    return f"{100 * fraction:.1f}%"
-
-
-def format_interval(interval: tuple[float, float]) -> str:
-    """`33.0-51.8%`."""
-    return f"{100 * interval[0]:.1f}-{100 * interval[1]:.1f}%"
 
 
 def _neighbour_cell(row: Row) -> str:

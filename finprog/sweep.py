@@ -26,7 +26,8 @@ from pathlib import Path
 from finprog.cascade import SIGNALS, CascadeError, Rule, parse_rule, route
 from finprog.compare import check_same_examples, load_run_folder
 from finprog.provenance import header
-from finprog.report import DEFAULT_METRIC, METRICS, format_flops, format_percent, parse_target
+from finprog.labels import format_flops, format_percent
+from finprog.report import DEFAULT_METRIC, METRICS, pareto_frontier, parse_target
 from finprog.runs import path_list
 
 DECIMALS = 3
@@ -167,13 +168,14 @@ def calibration(run: dict, metric: str) -> dict:
 
 
 def frontier(points: list[dict]) -> list[dict]:
-    """The points no other point beats on both accuracy and FLOPs, cheapest first."""
-    ordered = sorted(points, key=lambda p: (p["flops_per_question"], -p["accuracy"]))
-    best, kept = -1.0, []
-    for point in ordered:
-        if point["accuracy"] > best + 1e-9:
-            kept.append(point)
-            best = point["accuracy"]
+    """The points on the Pareto frontier of accuracy and FLOPs (`report.pareto_frontier`), cheapest first; of
+    thresholds that route alike (the same accuracy and FLOPs), only the first."""
+    kept, seen = [], set()
+    for index in pareto_frontier([(p["flops_per_question"], p["accuracy"]) for p in points]):
+        cost_and_accuracy = (points[index]["flops_per_question"], points[index]["accuracy"])
+        if cost_and_accuracy not in seen:
+            seen.add(cost_and_accuracy)
+            kept.append(points[index])
     return kept
 
 

@@ -13,7 +13,7 @@ from finprog.cli import main
 from finprog.report import report
 from finprog.runs import RunError
 from finprog.solve import SolveOptions, agreement, solve
-from finprog.sweep import candidate_thresholds, load_runs, question_attempts, sweep
+from finprog.sweep import candidate_thresholds, frontier, load_runs, question_attempts, sweep
 from shared_data import REPO, finqa_file
 from test_report import write_run
 
@@ -198,6 +198,12 @@ def test_the_sweep_picks_the_cheapest_threshold_that_meets_the_target(tmp_path, 
     bins = {(b["low"], b["high"]): (b["n"], b["accuracy"]) for b in result["calibration"][0]["bins"]}
     assert bins == {(None, -2.0): (1, 0.0), (-2.0, -1.0): (1, 0.0), (-0.25, -0.1): (2, 1.0)}
     assert f"--accept {rule}" in (tmp_path / "sweep" / "sweep.txt").read_text()
+
+
+def test_the_sweeps_frontier_shows_thresholds_that_route_alike_once():
+    swept = [(-2.0, 0.5, 1.0), (-1.0, 0.5, 1.0), (-0.5, 0.75, 4.0), (-0.2, 0.5, 6.0), (0.0, 1.0, 10.0)]
+    points = [{"threshold": t, "accuracy": a, "flops_per_question": f} for t, a, f in swept]
+    assert [p["threshold"] for p in frontier(points)] == [-2.0, -0.5, 0.0]
 
 
 def test_a_sweep_without_a_reachable_target_says_so(tmp_path):

@@ -246,3 +246,15 @@ def test_equivalence_raises_only_program_errors(gold, predicted):
 )
 def test_extract_program_from_messy_completions(completion, program):
     assert dsl.extract_program(completion) == program
+
+
+def test_the_symbolic_comparison_in_its_parts():
+    program = dsl.parse("subtract(5829, 5735), divide(#0, 5735), table_max(net sales, none)")
+    symbols = dsl.operand_symbols(program)
+    assert symbols == {"5829": "a0", "5735": "a1", "table_max(net sales, none)": "a2"}
+    import sympy
+
+    assert dsl.symbolic(program, symbols) == sympy.Symbol("a2")
+    assert dsl.symbolic(dsl.parse("subtract(5829, 5735), divide(#0, 5735)"), symbols) == sympy.sympify("(a0 - a1)/a1")
+    assert dsl.build_parser() is not dsl.build_parser()  # built anew each time; `parse` keeps its own
+    assert dsl.build_parser().parse("add(1, 2)").data == "program"

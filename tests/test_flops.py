@@ -267,3 +267,15 @@ def test_a_generation_call_with_a_cached_prefix_costs_the_prefix_once_and_its_ba
     (cached,) = {c.cached_prompt_tokens for c in completions}
     executed = flops.inference_flops(shape, completions)["executed"]
     assert cached > 30 and counter.get_total_flops() == flops.prefix_flops(shape, cached) + executed
+
+
+def test_a_bert_classifiers_forward_by_hand():
+    config = SimpleNamespace(model_type="bert", num_hidden_layers=1, hidden_size=4, num_attention_heads=2,
+                             intermediate_size=8, vocab_size=10)
+    shape = flops.encoder_shape(config)
+    assert (shape.head_dim, shape.kv_heads, shape.gated_mlp, shape.layer_types) == (2, 2, False, ("full_attention",))
+    # per token: q, k, v, o 4x4 each, up 4x8, down 8x4 = 128 multiply-accumulates; 3 tokens attend to all 3;
+    # no LM head; the pooler (4x4) and the one-logit head (4x1) add 4 * 4 + 4 per sequence
+    encoder = 2 * (3 * 128 + 2 * 2 * 2 * 3 * 3)
+    assert flops.classifier_flops(shape, 3) == encoder + 2 * (4 * 4 + 4)
+    assert flops.classifier_flops(shape, 3, rows=5) == 5 * flops.classifier_flops(shape, 3)

@@ -19,6 +19,7 @@ from finprog.report import (
     format_table,
     load_run,
     load_runs,
+    pareto_frontier,
     parse_target,
     report,
     write_report,
@@ -230,6 +231,22 @@ def test_frontier_drops_dominated_runs_and_keeps_ties(tmp_path):
     assert [row.run.name for row in group.frontier][:1] == ["cheap"]
     assert {row.run.name for row in group.frontier} == {"cheap", "best", "twin", "most_accurate"}
     assert [row.total_flops for row in group.rows] == sorted(row.total_flops for row in group.rows)
+
+
+def beaten(a: tuple[float, float], b: tuple[float, float]) -> bool:
+    """`a` costs no more and is no less accurate than `b`, and is better in one (accuracies within 1e-9 equal)."""
+    return a[0] <= b[0] and a[1] >= b[1] - 1e-9 and (a[0] < b[0] or a[1] > b[1] + 1e-9)
+
+
+def test_the_pareto_frontier_keeps_the_points_no_other_beats_cheapest_first():
+    points = [(2.0, 0.3), (1.0, 0.1), (2.0, 0.3), (2.0, 0.25), (5.0, 0.3), (3.0, 0.2), (9.0, 0.5), (1.0, 0.1 - 1e-12)]
+    assert pareto_frontier(points) == [1, 7, 0, 2, 6]  # ties: the more accurate first, then the earlier
+    assert pareto_frontier([]) == []
+    random = __import__("random").Random(0)
+    for _ in range(200):
+        points = [(float(random.randint(1, 6)), random.randint(0, 5) / 5) for _ in range(random.randint(1, 12))]
+        expected = [i for i, p in enumerate(points) if not any(beaten(q, p) for q in points)]
+        assert sorted(pareto_frontier(points)) == expected
 
 
 def test_cheapest_tie_goes_to_the_more_accurate_run(tmp_path):

@@ -198,3 +198,54 @@ def test_a_ranker_added_to_rankers_picks_the_facts_shown_and_counts_its_flops(mo
     shown = prompts.shown_example(PAGE, options)
     assert shown.table == [PAGE.table[0], *PAGE.table[2:]] and not shown.pre_text and not shown.post_text
     assert prompts.ranker_flops(PAGE, options, prompts.ExemplarRetriever([PAGE])) == 70.0
+
+
+def test_rankings_are_measured_like_a_rankers_and_pools_are_reranked_in_place():
+    facts = {f.key: f for f in retrieval.candidates(PAGE)}
+    two_gold = Example(**{**PAGE.__dict__, "id": "page-2", "gold_inds": {"table_1": "x", "table_3": "y"}})
+    rank = retrieval.BM25Ranker()
+    rankings = [retrieval.ranked(PAGE, rank), retrieval.ranked(two_gold, rank)]
+    assert retrieval.recall_of_rankings([PAGE, two_gold], rankings, [1, 7]) == retrieval.recall_at_k(
+        [PAGE, two_gold], rank, [1, 7])
+    assert retrieval.best_first([facts["text_0"], facts["text_1"], facts["table_1"]], [1.0, 2.0, 1.0]) == [
+        facts["text_1"], facts["text_0"], facts["table_1"]]  # ties keep the order given
+
+    pooled = retrieval.pools([PAGE, two_gold], rank, 2)
+    assert [len(pool.facts) for pool in pooled] == [2, 2] and pooled[0].facts[0].key == "table_1"
+    assert pooled[0].scores == sorted(pooled[0].scores, reverse=True)
+    assert retrieval.reranked(pooled) == [pool.facts for pool in pooled]
+    flipped = retrieval.reranked(pooled, [0.0, 1.0, 5.0, -5.0])  # one score per pooled fact, pool after pool
+    assert flipped == [pooled[0].facts[::-1], pooled[1].facts]
+    first, second = retrieval.recall_of_rankings([PAGE, two_gold], flipped, [1, 2])
+    assert (first.full_recall, second.mean_recall) == (0.0, 0.75)  # facts outside a pool are never ranked
+    table = retrieval.format_recall({"bm25": [first, second]}, operands=True).splitlines()
+    assert table[0].split() == ["ranker", "k", "full_recall", "mean_recall", "operand_recall"]
+    assert table[1].split() == ["bm25", "1", "0.000", "0.250", "0.500"]  # page-2's first fact writes 120, 100
+    with pytest.raises(ValueError, match="1 rankings for 2 examples"):
+        retrieval.recall_of_rankings([PAGE, two_gold], flipped[:1], [1])
+
+
+def test_the_features_read_words_and_years_as_told():
+    facts = retrieval.candidates(PAGE)
+    question = "what were the sales from 2018 to 2019?"
+    assert retrieval.years("from 2018 to 2019, not 1850 or 20190") == ["2018", "2019"]
+    plain = retrieval.fact_features(question, facts)
+    assert plain == retrieval.fact_features(question, facts, read_words=retrieval.tokens, read_years=retrieval.years)
+    no_years = retrieval.fact_features(question, facts, read_years=lambda text: [])
+    assert plain[0]["year_overlap"] == 0.5 and no_years[0]["year_overlap"] == 0.0
+    shouting = retrieval.fact_features(question, facts, read_words=lambda text: ["same"])
+    assert {f["word_overlap"] for f in shouting} == {1.0} and {f["bm25_share"] for f in shouting} == {1.0}
+    assert len(set(retrieval.BM25Ranker(read_words=lambda text: ["same"]).scores("q", facts))) == 1
+
+
+def test_a_programs_operand_facts_hold_its_numbers_or_are_the_rows_it_names():
+    assert retrieval.operand_facts(PAGE) == {"table_1"}  # 120 and 100, both in the revenue row
+    mentioned = Example(**{**PAGE.__dict__, "program": "subtract(2019, 45)"})
+    assert retrieval.operand_facts(mentioned) == {"text_0", "text_2", "table_0", "table_2"}
+    assert retrieval.operand_facts(mentioned, unique=True) == {"table_2"}  # 2019 is in three facts, 45 in one
+    rows = Example(**{**PAGE.__dict__, "program": "table_sum( Costs , none), divide(#0, const_100)"})
+    assert retrieval.operand_facts(rows) == {"table_2"}
+    assert retrieval.written_numbers("$ 1,234.5 and -3 % of 7") == {1234.5, 3.0, 7.0}
+    nothing = Example(**{**PAGE.__dict__, "id": "page-2", "program": "add(1, 2)"})
+    labelled = retrieval.weakly_labelled([PAGE, nothing])
+    assert [(e.id, set(e.gold_inds)) for e in labelled] == [("page-1", {"table_1"})]  # no fact found: left out

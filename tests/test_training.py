@@ -193,7 +193,7 @@ def test_loss_falls_when_overfitting_two_examples(tmp_path, checkpoint, files):
 
 def interrupt_at_step_3(opts, out, monkeypatch) -> None:
     """Start a run and stop it with Ctrl-C in its step 3, after the checkpoint of step 2."""
-    real_step, calls = training._training_step, []
+    real_step, calls = training.training_step, []
 
     def interrupted(*args, **kwargs):
         calls.append(1)
@@ -201,10 +201,10 @@ def interrupt_at_step_3(opts, out, monkeypatch) -> None:
             raise KeyboardInterrupt
         return real_step(*args, **kwargs)
 
-    monkeypatch.setattr(training, "_training_step", interrupted)
+    monkeypatch.setattr(training, "training_step", interrupted)
     with pytest.raises(KeyboardInterrupt):
         train(opts, out, progress=False)
-    monkeypatch.setattr(training, "_training_step", real_step)
+    monkeypatch.setattr(training, "training_step", real_step)
     assert (out / training.CHECKPOINT).is_file()
 
 
@@ -245,6 +245,25 @@ def test_micro_batches_make_the_batch_update_and_count_their_own_flops(tmp_path,
     assert records[1]["flops"]["training_total"] == 2 * cost < records[0]["flops"]["training_total"]
 
 
+def test_one_training_step_in_micro_batches_takes_the_whole_batchs_loss(checkpoint, files):
+    import torch
+    from accelerate import Accelerator
+
+    opts = options(checkpoint, files, method="lora", dtype="fp32")
+    loaded, model = training.trainable_model(opts, training.validate(opts), "cpu")
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    assert trainable and all("lora_" in name for name, p in model.named_parameters() if p.requires_grad)
+    accelerator = Accelerator(cpu=True)
+    model, optimizer = accelerator.prepare(model, torch.optim.AdamW(trainable, lr=opts.lr))
+    encoded, _ = encoded_examples(opts, checkpoint)
+    pad = loaded.tokenizer.pad_token_id
+    whole = training.training_step(accelerator, model, optimizer, trainable, [training.collate(encoded, pad, "cpu")],
+                                   opts, rate=0.0)  # a zero rate: the weights stay put
+    halves = [training.collate(encoded[:3], pad, "cpu"), training.collate(encoded[3:], pad, "cpu")]
+    parts = training.training_step(accelerator, model, optimizer, trainable, halves, opts, rate=0.0)
+    assert parts == pytest.approx(whole, rel=1e-5) and whole > 0
+
+
 def test_a_resumed_run_may_change_how_its_steps_run_and_says_so(tmp_path, checkpoint, files, monkeypatch):
     opts = options(checkpoint, files, batch_size=4)
     straight = train(opts, tmp_path / "straight", progress=False)
@@ -254,7 +273,7 @@ def test_a_resumed_run_may_change_how_its_steps_run_and_says_so(tmp_path, checkp
     def stop(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(training, "_training_step", stop)  # stopped again in its first resumed step
+    monkeypatch.setattr(training, "training_step", stop)  # stopped again in its first resumed step
     with pytest.raises(KeyboardInterrupt):
         train(smaller, tmp_path / "run", resume=True, progress=False)
     monkeypatch.undo()

@@ -1,7 +1,9 @@
 """Per-example grammar cost of llguidance (finprog's constrained decoding) against xgrammar, on FinQA test_100.
 
     pip install xgrammar==0.2.9
-    python evals/bench_constrained.py [FINQA_DIR]     # default: $FINPROG_DATA_DIR or ../shared/finqa
+    python evals/bench/constrained.py [FINQA_DIR] > evals/bench/constrained.txt
+
+FINQA_DIR defaults to $FINPROG_DATA_DIR, else ../shared/finqa.
 
 Every example gets its own grammar (`finprog.constrained.program_grammar`, numbers restricted to the
 example's); xgrammar gets the same grammar written as GBNF, once with its masks precomputed at compile

@@ -3,9 +3,10 @@
 evals/context_dev.py measures accuracy, tokens and FLOPs of each context on dev_200, but
 its timings are not fit for comparison when other jobs share the cores. This times the
 variants one after the other on the same first questions of dev_200, with the default
-model and decoding, and prints each one's time against the page's.
+model and decoding, and prints each one's time against the page's. The variants are three
+of evals/context_dev.py's, under the same names.
 
-    python evals/bench_context.py --limit 10    # evals/bench_context.txt
+    python evals/bench/context.py --limit 10 > evals/bench/context.txt
 """
 
 from __future__ import annotations
@@ -14,18 +15,21 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from context_dev import VARIANTS
-
 from finprog.provenance import header
 from finprog.solve import DEFAULT_MODEL, SolveOptions, solve
+
+VARIANTS = {
+    "page-4shot": dict(context="page", shots=4, exemplars="train_100"),
+    "retrieved5-1shot-all2077": dict(context="retrieved", top_k=5, shots=1, exemplars="train_2077"),
+    "gold-4shot": dict(context="gold", shots=4, exemplars="train_100"),
+}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--limit", type=int, default=10)
     parser.add_argument("--model", default=DEFAULT_MODEL)
-    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS),
-                        default=["page-4shot", "retrieved5-1shot-all2077", "gold-4shot"])
+    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
     args = parser.parse_args()
     print(header())
     print(f"{args.model}, program mode, constrained, first {args.limit} questions of dev_200, each variant alone")

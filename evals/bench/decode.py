@@ -9,7 +9,7 @@ run all N steps. Then the attention kernel alone, per layer and step: PyTorch's
 `scaled_dot_product_attention` on one query row per head with `enable_gqa` (what
 transformers passes at batch 1) against the query heads stacked per key/value head.
 
-    python evals/bench_decode.py [--model qwen2.5-coder-0.5b] [--steps 32]
+    python evals/bench/decode.py [--model qwen2.5-coder-0.5b] [--steps 32] > evals/bench/decode.txt
 """
 
 from __future__ import annotations

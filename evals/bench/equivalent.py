@@ -5,7 +5,7 @@ compared with itself (identical formulas) and with a variant whose last step is
 another operation (formulas that differ). sympy alone (building and simplifying the
 formula, the comparison before the operand limit) is timed once per case up to a cap.
 
-    python evals/bench_equivalent.py
+    python evals/bench/equivalent.py > evals/bench/equivalent.txt
 """
 
 from __future__ import annotations
@@ -82,10 +82,7 @@ class _Timeout(Exception):
 
 def simplify_alone(program: dsl.Program) -> str:
     """Seconds sympy takes to build and simplify the program's formula, or '>CAP' when it runs past the cap."""
-    symbols: dict[str, str] = {}
-    for step in program.steps:
-        for key in dsl._operand_keys(step):
-            symbols.setdefault(key, f"a{len(symbols)}")
+    symbols = dsl.operand_symbols(program)
 
     def stop(*_):
         raise _Timeout
@@ -93,7 +90,7 @@ def simplify_alone(program: dsl.Program) -> str:
     previous = signal.signal(signal.SIGALRM, stop)
     signal.alarm(SIMPLIFY_CAP_S)
     try:
-        took, _ = seconds(lambda: dsl._symbolic(program, symbols))
+        took, _ = seconds(lambda: dsl.symbolic(program, symbols))
         return f"{took:.2f}"
     except _Timeout:
         return f">{SIMPLIFY_CAP_S}"

@@ -1,6 +1,6 @@
 """Analytic FLOPs against torch's FlopCounterMode on the offline zoo; achieved FLOP/s against the matmul peak.
 
-    python evals/bench_flops.py [MODEL ...]     # default: the four zoo models of MODELS.md
+    python evals/bench/flops.py [MODEL ...] > evals/bench/flops.txt   # default: the four zoo models of MODELS.md
 
 For each model: `flopcheck.check` (prefill and generation of 576 + 8 tokens, longer than
 gemma3's window of 512; a shared prefix of 288 tokens prefilled once and a padded batch of

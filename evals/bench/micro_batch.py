@@ -1,21 +1,23 @@
 """A training step in micro-batches of 1, 2 and 4 sequences (`--micro-batch-size`), side by side: time, peak
 memory, FLOPs and loss.
 
-The step is the batch that the qwen2.5-coder-0.5b cosine run (evals/grid.py train-2077,
-`qwen2.5-coder-0.5b_lora_program_cosine240`) was at when the kernel killed it for memory
-(step 185: 4 train_2077 examples, retrieved context, zero-shot), run by
-`training._training_step` (forward and backward of each micro-batch, clipping, AdamW) on
+The step is the batch that the qwen2.5-coder-0.5b cosine run (cell
+`qwen2.5-coder-0.5b_lora_program_cosine240` of evals/studies/train-2077/study.toml, whose
+training options it takes) was at when the kernel killed it for memory (step 185: 4
+train_2077 examples, retrieved context, zero-shot), run by `training.training_step`
+(forward and backward of each micro-batch, clipping, AdamW) on
 the same LoRA model (rank 16, all linear layers, bf16 where the CPU computes it
 natively). Each setting runs in its own process, so that its peak resident memory
 (`ru_maxrss`) is its own: the model loaded, then the median of 2 steps after a warm-up.
 
-    python evals/bench_micro_batch.py > evals/bench_micro_batch.txt
+    python evals/bench/micro_batch.py > evals/bench/micro_batch.txt
 
 Run from the repository root with FINPROG_DATA_DIR=../shared/finqa and HF_HUB_OFFLINE=1, with the CPU to itself.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import resource
 import statistics
@@ -26,6 +28,7 @@ import time
 from finprog.provenance import header
 
 MODEL = "qwen2.5-coder-0.5b"
+STUDY = "evals/studies/train-2077/study.toml"
 RUN = "qwen2.5-coder-0.5b_lora_program_cosine240"
 STEP = 184  # 0-based: the step the run was killed in
 MICRO = (1, 2, 4)
@@ -38,12 +41,13 @@ def one(micro: int) -> dict:
 
     from finprog import flops, prompts, training
     from finprog.data import load_finqa, resolve_data
-    from grid import TRAINING
+    from finprog.study import load_study
 
-    options = training.TrainOptions(**{**TRAINING["train-2077"][RUN], "micro_batch_size": micro})
+    declared = next(run.options for run in load_study(STUDY).cells[RUN].runs if run.trains)
+    options = dataclasses.replace(declared, micro_batch_size=micro)
     accelerator = Accelerator(cpu=True)
     data = training.validate(options)
-    loaded, model = training._trainable_model(options, data, "cpu")
+    loaded, model = training.trainable_model(options, data, "cpu")
     loaded_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     trainable = [p for p in model.parameters() if p.requires_grad]
     model, optimizer = accelerator.prepare(model, torch.optim.AdamW(trainable, lr=options.lr))
@@ -55,7 +59,7 @@ def one(micro: int) -> dict:
     times, losses = [], []
     for _ in range(3):
         started = time.perf_counter()
-        losses.append(training._training_step(accelerator, model, optimizer, trainable, micros, options, options.lr))
+        losses.append(training.training_step(accelerator, model, optimizer, trainable, micros, options, options.lr))
         times.append(time.perf_counter() - started)
     shape = flops.ModelShape.from_config(loaded.config)
     return {"micro": micro, "seconds": statistics.median(times[1:]), "first_loss": losses[0],

@@ -6,7 +6,7 @@ then under the torch profiler. Matrix-product GFLOP/s come from the profiler's F
 counts; attention GFLOP/s from flops.py's attention count (Q K^T and P V over every key),
 halved because the flash kernel skips the causal mask's upper half.
 
-    python evals/profile_direct.py [--model qwen2.5-coder-0.5b]
+    python evals/bench/profile_direct.py [--model qwen2.5-coder-0.5b] > evals/bench/profile_direct.txt
 """
 
 from __future__ import annotations

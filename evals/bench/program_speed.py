@@ -5,7 +5,7 @@ a 2-core CPU; the grid's own timings are not fit for that, since its jobs share 
 This times each model alone, one after the other, on the same first questions of dev_200;
 with --constrained, each model also with grammar-constrained decoding, side by side.
 
-    python evals/program_speed.py --constrained --limit 6    # evals/program_speed.txt
+    python evals/bench/program_speed.py --constrained --limit 6 > evals/bench/program_speed.txt
 """
 
 from __future__ import annotations

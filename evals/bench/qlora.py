@@ -5,7 +5,7 @@ train_2077) for the same steps with no evaluation; QLoRA's base is 4-bit NF4
 (bitsandbytes), LoRA's is bf16 where the CPU computes it natively. The first step (warm-up)
 is included in both.
 
-    python evals/bench_qlora.py > evals/bench_qlora.txt
+    python evals/bench/qlora.py > evals/bench/qlora.txt
 
 Run from the repository root with FINPROG_DATA_DIR=../shared/finqa, with the CPU to itself.
 """

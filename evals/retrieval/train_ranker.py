@@ -6,7 +6,7 @@ example per candidate fact, labelled by whether the fact is among the record's
 test are never seen), and its weights go to finprog/ranker_linear.json. Then recall@k
 of each ranker on dev_200, side by side, and the ranker's time per question.
 
-    python evals/train_ranker.py > evals/train_ranker.txt
+    python evals/retrieval/train_ranker.py > evals/retrieval/train_ranker.txt
 
 Run from the repository root with FINPROG_DATA_DIR=../shared/finqa; needs scikit-learn
 (`pip install -e ".[evals]"`).
