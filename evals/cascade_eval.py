@@ -4,10 +4,10 @@
    dev_200's first 100) with the rule `executes+logprob`: the threshold with the highest
    dev EmAcc, the cheapest of equals (evals/cascade/dev/).
 2. That rule, unchanged, in a live `finprog solve --cascade` on test_100
-   (evals/runs/test-retrieved/cascade_...), and the same sweep over the two models' test
+   (evals/studies/test-retrieved/runs/cascade_..., a cell of that study), and the same sweep over the two models' test
    runs as a check that the live cascade and the offline routing agree (evals/cascade/test/).
 
-    python evals/cascade_eval.py    # after context_dev.py and grid.py test-retrieved made the single runs
+    python evals/cascade_eval.py    # after context_dev.py and the test-retrieved study made the single runs
 
 Run from the repository root with FINPROG_DATA_DIR=../shared/finqa.
 """
@@ -24,8 +24,8 @@ HERE = Path(os.path.relpath(Path(__file__).resolve().parent))  # relative, so re
 MODELS = ("qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b")
 RULE = "executes+logprob"
 DEV = [HERE / "runs" / "context-dev" / f"{m}_retrieved5-1shot-gold2077_first100" for m in MODELS]
-TEST = [HERE / "runs" / "test-retrieved" / f"{m}_program-constrained" for m in MODELS]
-CASCADE = HERE / "runs" / "test-retrieved" / "cascade_qwen2.5-coder-0.5b+1.5b_program-constrained"
+TEST = [HERE / "studies" / "test-retrieved" / "runs" / f"{m}_program-constrained" for m in MODELS]
+CASCADE = HERE / "studies" / "test-retrieved" / "runs" / "cascade_qwen2.5-coder-0.5b+1.5b_program-constrained"
 
 
 def main() -> None:

@@ -26,10 +26,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from grid import finished
-
 from finprog import retrieval
+from finprog.cross_encoders import CrossEncoderRanker, ReleasedRanker
 from finprog.provenance import header
+from finprog.runs import finished_run
 from finprog.solve import DEFAULT_MODEL, SolveOptions, solve
 
 HERE = Path(__file__).resolve().parent
@@ -57,12 +57,6 @@ VARIANTS = {
     "retrieved5-finqa-as-trained": dict(context="retrieved", top_k=5, ranker="finqa"),
 }
 MINILM = {variant for variant, options in VARIANTS.items() if options.get("ranker") == "minilm"}
-
-
-def released_ranker():
-    from ranker_finqa import ReleasedRanker
-
-    return ReleasedRanker()
 
 
 def run_folder(model: str, variant: str, limit: int | None) -> Path:
@@ -94,19 +88,17 @@ def main() -> None:
     if not args.minilm and (need := [v for v in args.variants if v in MINILM]):
         parser.error(f"{', '.join(need)} need --minilm DIR")
     if args.minilm:
-        from ranker_minilm import CrossEncoderRanker
-
         retrieval.RANKERS["minilm"] = lambda: CrossEncoderRanker(args.minilm)
-    retrieval.RANKERS["finqa"] = released_ranker
+    retrieval.RANKERS["finqa"] = ReleasedRanker
     for variant in args.variants:
         out = run_folder(args.model, variant, args.limit)
-        if not finished(out):
+        if not finished_run(out):
             print(f"== {args.model} {variant}", flush=True)
             options = SolveOptions(model=args.model, data="dev_200", limit=args.limit, mode="program",
                                    constrained=True, **VARIANTS[variant])
             solve(options, out, resume=(out / "run.json").exists(), progress=True)
-    rows = [(out.name, record) for out in sorted((HERE / "runs" / "context-dev").glob("*"))
-            if (record := finished(out))]
+    rows = [(out.name, record.data) for out in sorted((HERE / "runs" / "context-dev").glob("*"))
+            if (record := finished_run(out))]
     text = (f"{header()}\n\nProgram mode, constrained, on dev_200 by prompt context, produced by "
             f"`python evals/context_dev.py` (each variant a run folder under evals/runs/context-dev/).\n\n"
             f"{table(rows)}\n")

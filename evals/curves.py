@@ -1,12 +1,13 @@
-"""Learning curves of a training grid's runs (evals/runs/GRID/): CSV, PNG, and a Markdown page with the commands.
+"""Learning curves of a study's training runs (evals/studies/STUDY/runs/): CSV, PNG, and a Markdown page with the
+commands.
 
 Each curve point is one evaluation of `finprog train` (through solve's scoring path) on
 the run's eval questions; the dashed line is the same model's best prompted run (no
 training) on the same questions, found among every solve under evals/runs/, so a curve
 that crosses it is training that beat prompting.
 
-    python evals/grid.py train-2077      # makes the runs (resumable)
-    python evals/curves.py train-2077    # writes evals/train-2077-curves.{csv,png,md}
+    finprog study evals/studies/train-2077/study.toml   # makes the runs (resumable)
+    python evals/curves.py train-2077                    # writes evals/train-2077-curves.{csv,png,md}
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from finprog.provenance import header
 from finprog.training import TrainOptions
 
 HERE = Path(__file__).resolve().parent
-RUNS = HERE / "runs"
+SOLVES = ("studies/*/runs/*", "runs/*/*")  # every solve of evals/, for the baselines
 FAILURES = ("parse_error", "no_program")
 BEFORE_FIELD = {"context": "page"}  # what a run made before an option existed did (otherwise: today's default)
 COLUMNS = ("run", "model", "method", "train_data", "step", "epoch", "tokens", "train_flops", "train_loss", "exact",
@@ -31,7 +32,7 @@ COLUMNS = ("run", "model", "method", "train_data", "step", "epoch", "tokens", "t
 def load(kind: str, pattern: str) -> list[dict]:
     """The finished runs of `kind` ("train" or "solve") in the run folders matching `pattern`, named by folder."""
     records = [{**json.loads(path.read_text()), "run": path.parent.name, "path": str(path.parent)}
-               for path in sorted(RUNS.glob(f"{pattern}/run.json"))]
+               for path in sorted(HERE.glob(f"{pattern}/run.json"))]
     return [r for r in records if r["kind"] == kind and r["status"] == "finished"]
 
 
@@ -123,18 +124,20 @@ def plot(runs: list[dict], solves: list[dict], path: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("grid", nargs="?", default="train", help="training grid of evals/grid.py (default: train)")
+    parser.add_argument("grid", nargs="?", default="train", help="a study of evals/studies/ (default: train)")
     grid = parser.parse_args().grid
-    runs, solves = load("train", f"{grid}/*"), load("solve", "*/*")
+    runs, solves = load("train", f"studies/{grid}/runs/*"), [run for pattern in SOLVES for run in load("solve", pattern)]
     if not runs:
-        raise SystemExit(f"no finished training run under evals/runs/{grid}/; run `python evals/grid.py {grid}` first")
+        raise SystemExit(f"no finished training run under evals/studies/{grid}/runs/; run "
+                         f"`finprog study evals/studies/{grid}/study.toml` first")
     stem = f"{grid}-curves"
     with (HERE / f"{stem}.csv").open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=COLUMNS)
         writer.writeheader()
         writer.writerows(row for run in runs for row in curve_rows(run))
     plot(runs, solves, HERE / f"{stem}.png")
-    lines = [header(), "", f"Learning curves made by `python evals/grid.py {grid}`, drawn by `python evals/curves.py "
+    lines = [header(), "", f"Learning curves made by `finprog study evals/studies/{grid}/study.toml`, drawn by "
+             f"`python evals/curves.py "
              f"{grid}` (data: [{stem}.csv]({stem}.csv); plot: [{stem}.png]({stem}.png)).", ""]
     for run in runs:
         untrained = baseline(run, solves)
@@ -144,7 +147,7 @@ def main() -> None:
         if untrained:
             m = untrained["metrics"]
             lines += [f"Baseline, no training ({prompting(untrained)}, same {m['n']} questions, "
-                      f"evals/runs/{Path(untrained['path']).parent.name}/{untrained['run']}): exact {m['exact']:.1%}, "
+                      f"{Path(untrained['path']).relative_to(HERE.parent)}): exact {m['exact']:.1%}, "
                       f"tolerant {m['tolerant']:.1%}, outcomes "
                       + ", ".join(f"{k} {v}" for k, v in sorted(m["outcomes"].items())) + ".", ""]
         lines += ["| step | train FLOPs | loss | exact | tolerant | parse failures | outcomes |", "|---|---|---|---|---|---|---|"]

@@ -1,5 +1,6 @@
 """Pairs of runs on the same questions, question by question: how many each run gets right that the other does not,
-and the exact McNemar test of whether that split could be chance.
+and the exact McNemar test of whether that split could be chance (`finprog compare RUN RUN` prints the same test
+for one pair).
 
     python evals/paired.py BASELINE RUN [BASELINE RUN ...]
 
@@ -30,22 +31,15 @@ Run from the repository root.
 from __future__ import annotations
 
 import argparse
-import math
 from pathlib import Path
 
 from finprog.provenance import header
 from finprog.runs import PREDICTIONS, read_rows
+from finprog.stats import paired
 
 
 def exact_by_id(run: Path) -> dict[str, bool]:
     return {row["id"]: bool(row["exact"]) for row in read_rows(run / PREDICTIONS)}
-
-
-def mcnemar_p(only_a: int, only_b: int) -> float:
-    """Two-sided exact McNemar p-value: a binomial(only_a + only_b, 1/2) test of the smaller count."""
-    n = only_a + only_b
-    tail = sum(math.comb(n, i) for i in range(min(only_a, only_b) + 1)) / 2**n
-    return min(1.0, 2 * tail)
 
 
 def main() -> None:
@@ -57,13 +51,11 @@ def main() -> None:
     print(header())
     print("exact match, question by question, over the questions both runs answered\n")
     for baseline, run in zip(args.runs[::2], args.runs[1::2]):
-        base, other = exact_by_id(baseline), exact_by_id(run)
-        pairs = [(base[i], other[i]) for i in base.keys() & other.keys()]
-        only_base, only_run = pairs.count((True, False)), pairs.count((False, True))
-        print(f"{run.parent.name}/{run.name} against {baseline.name}: {len(pairs)} questions, "
-              f"{sum(b for b, _ in pairs)} against {sum(r for _, r in pairs)} right; both {pairs.count((True, True))}, "
-              f"baseline only {only_base}, run only {only_run}, neither {pairs.count((False, False))}; "
-              f"McNemar p = {mcnemar_p(only_base, only_run):.2g}")
+        test = paired(exact_by_id(baseline), exact_by_id(run))
+        print(f"{run.parent.name}/{run.name} against {baseline.name}: {test.n} questions, "
+              f"{test.both + test.only_a} against {test.both + test.only_b} right; both {test.both}, "
+              f"baseline only {test.only_a}, run only {test.only_b}, neither {test.neither}; "
+              f"McNemar p = {test.p:.2g}")
 
 
 if __name__ == "__main__":

@@ -272,6 +272,13 @@ def _with_legacy_config(data: dict) -> dict:
     return {**data, "config": {**LEGACY_CONFIG, **config}}
 
 
+def finished_run(folder: str | Path) -> RunRecord | None:
+    """The checked record of the finished run in `folder`; None when the folder holds no run or an unfinished one."""
+    path = Path(folder) / RUN
+    record = RunRecord.load(path) if path.is_file() else None
+    return record.validate() if record and record.status == "finished" else None
+
+
 def read_text(path: Path, error: type[Exception]) -> str:
     """A file's UTF-8 text; bytes that are not UTF-8 raise `error` naming the file and byte offset."""
     data = path.read_bytes()

@@ -49,7 +49,7 @@ from finprog.data import DataValidationError, resolve_data
 from finprog.errors import FinprogError
 from finprog.provenance import machine
 from finprog.report import DEFAULT_METRIC, DEFAULT_QUESTIONS, parse_targets
-from finprog.runs import RUN, RunRecord, replace_file
+from finprog.runs import RUN, RunRecord, finished_run, replace_file
 from finprog.solve import SolveOptions
 
 RUNS = "runs"
@@ -87,9 +87,7 @@ class Run:
         return hasattr(self.options, "stages")
 
     def finished(self) -> RunRecord | None:
-        path = self.out / RUN
-        record = RunRecord.load(path) if path.is_file() else None
-        return record.validate() if record and record.status == "finished" else None
+        return finished_run(self.out)
 
     def done(self) -> bool:
         """Finished, and its adapter exported where declared."""
