@@ -116,8 +116,7 @@ class Cell:
     and the declaration they came from."""
 
     name: str
-    model: str
-    technique: str
+    model: str  # what the cell's time is estimated by (a cascade's models joined by +)
     declaration: dict
     runs: list[Run] = field(default_factory=list)
 
@@ -236,8 +235,7 @@ def _cell(path: Path, key: str, name: str, model: str, spec: dict, declared: dic
             where.fail(key, f"{', '.join(sorted(unknown))} belong to a trained cell, which needs train = {{...}}")
         solve = {**declared.get("solve", {}), **spec, "model": model}
         options = _options(SolveOptions, _relative_paths(path, solve), f"{key} (with [solve])", where)
-        return _checked(Cell(name, model, technique=name.removeprefix(f"{Path(model).name}_"),
-                             declaration={"solve": solve}, runs=[Run(runs_dir / name, options)]), key, where)
+        return _checked(Cell(name, model, {"solve": solve}, [Run(runs_dir / name, options)]), key, where)
     from finprog.training import TrainOptions
 
     unknown = set(spec) - TRAINED_KEYS
@@ -259,8 +257,7 @@ def _cell(path: Path, key: str, name: str, model: str, spec: dict, declared: dic
                         _test_options(options, _relative_paths(path, tests[decoding]), str(trained.export or trained.out),
                                       f"{key}.test.{decoding}", where),
                         base=options.model))
-    return _checked(Cell(name, model, technique=name.removeprefix(f"{Path(model).name}_"),
-                         declaration={"train": train, "test": tests, "export": export}, runs=runs), key, where)
+    return _checked(Cell(name, model, {"train": train, "test": tests, "export": export}, runs), key, where)
 
 
 def _cascade_cell(path: Path, key: str, name: str, spec: dict, declared: dict, runs_dir: Path,
@@ -278,8 +275,8 @@ def _cascade_cell(path: Path, key: str, name: str, spec: dict, declared: dict, r
         options = CascadeOptions(stages, accept=spec.get("accept", ""))
     except CascadeError as error:
         where.fail(key, str(error))
-    return _checked(Cell(name, "+".join(models), "cascade",
-                         declaration={"solve": {**settings, **{k: spec[k] for k in CASCADE_KEYS if k in spec}}},
+    declaration = {"solve": {**settings, **{k: spec[k] for k in CASCADE_KEYS if k in spec}}}
+    return _checked(Cell(name, "+".join(models), declaration,
                          runs=[Run(runs_dir / name, options)]), key, where)
 
 
