@@ -146,7 +146,7 @@ def test_a_study_killed_during_its_second_cell_finishes_on_a_rerun_with_no_row_l
 
 @pytest.mark.parametrize(("change", "message"), [
     ("mystery = 1\n", "mystery: is not a study key"),
-    ('targets = "high"\n', "targets: must be list, got str"),
+    ('questions = "many"\n', "questions: must be int, got str"),
     ('\n[cells.x]\nmodel = "{model}"\nlimit = "2"', "cells.x (with [solve]): "),
     ('\n[cells.x]\nmodel = "no-such-model"', "cells.x: unknown model 'no-such-model'"),
     ('\n[cells.x]\nmodel = "{model}"\ntrain = {{ method = "magic" }}', "unknown training method 'magic'"),
