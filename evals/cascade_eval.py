@@ -7,7 +7,7 @@
    (evals/studies/test-retrieved/runs/cascade_..., a cell of that study), and the same sweep over the two models' test
    runs as a check that the live cascade and the offline routing agree (evals/cascade/test/).
 
-    python evals/cascade_eval.py    # after context_dev.py and the test-retrieved study made the single runs
+    python evals/cascade_eval.py    # after the context-dev study and the test-retrieved study made the single runs
 
 Run from the repository root with FINPROG_DATA_DIR=../shared/finqa.
 """
@@ -23,7 +23,7 @@ from finprog.sweep import sweep
 HERE = Path(os.path.relpath(Path(__file__).resolve().parent))  # relative, so records name no machine's folders
 MODELS = ("qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b")
 RULE = "executes+logprob"
-DEV = [HERE / "runs" / "context-dev" / f"{m}_retrieved5-1shot-gold2077_first100" for m in MODELS]
+DEV = [HERE / "studies" / "context-dev" / "runs" / f"{m}_retrieved5-1shot-gold2077_first100" for m in MODELS]
 TEST = [HERE / "studies" / "test-retrieved" / "runs" / f"{m}_program-constrained" for m in MODELS]
 CASCADE = HERE / "studies" / "test-retrieved" / "runs" / "cascade_qwen2.5-coder-0.5b+1.5b_program-constrained"
 

@@ -4,7 +4,7 @@ for one pair).
 
     python evals/paired.py BASELINE RUN [BASELINE RUN ...]
 
-evals/paired_minilm.txt is, with R=evals/runs/context-dev, A=$R/qwen2.5-coder-1.5b_lora_cosine80,
+evals/paired_minilm.txt is, with R=evals/studies/context-dev/runs, A=$R/qwen2.5-coder-1.5b_lora_cosine80,
 B=$R/qwen2.5-coder-0.5b_lora_cosine240 and C=$R/qwen2.5-coder-0.5b_retrieved5-1shot-all2077:
 
     python evals/paired.py ${A}_retrieved5-as-trained ${A}_retrieved5-minilm-as-trained \

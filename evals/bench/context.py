@@ -1,10 +1,10 @@
 """Seconds per question of program mode by prompt context, each variant alone, side by side in one run.
 
-evals/context_dev.py measures accuracy, tokens and FLOPs of each context on dev_200, but
-its timings are not fit for comparison when other jobs share the cores. This times the
+The context-dev study (evals/studies/context-dev) measures accuracy, tokens and FLOPs of each
+context on dev_200, but its timings are not fit for comparison when other jobs share the cores. This times the
 variants one after the other on the same first questions of dev_200, with the default
 model and decoding, and prints each one's time against the page's. The variants are three
-of evals/context_dev.py's, under the same names.
+of the context-dev study's cells, under the same names.
 
     python evals/bench/context.py --limit 10 > evals/bench/context.txt
 """

@@ -17,7 +17,7 @@ program, and the FLOPs per question. It also checks the scores for the label lea
 repository fixed on 2022-04-29 (its retriever wrapped gold rows from their annotated text and
 other rows from its own verbalization, which lacks the header's first cell): if the scores
 carried it, gold rows of tables with a non-empty first header cell would rank higher than
-the others. `evals/context_dev.py` adds it as ranker "finqa" (the variant
+the others. the context-dev study adds it as ranker "finqa" (the variant
 retrieved5-finqa-as-trained) to measure the EmAcc a ranker at this recall buys.
 
     python evals/retrieval/ranker_finqa.py > evals/retrieval/ranker_finqa.txt

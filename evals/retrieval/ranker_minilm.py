@@ -17,7 +17,7 @@ operand of the gold program, as `finprog retrieve` counts it). FLOPs: training c
 the forward of the padded batches (full fine-tuning: a backward for dx and one for dW);
 the reranking's forward passes are what it would add to every question's inference FLOPs.
 With --save DIR the trained cross-encoder is kept, and `finprog.cross_encoders.CrossEncoderRanker(DIR)` ranks
-with it through `finprog.retrieval` (evals/context_dev.py --minilm DIR measures the EmAcc it buys).
+with it through `finprog.retrieval` (the context-dev study's minilm cells measures the EmAcc it buys).
 
     python evals/retrieval/ranker_minilm.py --epochs 4 [--save DIR] > evals/retrieval/ranker_minilm.txt
     python evals/retrieval/ranker_minilm.py --epochs 1 --weak > evals/retrieval/ranker_minilm_weak.txt

@@ -3,11 +3,11 @@ on those where the ranker missed one.
 
     S=evals/studies/test-retrieved/runs
     python evals/retrieval/recall_accuracy.py evals/studies/train-2077/runs/*_test_* $S/*_program-constrained \
-        $S/*_all2077 evals/runs/context-dev/*[0-9]-as-trained_* > evals/retrieval/recall_accuracy.txt
+        $S/*_all2077 evals/studies/context-dev/runs/*[0-9]-as-trained_* > evals/retrieval/recall_accuracy.txt
     python evals/retrieval/recall_accuracy.py --groups-at 3 \
-        evals/runs/context-dev/*_retrieved*[0-9]-as-trained_* > evals/retrieval/recall_accuracy_at3.txt
+        evals/studies/context-dev/runs/*_retrieved*[0-9]-as-trained_* > evals/retrieval/recall_accuracy_at3.txt
     python evals/retrieval/recall_accuracy.py --groups-at 5 \
-        evals/runs/context-dev/qwen2.5-coder-1.5b_*_retrieved*[0-9]-as-trained_* \
+        evals/studies/context-dev/runs/qwen2.5-coder-1.5b_*_retrieved*[0-9]-as-trained_* \
         > evals/retrieval/recall_accuracy_at5.txt
 
 For every run with `--context retrieved`, the run's own ranker and k are applied again to
