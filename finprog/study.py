@@ -405,7 +405,9 @@ def predict(cell: Cell) -> dict:
     predicted = {"training": 0.0, "inference": 0.0}
     for run in cell.runs:
         saved = RunRecord.load(run.out / RUN).data if (run.out / RUN).is_file() else {}
-        cache = saved.get("config", {}).get("prefix_cache", True)  # runs made before the cache ran without it
+        config = saved.get("config", {})
+        ran_with = config["stages"][0] if "stages" in config else config  # a cascade records each stage's options
+        cache = ran_with.get("prefix_cache", True)  # runs made before the cache ran without it
         if run.trains:
             steps, evaluations = _predict_training(run.options, saved.get("config_changes", []), cache)
             predicted["training"] += steps
