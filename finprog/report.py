@@ -636,7 +636,8 @@ def _details(group: Group) -> tuple[list[str], list[list[str]]]:
     return headers, cells
 
 
-def _aligned(headers: list[str], cells: list[list[str]]) -> str:
+def aligned_table(headers: list[str], cells: list[list[str]]) -> str:
+    """A plain-text table: columns padded to their widest cell, two spaces apart."""
     lines = [headers, *cells]
     widths = [max(len(line[i]) for line in lines) for i in range(len(headers))]
     return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip() for line in lines)
@@ -652,7 +653,7 @@ def format_table(report: Report) -> str:
     parts = [line for line in (_mixing_warning(report), _unfinished_note(report), _unknown_cost_note(report)) if line]
     parts += [""] if parts else []
     for group in report.groups:
-        parts += [f"Eval set {group.eval_set.describe()}", _aligned(*_table(report, group))]
+        parts += [f"Eval set {group.eval_set.describe()}", aligned_table(*_table(report, group))]
         parts += [*_summary(report, group), ""]
     return "\n".join(parts + _notes(report))
 

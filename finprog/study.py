@@ -573,10 +573,9 @@ def plan_summary(planned: list[Planned]) -> dict:
 
 def format_plan(study: Study, planned: list[Planned]) -> str:
     """The --dry-run table: each cell, its status, its FLOPs predicted and measured, the time left."""
-    from finprog.report import format_flops
+    from finprog.report import aligned_table, format_flops
 
-    lines = [f"study {study.name} ({study.path}): {len(planned)} cells"]
-    rows = [["cell", "status", "predicted FLOPs", "measured FLOPs", "measured/predicted", "time left"]]
+    rows = []
     for item in planned:
         predicted = sum(item.predicted.values()) if item.predicted else None
         done = sum(item.measured.values()) if item.measured else None
@@ -586,8 +585,8 @@ def format_plan(study: Study, planned: list[Planned]) -> str:
             f"{done / predicted:.4f}" if done and predicted else "-",
             "-" if item.status == "done" else _duration(item.seconds),
         ])
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    lines += ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
+    lines = [f"study {study.name} ({study.path}): {len(planned)} cells", aligned_table(
+        ["cell", "status", "predicted FLOPs", "measured FLOPs", "measured/predicted", "time left"], rows)]
     left = [item.seconds for item in planned if item.status != "done"]
     if left:
         known = sum(s for s in left if s is not None)
