@@ -143,6 +143,8 @@ def _add_train(commands) -> None:
     train.add_argument("--target", help="stop when EmAcc reaches this: 0.3, 30 or 30%%")
     train.add_argument("--target-metric", choices=METRICS, default="exact",
                        help="the accuracy --target applies to (default: %(default)s)")
+    train.add_argument("--keep-best", action="store_true",
+                       help="the run keeps the weights of its best evaluation (by --target-metric), not its last step's")
     train.add_argument("--lr", type=float, help="AdamW learning rate (default: 2e-4 LoRA and QLoRA, 1e-5 full)")
     train.add_argument("--warmup-steps", type=int, default=0, help="steps of linear warmup (default: 0)")
     train.add_argument("--lr-schedule", choices=LR_SCHEDULES, default="constant",
@@ -466,7 +468,7 @@ def _train(args) -> int:
         chat_template=args.chat_template, max_prompt_tokens=args.max_prompt_tokens, max_steps=args.max_steps,
         epochs=args.epochs, budget_flops=args.budget_flops,
         target=parse_target(args.target) if args.target else None, target_metric=args.target_metric,
-        eval_every=args.eval_every, eval_at_start=args.eval_at_start, eval_limit=args.eval_limit,
+        keep_best=args.keep_best, eval_every=args.eval_every, eval_at_start=args.eval_at_start, eval_limit=args.eval_limit,
         eval_batch_size=args.eval_batch_size, max_new_tokens=args.max_new_tokens, lr=args.lr,
         warmup_steps=args.warmup_steps, lr_schedule=args.lr_schedule, weight_decay=args.weight_decay,
         batch_size=args.batch_size, micro_batch_size=args.micro_batch_size,

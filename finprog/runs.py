@@ -29,7 +29,7 @@ DAMAGED = "predictions.damaged.jsonl"
 KINDS = ("solve", "train", "cascade")
 KIND_NAMES = {"solve": "a single-model run of `finprog solve`", "train": "a training run of `finprog train`",
               "cascade": "a cascade of `finprog solve --cascade`"}
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 """The format of run.json. Version 2 added `schema_version` and lets `flops.training_total` be null, an unknown
 training cost, with `flops.training_unknown` saying why. A record without a version is of version 1; `RunRecord.load`
 upgrades it (`_upgraded`) and refuses a version newer than this one."""
@@ -236,7 +236,8 @@ def _upgraded(path: Path, data: dict) -> dict:
     """`data` in the format of SCHEMA_VERSION: a newer version is refused, and version 1 is upgraded.
 
     Version 1 recorded 0 training FLOPs for a run of an adapter without the run.json of its
-    training (its cost unknown); such a record now says so instead.
+    training (its cost unknown); such a record now says so instead. Training runs before version 3
+    kept their last step's weights (`keep_best` false).
     """
     version = data.get("schema_version", 1)
     if isinstance(version, bool) or not isinstance(version, int) or version < 1:
@@ -253,6 +254,8 @@ def _upgraded(path: Path, data: dict) -> dict:
         if data.get("kind") != "train" and "adapter" in sources and isinstance(cost, dict) \
                 and cost.get("training_total") == 0:
             data = {**data, "flops": {**cost, "training_total": None, "training_unknown": V1_UNKNOWN_TRAINING}}
+    if version < 3 and data.get("kind") == "train" and isinstance(data.get("config"), dict):
+        data = {**data, "config": {"keep_best": False, **data["config"]}}
     return {**data, "schema_version": SCHEMA_VERSION}
 
 

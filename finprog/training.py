@@ -17,6 +17,7 @@ The run folder (`out`):
   and the tokenizer, so `finprog.models.load_model(out)` and `finprog solve --model out` load it
 - `evals/step-NNNNNN.jsonl`: each evaluation's predictions
 - `checkpoint.pt` while training: trainable weights, optimizer, step, FLOPs, curve (what `resume` continues from)
+- `best.pt` while training with `keep_best`: the trainable weights of the best evaluation so far
 
 `export_adapter` copies a finished LoRA or QLoRA run's adapter, in bf16, with its run.json into
 a small folder that `finprog solve --model` loads as it loads the run folder.
@@ -55,6 +56,7 @@ DEFAULT_LR = {"full": 1e-5, "lora": 2e-4, "qlora": 2e-4}
 LR_SCHEDULES = ("constant", "linear", "cosine")
 DEFAULT_MAX_PROMPT_TOKENS = 1024
 CHECKPOINT = "checkpoint.pt"
+BEST = "best.pt"
 EVALS = "evals"
 IGNORE_INDEX = -100  # label of a token that has no loss (prompt and padding)
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -86,6 +88,7 @@ class TrainOptions(prompts.PromptOptions):
     budget_flops: float | None = None  # training FLOPs; a step that would exceed it is not run
     target: float | None = None  # EmAcc fraction on the eval set
     target_metric: str = "exact"
+    keep_best: bool = False  # the run keeps the weights of its best evaluation (by target_metric), not the last
     # evaluation
     eval_every: int | None = None  # steps; None: only at the start and the end
     eval_at_start: bool = True  # a curve point at step 0: the untrained model with the same prompts
@@ -449,6 +452,7 @@ class TrainState:
     training_seconds: float = 0.0
     evaluation_seconds: float = 0.0
     final: dict | None = None  # the last evaluation: metrics, FLOP totals, generation seconds
+    best: dict | None = None  # with keep_best, the best evaluation so far: its step and its `final`
 
 
 @dataclass
@@ -496,10 +500,12 @@ def train(options: TrainOptions, out: Path, resume: bool = False, progress: bool
         stop = _loop(setup, state, progress)
         setup.say(f"stopped: {_STOP_REASONS[stop]}")
         if recorder:
+            kept = _keep_best(setup, state) if options.keep_best else state.step
             _save_model(out, accelerator.unwrap_model(setup.model), setup.tokenizer)
-            write_rows(out / PREDICTIONS, read_rows(out / EVALS / f"step-{state.step:06d}.jsonl"))
-            recorder.finish(**_final_record(record, state, options, stop))
-            (out / CHECKPOINT).unlink(missing_ok=True)
+            write_rows(out / PREDICTIONS, read_rows(out / EVALS / f"step-{kept:06d}.jsonl"))
+            recorder.finish(**_final_record(record, state, options, stop, kept))
+            for name in (CHECKPOINT, BEST):
+                (out / name).unlink(missing_ok=True)
     accelerator.wait_for_everyone()
     return RunRecord.load(out).data
 
@@ -644,6 +650,9 @@ def _add_curve_point(setup: Setup, state: TrainState, loss: float | None) -> str
     setup.say(format_point(point))
     reason = None
     metric = options.target_metric
+    if options.keep_best and (state.best is None or point[metric] > state.best["final"]["metrics"][metric]):
+        state.best = {"step": state.step, "final": state.final}
+        _save_atomically(_trainable_weights(model), out / BEST)
     if options.target is not None and state.target is None and point[metric] >= options.target:
         state.target = {key: point[key] for key in ("step", "tokens", "train_flops", metric)}
         reason = "target"
@@ -736,12 +745,31 @@ def _reseed(seed: int, step: int, rank: int) -> None:
 
 def _save_checkpoint(out: Path, model, optimizer, state: TrainState) -> None:
     """Trainable weights, optimizer and loop state in one file, replaced atomically."""
+    _save_atomically({"trainable": _trainable_weights(model), "optimizer": optimizer.state_dict(),
+                      "state": asdict(state)}, out / CHECKPOINT)
+
+
+def _keep_best(setup: Setup, state: TrainState) -> int:
+    """Put the best evaluation's weights back into the model (its metrics become the run's); returns its step."""
     import torch
 
-    trainable = {name: p.detach().cpu().clone() for name, p in model.named_parameters() if p.requires_grad}
-    partial = out / (CHECKPOINT + ".partial")
-    torch.save({"trainable": trainable, "optimizer": optimizer.state_dict(), "state": asdict(state)}, partial)
-    os.replace(partial, out / CHECKPOINT)
+    if state.best["step"] != state.step:
+        model = setup.accelerator.unwrap_model(setup.model)
+        _load_trainable(model, torch.load(setup.out / BEST, weights_only=True))
+        state.final = state.best["final"]
+    return state.best["step"]
+
+
+def _trainable_weights(model) -> dict:
+    return {name: p.detach().cpu().clone() for name, p in model.named_parameters() if p.requires_grad}
+
+
+def _save_atomically(content: dict, path: Path) -> None:
+    import torch
+
+    partial = path.with_name(path.name + ".partial")
+    torch.save(content, partial)
+    os.replace(partial, path)
 
 
 def _load_trainable(model, trainable: dict) -> None:
@@ -811,7 +839,7 @@ def _exportable_run(run: Path) -> RunRecord:
     return record
 
 
-def _final_record(record: dict, state: TrainState, options: TrainOptions, stop: str) -> dict:
+def _final_record(record: dict, state: TrainState, options: TrainOptions, stop: str, kept: int) -> dict:
     final = state.final
     n = final["metrics"]["n"]
     evaluations = sum(point["eval_flops"] for point in state.curve)
@@ -827,6 +855,7 @@ def _final_record(record: dict, state: TrainState, options: TrainOptions, stop: 
         "target": target,
         "stopped": stop,
         "steps": state.step,
+        "model_step": kept,  # the step whose weights the run's model holds (keep_best: its best evaluation's)
         "tokens": state.tokens,
         "timing": {
             **record["timing"],
@@ -864,6 +893,8 @@ def summary_lines(record: dict) -> list[str]:
     """The human summary of a finished training run: the curve, why it stopped, the target, the final FLOPs."""
     lines = [format_point(point) for point in record["curve"]]
     lines.append(f"stopped after {record['steps']} steps: {_STOP_REASONS[record['stopped']]}")
+    if record.get("model_step", record["steps"]) != record["steps"]:
+        lines.append(f"kept the weights of step {record['model_step']}, its best evaluation")
     target = record["target"]
     if target:
         reached = (f"reached at step {target['step']} after {target['train_flops']:.3g} training FLOPs"
@@ -877,5 +908,5 @@ def summary_lines(record: dict) -> list[str]:
 
 def summary(record: dict) -> dict:
     """The machine-readable summary of a finished training run (what `--json` prints)."""
-    return {"steps": record["steps"], "stopped": record["stopped"], "target": record["target"],
-            "training_flops": record["flops"]["training_total"], **record["metrics"], "curve": record["curve"]}
+    return {"steps": record["steps"], "model_step": record.get("model_step", record["steps"]),
+            "stopped": record["stopped"], "target": record["target"], "training_flops": record["flops"]["training_total"], **record["metrics"], "curve": record["curve"]}

@@ -226,6 +226,34 @@ def test_resume_continues_from_the_checkpoint_and_counts_flops_once(tmp_path, ch
     assert train(opts, tmp_path / "run", resume=True, progress=False) == resumed  # finished: nothing to do
 
 
+def test_keep_best_keeps_the_best_evaluations_weights_across_a_resume(tmp_path, checkpoint, files, monkeypatch):
+    from safetensors.torch import load_file
+
+    real, scores = training.evaluate_model, iter([0.2, 0.5, 0.5])  # steps 0, 2 and 4: a tie keeps the first
+
+    def scored(*args, **kwargs):  # a random model scores 0: give each evaluation an exact EmAcc of our own
+        rows, result, cost = real(*args, **kwargs)
+        return rows, {**result, "exact": next(scores)}, cost
+
+    monkeypatch.setattr(training, "evaluate_model", scored)
+    opts = options(checkpoint, files, batch_size=4, keep_best=True, dtype="fp32")
+    interrupt_at_step_3(opts, tmp_path / "run", monkeypatch)
+    assert (tmp_path / "run" / training.BEST).is_file()
+    record = train(opts, tmp_path / "run", resume=True, progress=False)
+    assert [p["exact"] for p in record["curve"]] == [0.2, 0.5, 0.5]
+    assert (record["steps"], record["model_step"], record["metrics"]["exact"]) == (4, 2, 0.5)
+    assert record["flops"]["training_total"] == record["curve"][-1]["train_flops"]  # every step run is paid for
+    assert (tmp_path / "run" / PREDICTIONS).read_text() == (tmp_path / "run" / "evals" / "step-000002.jsonl").read_text()
+    assert not (tmp_path / "run" / training.BEST).exists() and not (tmp_path / "run" / training.CHECKPOINT).exists()
+    assert "kept the weights of step 2, its best evaluation" in training.summary_lines(record)
+
+    monkeypatch.setattr(training, "evaluate_model", real)
+    two = train(options(checkpoint, files, batch_size=4, max_steps=2, dtype="fp32"), tmp_path / "two", progress=False)
+    assert two["model_step"] == 2
+    kept, after_two = (load_file(tmp_path / name / "adapter_model.safetensors") for name in ("run", "two"))
+    assert kept.keys() == after_two.keys() and all(kept[k].equal(after_two[k]) for k in kept)
+
+
 def test_micro_batches_make_the_batch_update_and_count_their_own_flops(tmp_path, checkpoint, files):
     whole = options(checkpoint, files, method="full", dtype="fp32", max_steps=2, eval_every=None, eval_at_start=False)
     micro = options(checkpoint, files, method="full", dtype="fp32", max_steps=2, eval_every=None, eval_at_start=False,
