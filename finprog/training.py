@@ -704,11 +704,19 @@ def trainable_model(options: TrainOptions, data: TrainData, device: str):
     loaded = models.load_model(data.source, dtype=options.dtype, quant=options.quant, device=device)
     model = loaded.model
     if options.method == "qlora":
+        import bitsandbytes
         from peft import prepare_model_for_kbit_training
 
         # non-reentrant, as flops.training_step_flops counts (reentrant also recomputes each layer's last matmul)
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=options.gradient_checkpointing,
                                                 gradient_checkpointing_kwargs={"use_reentrant": False})
+        # On a CPU with AVX512-BF16, bitsandbytes (0.50) repacks a 4-bit layer's weight in place for its inference
+        # kernel (gemv_4bit) at the first forward in eval mode without gradients, as in an evaluation; that kernel
+        # has no backward, so every step after the first evaluation got no gradient through the 4-bit base
+        # (tests/test_qlora_gradients.py)
+        for layer in model.modules():
+            if isinstance(layer, bitsandbytes.nn.Linear4bit):
+                layer.support_avx512bf16_for_cpu = False
     elif options.gradient_checkpointing:  # HF's switch, which flops.training_step_flops counts
         (getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable)()
     if options.method == "full":
