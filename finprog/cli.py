@@ -16,7 +16,7 @@ from finprog.models import DTYPES
 from finprog.prompts import PROMPT_STYLES
 from finprog.report import DEFAULT_METRIC, DEFAULT_QUESTIONS
 from finprog.retrieval import CONTEXTS, DEFAULT_CONTEXT, DEFAULT_RANKER, DEFAULT_TOP_K, RANKERS
-from finprog.solve import DEFAULT_MODEL, DEFAULT_SHOTS, EXEMPLAR_CHOICES, MODES
+from finprog.solve import DEFAULT_MODEL, DEFAULT_SHOTS, EXEMPLAR_CHOICES, MODES, PROMPTED_MODEL
 from finprog.study import EXECUTORS
 from finprog.training import LR_SCHEDULES
 
@@ -121,8 +121,8 @@ def _add_compare(commands) -> None:
 def _add_train(commands) -> None:
     """The longest parser: `finprog train` has one option per field of `training.TrainOptions`."""
     train = commands.add_parser("train", help="fine-tune (LoRA, QLoRA, full) with periodic evaluation and FLOP accounting")
-    train.add_argument("--model", default=DEFAULT_MODEL,
-                       help=f"zoo name, hub id or checkpoint folder to train (default: {DEFAULT_MODEL})")
+    train.add_argument("--model", default=PROMPTED_MODEL,
+                       help=f"zoo name, hub id or checkpoint folder to train (default: {PROMPTED_MODEL})")
     _add_method_options(train)
     train.add_argument("--lora-alpha", type=int, help="LoRA scaling numerator (default: 2 x --lora-r)")
     train.add_argument("--lora-dropout", type=float, default=0.05, help="dropout on the LoRA input (default: %(default)s)")
@@ -338,7 +338,8 @@ def _evaluate(args) -> int:
 
 
 def _add_solve_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", help=f"zoo name, hub id or checkpoint folder (default: {DEFAULT_MODEL})")
+    parser.add_argument("--model", help=f"zoo or trained-adapter name, hub id or folder (default: {DEFAULT_MODEL} "
+                                        f"in program mode, {PROMPTED_MODEL} in direct mode and for compare)")
     parser.add_argument("--data", help="FinQA file, dataset folder, split or sample name, hf:NAME, or demo "
                                        "(default: official dev, else demo)")
     parser.add_argument("--limit", type=int, help="only the first N examples")
@@ -398,7 +399,7 @@ def _solve_options(args, mode: str, constrained: bool | None = None, model: str 
     from finprog.solve import SolveOptions
 
     return SolveOptions(
-        model=model or args.model or DEFAULT_MODEL, mode=mode, prompt=args.prompt, data=args.data, limit=args.limit,
+        model=model or args.model, mode=mode, prompt=args.prompt, data=args.data, limit=args.limit,
         batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, shots=args.shots,
         exemplar_choice=args.exemplar_choice, exemplars=args.exemplars, gold_exemplars=args.gold_exemplars,
         constrained=constrained, restrict_numbers=args.restrict_numbers, page_numbers=args.page_numbers,
@@ -410,7 +411,7 @@ def _solve_options(args, mode: str, constrained: bool | None = None, model: str 
 
 def _default_out(model: str | None, label: str, data: str | None = None) -> Path:
     """runs/MODEL_LABEL[_DATA]: the same options give the same folder, so --resume finds it."""
-    return Path("runs") / "_".join([_model_label(model or DEFAULT_MODEL), label] + ([Path(data).stem] if data else []))
+    return Path("runs") / "_".join([_model_label(model), label] + ([Path(data).stem] if data else []))
 
 
 def _model_label(model: str) -> str:
@@ -423,7 +424,8 @@ def _solve(args) -> int:
     if args.cascade or args.accept is not None:
         record = _cascade(args)
     else:
-        out = args.out or _default_out(args.model, args.mode, args.data)
+        out = args.out or _default_out(args.model or (DEFAULT_MODEL if args.mode == "program" else PROMPTED_MODEL),
+                                       args.mode, args.data)
         record = solve(_solve_options(args, args.mode, args.constrained), out, resume=args.resume,
                        progress=not args.json)
     if args.json:
@@ -504,9 +506,10 @@ def _compare(args) -> int:
         result = compare_runs(args.run_dirs)
     else:
         modes = args.modes or ["direct", "program"]
-        out = args.out or _default_out(args.model, "compare", args.data)
+        out = args.out or _default_out(args.model or PROMPTED_MODEL, "compare", args.data)
         # --constrained and --no-constrained apply to the program run
-        runs = [_solve_options(args, mode, args.constrained if mode == "program" else None)
+        runs = [_solve_options(args, mode, args.constrained if mode == "program" else None,
+                               model=args.model or PROMPTED_MODEL)
                 for mode in dict.fromkeys(modes)]
         result = compare_modes(runs, out, resume=args.resume, progress=not args.json)
     print(json.dumps(result) if args.json else format_comparison(result))
@@ -537,16 +540,20 @@ def _retrieve(args) -> int:
 
 
 def _models_list(args) -> int:
-    from finprog.models import list_models
+    from finprog.models import list_adapters, list_models
 
-    rows = list_models()
+    rows, adapters = list_models(), list_adapters()
     if args.json:
-        print(json.dumps(rows, indent=2))
+        print(json.dumps({"zoo": rows, "adapters": adapters}, indent=2))
         return 0
     print(f"{'name':<22}{'params':>8}{'download':>10}  {'cached':<8}licence")
     for row in rows:
         print(f"{row['name']:<22}{row['params'] / 1e9:>7.2f}B{row['size'] / 1e9:>7.2f} GB  "
               f"{'yes' if row['cached'] else 'no':<8}{row['licence']}")
+    print(f"\ntrained adapters (solve's default: {DEFAULT_MODEL})")
+    for row in adapters:
+        results = "; ".join(f"{r['value']:g}% on {r['dataset']} ({r['label']})" for r in row["results"])
+        print(f"{row['name']}: {row['technique']} on {row['base']}, {row['training_flops']:.3g} training FLOPs; {results}")
     return 0
 
 

@@ -131,6 +131,8 @@ ZOO: dict[str, ZooModel] = {
     )
 }
 
+ADAPTERS_DIR = Path(__file__).resolve().parent / "adapters"
+"""finprog's trained adapters, one folder each, named as `--model` values: in a checkout and in the wheel."""
 PROVENANCE_FILE = "finprog_zoo.json"  # written next to a converted zoo checkpoint: where it came from
 DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}  # --dtype name -> torch attribute
 QUANTS = ("none", "4bit", "8bit")
@@ -176,6 +178,8 @@ def resolve_model(spec: str | os.PathLike | ModelSource) -> ModelSource:
     text = os.fspath(spec)
     if text in ZOO:
         return ModelSource("zoo", text)
+    if text in shipped_adapters():
+        return _local_source(ADAPTERS_DIR / text)
     path = Path(text).expanduser()
     if path.is_dir():
         return _local_source(path.resolve())
@@ -189,12 +193,18 @@ def resolve_model(spec: str | os.PathLike | ModelSource) -> ModelSource:
     raise ModelNotFoundError(_unknown_model_message(text))
 
 
+def shipped_adapters() -> list[str]:
+    """The names of finprog's trained adapters (folders of ADAPTERS_DIR)."""
+    return sorted(config.parent.name for config in ADAPTERS_DIR.glob(f"*/{ADAPTER_CONFIG}"))
+
+
 def _unknown_model_message(text: str) -> str:
-    close = difflib.get_close_matches(text.lower(), ZOO, n=1)
+    names = [*ZOO, *shipped_adapters()]
+    close = difflib.get_close_matches(text.lower(), names, n=1)
     hint = f" Did you mean {close[0]!r}?" if close else ""
     return (
         f"unknown model {text!r}: not an offline-zoo name, not an existing folder, and not a "
-        f"Hugging Face hub id (owner/name).{hint} Zoo names: {', '.join(ZOO)}. A hub id "
+        f"Hugging Face hub id (owner/name).{hint} Names: {', '.join(names)}. A hub id "
         "(e.g. meta-llama/Llama-3.1-8B-Instruct) or the path to a checkpoint or PEFT adapter folder also works."
     )
 
@@ -318,6 +328,28 @@ def list_models() -> list[dict[str, Any]]:
                 "path": str(folder),
             }
         )
+    return rows
+
+
+def list_adapters() -> list[dict[str, Any]]:
+    """finprog's trained adapters for `finprog models list`, one dict per adapter.
+
+    Keys: name, base, technique, training_flops (from its run.json), path, and results: the
+    `model-index` metrics of its model card (README.md), each with dataset and value (a percent).
+    """
+    from huggingface_hub import metadata_load
+
+    rows = []
+    for name in shipped_adapters():
+        folder = ADAPTERS_DIR / name
+        run = json.loads((folder / "run.json").read_text())
+        card = metadata_load(folder / "README.md") or {}
+        results = [{"dataset": result["dataset"]["name"], "metric": metric["type"], "value": metric["value"],
+                    "label": metric.get("name", "")}
+                   for entry in card.get("model-index", []) for result in entry.get("results", [])
+                   for metric in result.get("metrics", [])]
+        rows.append({"name": name, "base": run["config"]["model"], "technique": run["config"]["technique"],
+                     "training_flops": run["flops"]["training_total"], "path": str(folder), "results": results})
     return rows
 
 

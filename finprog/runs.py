@@ -141,8 +141,11 @@ class RunRecord:
 
     @classmethod
     def trained(cls, model: str) -> RunRecord | None:
-        """The finished record of the `finprog train` run that wrote the checkpoint folder `model`, if it is one."""
-        path = Path(model) / RUN
+        """The finished record of the `finprog train` run that wrote the checkpoint folder `model` (or finprog's
+        trained adapter of that name), if it is one."""
+        from finprog.models import ADAPTERS_DIR, shipped_adapters
+
+        path = (ADAPTERS_DIR / model if model in shipped_adapters() else Path(model)) / RUN
         if not path.is_file():
             return None
         record = cls.load(path)

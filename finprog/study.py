@@ -351,10 +351,11 @@ def _checked(cell: Cell, key: str, where: _Where) -> Cell:
 
 
 def comparable(name: str, value):
-    """A declared or recorded option value as changes are judged: paths by their last name."""
-    if name in PATH_OPTIONS and isinstance(value, str):
+    """A declared or recorded option value as changes are judged: paths (an export folder too) by their last name."""
+    paths = (*PATH_OPTIONS, "export")
+    if name in paths and isinstance(value, str):
         return Path(value).name.removesuffix(".json")
-    if name in PATH_OPTIONS and isinstance(value, list):
+    if name in paths and isinstance(value, list):
         return [comparable(name, item) for item in value]
     return value
 

@@ -9,6 +9,7 @@ import pytest
 
 from finprog import flopcheck, flops, models, training
 from finprog.cli import _build_parser, main
+from finprog.solve import DEFAULT_MODEL, PROMPTED_MODEL
 from test_report import SET_B, write_run
 
 
@@ -217,9 +218,14 @@ def test_flops_prints_the_summary_of_a_checkpoint(tiny_checkpoint_dir, capsys):
 
 def test_models_lists_the_zoo_and_fetches_by_name(monkeypatch, capsys):
     code, out, _ = run_cli(capsys, "models", "list", "--json")
-    assert code == 0 and [row["name"] for row in json.loads(out)] == list(models.ZOO)
+    listed = json.loads(out)
+    assert code == 0 and [row["name"] for row in listed["zoo"]] == list(models.ZOO)
+    default = {row["name"]: row for row in listed["adapters"]}[DEFAULT_MODEL]  # solve's default ships with finprog
+    assert default["base"] == PROMPTED_MODEL and default["training_flops"] > 0
+    assert {r["dataset"] for r in default["results"]} == {"test_100", "dev_200"}
     code, out, _ = run_cli(capsys, "models", "list")
     assert code == 0 and all(name in out for name in models.ZOO) and "licence" in out.splitlines()[0]
+    assert f"{DEFAULT_MODEL}: lora on {PROMPTED_MODEL}" in out
 
     monkeypatch.setattr(models, "fetch", lambda name: f"/cache/{name}")
     code, out, _ = run_cli(capsys, "models", "fetch", "all")

@@ -402,3 +402,27 @@ def test_smollm2_from_the_zoo_loads_and_continues_greedily(tmp_path):
     assert all(text.strip() for text in continuations)
     get_peft_model(loaded.model, LoraConfig(r=2, target_modules=["q_proj"])).save_pretrained(tmp_path / "adapter")
     assert finprog_models.resolve_model(tmp_path / "adapter").base.location == "smollm2-135m"  # portable base
+
+
+def test_solves_default_is_a_shipped_adapter_whose_card_quotes_its_study_runs():
+    import json
+
+    from finprog.solve import DEFAULT_MODEL, PROMPTED_MODEL, SolveError, SolveOptions
+    from shared_data import REPO
+
+    assert DEFAULT_MODEL in finprog_models.shipped_adapters()
+    source = finprog_models.resolve_model(DEFAULT_MODEL)
+    assert (source.kind, source.base.location) == ("adapter", PROMPTED_MODEL)
+    program, direct = SolveOptions(), SolveOptions(mode="direct")
+    assert (program.model, program.prompt, direct.model) == (DEFAULT_MODEL, "bare", PROMPTED_MODEL)
+    with pytest.raises(SolveError, match="was trained in program mode; ask it with --mode program"):
+        SolveOptions(model=DEFAULT_MODEL, mode="direct")
+
+    card = {row["name"]: row for row in finprog_models.list_adapters()}[DEFAULT_MODEL]
+    runs = REPO / "evals" / "studies" / "prefill" / "runs"
+    for result in card["results"]:
+        decoding = {"test_100": "program", "dev_200": "dev-program"}[result["dataset"]]
+        run = json.loads((runs / f"qwen2.5-coder-0.5b_lora_program_bare_cosine240_test_{decoding}" / "run.json").read_text())
+        assert result["value"] == pytest.approx(100 * run["metrics"]["exact"])
+    trained = json.loads((runs / "qwen2.5-coder-0.5b_lora_program_bare_cosine240" / "run.json").read_text())
+    assert card["training_flops"] == trained["flops"]["training_total"]
