@@ -83,9 +83,6 @@ class SolveOptions(prompts.PromptOptions):
         if not trained:
             return
         config = trained.data["config"]
-        if config.get("mode", "program") != self.mode:
-            raise SolveError(f"{self.model} was trained in {config.get('mode', 'program')} mode; ask it with "
-                             f"--mode {config.get('mode', 'program')}, or choose another --model")
         style = config.get("prompt", "instructed")  # runs trained before bare prompts were instructed
         if self.prompt not in (None, style):
             raise SolveError(f"{self.model} was trained with {style} prompts; ask it with --prompt {style} "

@@ -407,7 +407,7 @@ def test_smollm2_from_the_zoo_loads_and_continues_greedily(tmp_path):
 def test_solves_default_is_a_shipped_adapter_whose_card_quotes_its_study_runs():
     import json
 
-    from finprog.solve import DEFAULT_MODEL, PROMPTED_MODEL, SolveError, SolveOptions
+    from finprog.solve import DEFAULT_MODEL, PROMPTED_MODEL, SolveOptions
     from shared_data import REPO
 
     assert DEFAULT_MODEL in finprog_models.shipped_adapters()
@@ -415,8 +415,6 @@ def test_solves_default_is_a_shipped_adapter_whose_card_quotes_its_study_runs():
     assert (source.kind, source.base.location) == ("adapter", PROMPTED_MODEL)
     program, direct = SolveOptions(), SolveOptions(mode="direct")
     assert (program.model, program.prompt, direct.model) == (DEFAULT_MODEL, "bare", PROMPTED_MODEL)
-    with pytest.raises(SolveError, match="was trained in program mode; ask it with --mode program"):
-        SolveOptions(model=DEFAULT_MODEL, mode="direct")
 
     card = {row["name"]: row for row in finprog_models.list_adapters()}[DEFAULT_MODEL]
     runs = REPO / "evals" / "studies" / "prefill" / "runs"

@@ -110,9 +110,10 @@ def test_bare_options_refuse_exemplars_and_name_the_style(tiny_tokenizer):
     from finprog.solve import SolveError, SolveOptions
     from finprog.training import TrainingError, TrainOptions
 
-    assert SolveOptions(prompt="bare").shots == 0 and SolveOptions().shots == 1
+    prompted = "qwen2.5-coder-0.5b"  # a zoo model: no training run sets its prompt options
+    assert SolveOptions(prompted, prompt="bare").shots == 0 and SolveOptions(prompted).shots == 1
     with pytest.raises(SolveError, match="--shots needs --prompt instructed"):
-        SolveOptions(prompt="bare", shots=2)
+        SolveOptions(prompted, prompt="bare", shots=2)
     with pytest.raises(TrainingError, match="unknown prompt style 'plain'"):
         TrainOptions("m", "t", "e", prompt="plain")
     options = TrainOptions("m", "t", "e")

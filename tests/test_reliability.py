@@ -606,7 +606,7 @@ def test_options_take_paths_where_the_readme_says_a_path(tiny_checkpoint_dir, de
 
 @pytest.mark.parametrize("make, option", [
     (lambda: finprog.SolveOptions(limit="2"), "SolveOptions.limit must be a whole number or None, got '2'"),
-    (lambda: finprog.SolveOptions(model=None), "SolveOptions.model must be a string, got None"),
+    (lambda: finprog.SolveOptions(model=3), "SolveOptions.model must be a string"),
     (lambda: finprog.SolveOptions(limit=2.0), "SolveOptions.limit must be a whole number"),
     (lambda: finprog.SolveOptions(constrained="yes"), "SolveOptions.constrained must be True or False or None"),
     (lambda: finprog.SolveOptions(temperature="0.7"), "SolveOptions.temperature must be a number"),

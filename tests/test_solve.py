@@ -114,7 +114,8 @@ def test_bad_options_are_refused():
 
 
 def test_programs_are_decoded_constrained_unless_told_otherwise():
-    assert SolveOptions(mode="program").constrained is True
+    assert SolveOptions("qwen2.5-coder-0.5b", mode="program").constrained is True
+    assert SolveOptions(mode="program").constrained is False  # the default, a trained adapter, decodes as trained
     assert SolveOptions(mode="program", constrained=False).constrained is False
     assert SolveOptions(mode="direct").constrained is False
 
