@@ -72,6 +72,17 @@ def build_tiny_model(architecture: str, tokenizer, **sizes):
 
 
 @pytest.fixture
+def one_thread():
+    """Tiny tensors: on a busy 2-core machine, torch's thread synchronisation costs far more than the work."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
 def tiny_tokenizer():
     """A fresh tiny tokenizer (tests may change it)."""
     return build_tiny_tokenizer()

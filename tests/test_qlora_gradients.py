@@ -22,15 +22,7 @@ NEXT_TOKEN = 50  # the single token's label
 FIRST_LORA_A = "base_model.model.model.layers.0.self_attn.v_proj.lora_A.default.weight"  # behind every 4-bit layer
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: on a busy 2-core machine, torch's thread synchronisation costs far more than the work."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(autouse=True)

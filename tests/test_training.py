@@ -29,15 +29,7 @@ def files(demo_split):
     return demo_split
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: on a busy 2-core machine, torch's thread synchronisation costs far more than the work."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def options(checkpoint, files, **changes):
