@@ -39,7 +39,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -731,6 +731,31 @@ def trainable_model(options: TrainOptions, data: TrainData, device: str):
         ))
     model.train()
     return loaded, model
+
+
+def qlora_and_dequantized(options: TrainOptions, data: TrainData) -> tuple:
+    """A QLoRA model, its twin with LoRA on the dequantized 4-bit weights, and the QLoRA model's 4-bit layers.
+
+    The adapters are equal in both, with B filled with small random values, so that every LoRA matrix has a
+    gradient: the two must then have equal adapter gradients within rounding (QLoRA's gradient check).
+    """
+    import bitsandbytes
+    import torch
+
+    _, qlora = trainable_model(replace(options, method="qlora"), data, "cpu")
+    _, dequantized = trainable_model(replace(options, method="lora"), data, "cpu")
+    four_bit = {name: layer for name, layer in qlora.named_modules() if isinstance(layer, bitsandbytes.nn.Linear4bit)}
+    for name, layer in four_bit.items():
+        weight = bitsandbytes.functional.dequantize_4bit(layer.weight.data, layer.weight.quant_state)
+        dequantized.get_submodule(name).weight.data.copy_(weight)
+    torch.manual_seed(0)
+    adapters = dict(dequantized.named_parameters())
+    for name, parameter in qlora.named_parameters():
+        if parameter.requires_grad:
+            if "lora_B" in name:
+                parameter.data.normal_(std=0.02)
+            adapters[name].data.copy_(parameter.data)
+    return qlora, dequantized, list(four_bit.values())
 
 
 def _sum_over_processes(accelerator, value: int) -> int:

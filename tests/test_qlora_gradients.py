@@ -5,8 +5,6 @@ weights at an evaluation for an inference kernel without a backward, and every l
 through the base (what `training.trainable_model` now prevents; other CPUs never repacked).
 """
 
-from dataclasses import replace
-
 import pytest
 
 from finprog import models, prompts, training
@@ -36,31 +34,19 @@ def four_bit_runs():
 
 
 def qlora_and_dequantized(checkpoint, files) -> tuple:
-    """(options, data, the QLoRA model, a LoRA model on its dequantized weights), with the same nonzero adapters.
+    """(options, data, the QLoRA model, its dequantized LoRA twin), both computing in fp32 to round alike.
 
-    Both compute in fp32 (finprog's 4-bit layers compute in bf16), so that they round alike.
+    (finprog's 4-bit layers compute in bf16.)
     """
-    import bitsandbytes
     import torch
 
     options = TrainOptions(model=checkpoint, train=str(files / "train.json"), eval=str(files / "eval.json"),
                            mode="direct", method="qlora", dtype="fp32", lora_dropout=0.0, lora_targets="all-linear",
                            eval_limit=1, eval_batch_size=1, max_new_tokens=2)
     data = training.validate(options)
-    _, qlora = training.trainable_model(options, data, "cpu")
-    _, dequantized = training.trainable_model(replace(options, method="lora"), data, "cpu")
-    for name, layer in qlora.named_modules():
-        if isinstance(layer, bitsandbytes.nn.Linear4bit):
-            layer.compute_dtype = torch.float32
-            weight = bitsandbytes.functional.dequantize_4bit(layer.weight.data, layer.weight.quant_state)
-            dequantized.get_submodule(name).weight.data.copy_(weight)
-    torch.manual_seed(0)
-    adapters = dict(dequantized.named_parameters())
-    for name, parameter in qlora.named_parameters():
-        if parameter.requires_grad:
-            if "lora_B" in name:  # nonzero, so that lora_A has a gradient too
-                parameter.data.normal_(std=0.02)
-            adapters[name].data.copy_(parameter.data)
+    qlora, dequantized, four_bit = training.qlora_and_dequantized(options, data)
+    for layer in four_bit:
+        layer.compute_dtype = torch.float32
     return options, data, qlora, dequantized
 
 

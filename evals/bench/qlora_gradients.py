@@ -23,7 +23,6 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-import bitsandbytes
 import torch
 
 from finprog import models, prompts, training
@@ -33,24 +32,6 @@ from finprog.training import TrainOptions
 HERE = Path(__file__).resolve().parent
 OPTIONS = {"model": "smollm2-135m", "train": "train_2077", "eval": "dev_200", "method": "qlora", "dtype": "fp32",
            "lora_dropout": 0.0, "eval_limit": 1}
-
-
-def qlora_and_dequantized(options: TrainOptions, data: training.TrainData) -> tuple:
-    """The QLoRA model, a LoRA model on its dequantized weights with the same nonzero adapters, and the 4-bit layers."""
-    _, qlora = training.trainable_model(options, data, "cpu")
-    _, dequantized = training.trainable_model(replace(options, method="lora"), data, "cpu")
-    four_bit = {name: layer for name, layer in qlora.named_modules() if isinstance(layer, bitsandbytes.nn.Linear4bit)}
-    for name, layer in four_bit.items():
-        weight = bitsandbytes.functional.dequantize_4bit(layer.weight.data, layer.weight.quant_state)
-        dequantized.get_submodule(name).weight.data.copy_(weight)
-    torch.manual_seed(0)
-    adapters = dict(dequantized.named_parameters())
-    for name, parameter in qlora.named_parameters():
-        if parameter.requires_grad:
-            if "lora_B" in name:
-                parameter.data.normal_(std=0.02)
-            adapters[name].data.copy_(parameter.data)
-    return qlora, dequantized, list(four_bit.values())
 
 
 def next_token_loss(model, token: int, label: int):
@@ -73,7 +54,7 @@ def main() -> None:
     torch.set_num_threads(1)
     options = TrainOptions(**OPTIONS)
     data = training.validate(options)
-    qlora, dequantized, four_bit = qlora_and_dequantized(options, data)
+    qlora, dequantized, four_bit = training.qlora_and_dequantized(options, data)
     configured = four_bit[0].compute_dtype
     tokenizer = models.load_tokenizer(options.model)
     retriever = prompts.ExemplarRetriever([])
