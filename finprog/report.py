@@ -146,6 +146,10 @@ class Crossing:
     interpolated: bool  # the crossing lies between two evaluations of the learning curve
     flops_to_target: float | None  # training_flops + Q x inference FLOPs per question
     unknown: bool = False  # reached, at an unknown training cost
+    # FLOPs to target where the curve's 95% interval first reaches up to the target (`earliest`) and where it
+    # first lies wholly at or above it (`surely`); None: not on this curve
+    earliest: float | None = None
+    surely: float | None = None
 
 
 @dataclass(frozen=True)
@@ -381,25 +385,23 @@ def parse_targets(value: float | str | Sequence[float | str]) -> tuple[float, ..
     return tuple(sorted(set(map(parse_target, values))))
 
 
-def training_flops_to_target(
-    curve: tuple[CurvePoint, ...], metric: str, target: float
-) -> tuple[float | None, bool]:
-    """Cumulative training FLOPs where the curve first reaches `target`, and whether that was interpolated.
+def training_flops_to_target(curve: Sequence[tuple[float, float]], target: float) -> tuple[float | None, bool]:
+    """Cumulative training FLOPs where a curve of (training FLOPs, accuracy) first reaches `target`, and whether
+    that was interpolated.
 
     Between the last evaluation below the target and the first at or above it, the
     FLOPs are interpolated linearly. A curve whose first point already meets the
     target needs that point's FLOPs, and one that never meets it gives None.
     """
     previous = None
-    for point in curve:
-        accuracy = getattr(point, metric)
+    for flops, accuracy in curve:
         if accuracy >= target - ACCURACY_TOLERANCE:
             if previous is None or accuracy <= target + ACCURACY_TOLERANCE:
-                return point.train_flops, False
-            before = getattr(previous, metric)
+                return flops, False
+            before_flops, before = previous
             share = (target - before) / (accuracy - before)
-            return previous.train_flops + share * (point.train_flops - previous.train_flops), True
-        previous = point
+            return before_flops + share * (flops - before_flops), True
+        previous = flops, accuracy
     return None, False
 
 
@@ -445,9 +447,18 @@ def _crossing(run: RunSummary, target: float, questions: int, metric: str) -> Cr
         return Crossing(target, None, False, None, unknown=run.accuracy(metric) >= target - ACCURACY_TOLERANCE)
     # A run without a learning curve is a single evaluation after all its training.
     curve = run.curve or (CurvePoint(run.training_flops, run.exact, run.tolerant),)
-    training, interpolated = training_flops_to_target(curve, metric, target)
+    points = [(point.train_flops, getattr(point, metric)) for point in curve]
+    bounds = [(flops, wilson_interval(round(accuracy * run.n), run.n)) for flops, accuracy in points]
     inference = questions * run.inference_flops_per_question
-    return Crossing(target, training, interpolated, None if training is None else training + inference)
+
+    def to_target(curve: list[tuple[float, float]]) -> float | None:
+        training = training_flops_to_target(curve, target)[0]
+        return None if training is None else training + inference
+
+    training, interpolated = training_flops_to_target(points, target)
+    return Crossing(target, training, interpolated, None if training is None else training + inference,
+                    earliest=to_target([(flops, high) for flops, (_, high) in bounds]),
+                    surely=to_target([(flops, low) for flops, (low, _) in bounds]))
 
 
 def _total_flops(run: RunSummary, questions: int) -> float | None:
@@ -543,9 +554,11 @@ def _table(report: Report, group: Group) -> tuple[list[str], list[list[str]]]:
 def _to_target_cell(crossing: Crossing) -> str:
     if crossing.unknown:
         return "unknown"
-    if crossing.flops_to_target is None:
+    if crossing.earliest is None:
         return "not reached"
-    return ("~" if crossing.interpolated else "") + format_flops(crossing.flops_to_target)
+    value = ("~" if crossing.interpolated else "") + format_flops(crossing.flops_to_target) \
+        if crossing.flops_to_target is not None else "not reached"
+    return f"{value} [{format_flops(crossing.earliest)}, {format_flops(crossing.surely) if crossing.surely else '-'}]"
 
 
 def _summary(report: Report, group: Group) -> list[str]:
@@ -573,8 +586,23 @@ def _cheapest_line(report: Report, group: Group, index: int) -> str:
               "truly reach it" if low <= report.targets[index] <= high else "")
     return (
         f"Cheapest to reach {goal}: {cheapest.run.name} ({cheapest.run.label}), "
-        f"{format_flops(crossing.flops_to_target)} FLOPs ({how}{inside})."
+        f"{format_flops(crossing.flops_to_target)} FLOPs ({how}{inside}).{_overlapping(group, cheapest, index)}"
     )
+
+
+def _overlapping(group: Group, cheapest: Row, index: int) -> str:
+    """` Not told apart from ...`: the runs whose FLOPs-to-target bracket overlaps the cheapest run's."""
+    def bracket(row: Row) -> tuple[float, float] | None:
+        crossing = row.crossings[index]
+        return None if crossing.earliest is None else (crossing.earliest, crossing.surely or math.inf)
+
+    low, high = bracket(cheapest)
+    names = [row.run.name for row in group.rows if row is not cheapest and bracket(row)
+             and bracket(row)[0] <= high and bracket(row)[1] >= low]
+    if not names:
+        return ""
+    more = f" and {len(names) - 5} more" if len(names) > 5 else ""
+    return f" Its FLOPs-to-target bracket overlaps those of {', '.join(names[:5])}{more}."
 
 
 def _mixing_warning(report: Report) -> str | None:
@@ -609,7 +637,9 @@ def _notes(report: Report) -> list[str]:
         "not batch padding, so they do not depend on the batch size.",
         "FLOPs to target = training FLOPs until the learning curve first reaches the target "
         f"+ {report.questions} x the final model's inference FLOPs per question; "
-        "'~' marks a crossing interpolated between two evaluations.",
+        "'~' marks a crossing interpolated between two evaluations; in brackets, the same where the curve's 95% "
+        "interval first reaches the target and where it first lies wholly above it ('-': not on this curve). "
+        "Two runs whose brackets overlap are not told apart at this target by their curves.",
         f"The frontier (*) holds the runs that no other run beats on both {report.metric} EmAcc and total FLOPs.",
         f"95% CI: the Wilson interval of the {report.metric} EmAcc on the run's n questions.",
         "vs frontier neighbour: the exact McNemar test, over the questions both runs answered, against the frontier "

@@ -26,6 +26,7 @@ from finprog.report import (
 )
 
 from finprog.runs import RunError
+from finprog.stats import wilson_interval
 
 SET_A = "a" * 64
 SET_B = "b" * 64
@@ -145,6 +146,25 @@ def test_bad_metric_and_question_count_are_refused(tmp_path):
         build_report(runs, target=0.3, metric="program")
     with pytest.raises(ReportError, match="questions"):
         build_report(runs, target=0.3, questions=0)
+
+
+def test_flops_to_target_brackets_where_the_curves_interval_reaches_the_target(tmp_path):
+    curve = [(1e16, 0.2), (2e16, 0.35), (3e16, 0.5)]
+    write_run(tmp_path / "lora", exact=0.5, training=3e16, curve=curve)
+    write_run(tmp_path / "other", exact=0.6, training=1e17, curve=[(1e17, 0.6)])  # its bracket: 1e17 and 1e17
+    rows, group = only_group(build_report(load_runs([tmp_path]), target=0.4, questions=1))
+    crossing = rows["lora"].crossings[0]
+    (_, high20), (low35, high35), (low50, _) = (wilson_interval(round(100 * a), 100) for _, a in curve)
+    assert high20 < 0.4 < high35 and low35 < 0.4 < low50
+    assert crossing.earliest == pytest.approx(1e16 + (0.4 - high20) / (high35 - high20) * 1e16 + 1e12)
+    assert crossing.surely == pytest.approx(2e16 + (0.4 - low35) / (low50 - low35) * 1e16 + 1e12)
+    assert crossing.earliest < crossing.flops_to_target < crossing.surely
+    assert "overlaps" not in format_table(build_report(load_runs([tmp_path]), target=0.4, questions=1))
+    # at 50%, lora's lower bound never reaches it: its bracket is open and overlaps other's
+    rows, _ = only_group(build_report(load_runs([tmp_path]), target=0.5, questions=1))
+    assert rows["lora"].crossings[0].surely is None and rows["other"].crossings[0].surely == pytest.approx(1e17 + 1e12)
+    text = format_table(build_report(load_runs([tmp_path]), target=0.5, questions=1))
+    assert "[" in text and ", -]" in text and "bracket overlaps those of other" in text
 
 
 def write_three_runs(runs):
