@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import replace
 
 import pytest
 
@@ -263,6 +264,37 @@ def test_micro_batches_make_the_batch_update_and_count_their_own_flops(tmp_path,
     cost = sum(flops.training_step_flops(shape, max(e.length for e in c), len(c), method="full",
                                          logits=max(len(e.target) for e in c) + 1) for c in chunks)
     assert records[1]["flops"]["training_total"] == 2 * cost < records[0]["flops"]["training_total"]
+
+
+def test_full_fine_tuning_in_bf16_trains_fp32_weights_in_mixed_precision(tmp_path, checkpoint, files):
+    import torch
+    from accelerate import Accelerator
+
+    opts = options(checkpoint, files, method="full", dtype="bf16", lr=1e-5)
+    assert training.mixed_precision(opts, "cpu") == torch.bfloat16
+    loaded, model = training.trainable_model(opts, training.validate(opts), "cpu")
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
+    trainable = list(model.parameters())
+    before = [p.detach().clone() for p in trainable]
+    accelerator = Accelerator(cpu=True)
+    model, optimizer = accelerator.prepare(model, torch.optim.AdamW(trainable, lr=opts.lr))
+    encoded, _ = encoded_examples(opts, checkpoint)
+    batch = [training.collate(encoded, loaded.tokenizer.pad_token_id, "cpu")]
+    with pytest.MonkeyPatch.context() as patch:  # the forward runs in bf16: every linear layer sees bf16 inputs
+        seen = set()
+        forward = torch.nn.Linear.forward
+        patch.setattr(torch.nn.Linear, "forward", lambda self, x: seen.add(forward(self, x).dtype) or forward(self, x))
+        training.training_step(accelerator, model, optimizer, trainable, batch, opts, rate=1e-5, autocast=torch.bfloat16)
+    assert seen == {torch.bfloat16}
+    moved = sum(int((p != b).sum()) for p, b in zip(trainable, before)) / sum(b.numel() for b in before)
+    assert moved > 0.9  # in bf16 weights, a step of 1e-5 moves few of them: most updates round away
+
+    record = train(replace(opts, max_steps=1, eval_every=None, eval_at_start=False), tmp_path / "run", progress=False)
+    assert (record["model"]["dtype"], record["model"]["compute_dtype"]) == ("torch.float32", "torch.bfloat16")
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert saved.get("dtype", saved.get("torch_dtype")) == "bfloat16"  # saved as it computes and answers
+    with pytest.raises(TrainingError, match="fp16 would round most weight updates away"):
+        options(checkpoint, files, method="full", dtype="fp16")
 
 
 def test_one_training_step_in_micro_batches_takes_the_whole_batchs_loss(checkpoint, files):
