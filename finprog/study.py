@@ -47,6 +47,8 @@ from pathlib import Path
 from finprog import flops, prompts
 from finprog.data import DataValidationError, resolve_data
 from finprog.errors import FinprogError
+from finprog.model_card import write_model_card
+from finprog.paths import shown
 from finprog.provenance import machine
 from finprog.report import DEFAULT_METRIC, DEFAULT_QUESTIONS, parse_targets
 from finprog.runs import RUN, RunRecord, finished_run, replace_file
@@ -609,8 +611,12 @@ def _duration(seconds: float | None) -> str:
 def run_cell(study_path: str, name: str) -> None:
     """Run one cell's unfinished runs in order (in the process this is called in); the entry point of a job."""
     study = load_study(study_path)
-    for run in study.cells[name].runs:
+    trained, *tests = runs = study.cells[name].runs
+    for run in runs:
         run.complete()
+    if trained.export:  # its card, with the test runs' results
+        write_model_card(trained.export, f"finprog study {shown(study.path)}  # cell {name}",
+                         [test.finished().data for test in tests])
 
 
 def run_study(path: str | Path, executor: str = "local", jobs: int = 1, rerun: tuple[str, ...] = (),

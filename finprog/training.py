@@ -47,6 +47,7 @@ from finprog import flops, models, prompts, retrieval
 from finprog.data import Example, first_without_page, load_finqa, resolve_data
 from finprog.errors import FinprogError, check_types
 from finprog.evaluation import METRICS, gold_value, metrics
+from finprog.model_card import write_model_card
 from finprog.models import ADAPTER_CONFIG, DTYPES
 from finprog.runs import PREDICTIONS, RUN, RunError, RunRecord, RunRecorder, eval_set, open_run, read_rows, write_rows
 from finprog.solve import SolveOptions, flop_totals, scored_rows
@@ -857,9 +858,10 @@ def _save_model(out: Path, model, tokenizer) -> None:
     tokenizer.save_pretrained(out)
 
 
-def export_adapter(run: str | Path, dest: str | Path) -> dict:
+def export_adapter(run: str | Path, dest: str | Path, made_by: str | None = None) -> dict:
     """Write a finished LoRA or QLoRA run's adapter into `dest` as bf16 safetensors, with its adapter_config.json
-    and run.json (so `finprog solve --model dest` carries the training FLOPs and is prompted as it was trained).
+    and run.json (so `finprog solve --model dest` carries the training FLOPs and is prompted as it was trained),
+    and a model card (`model_card.write_model_card`; `made_by`: the command that made it, if not `finprog train`).
 
     Refuses a run that is not a finished `finprog train` run, a full fine-tuning run, an adapter that
     `finprog solve` would refuse (`models.check_adapter`), one above EXPORT_MAX_BYTES in bf16, and a
@@ -887,6 +889,7 @@ def export_adapter(run: str | Path, dest: str | Path) -> dict:
         shutil.copyfile(run / name, partial / name)
     partial.replace(dest)
     files = [dest / name for name in (ADAPTER_WEIGHTS, ADAPTER_CONFIG, RUN)]
+    files.append(write_model_card(dest, made_by))
     return {"run": str(run), "dest": str(dest), "files": list(map(str, files)), "bytes": files[0].stat().st_size,
             "tensors": len(weights), "dtype": "bf16", "training_flops": record.data["flops"]["training_total"]}
 

@@ -314,7 +314,7 @@ def _fake_zoo_model(sha256: str | None = None) -> ZooModel:
     return ZooModel(
         name="fake-zoo", description="test double", params=1, licence="none", wheels=("fake==1",),
         parts=tuple(PARTS), gguf_bytes=18,
-        sha256=sha256 or hashlib.sha256(b"".join(PARTS.values())).hexdigest(),
+        sha256=sha256 or hashlib.sha256(b"".join(PARTS.values())).hexdigest(), origin="fake/fake-zoo",
     )  # fmt: skip
 
 

@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
@@ -112,7 +113,7 @@ def test_an_exported_adapter_is_bf16_and_solves_with_its_training_flops(tmp_path
     record = train(opts, tmp_path / "run", progress=False)
     result = training.export_adapter(tmp_path / "run", tmp_path / "export")
     assert sorted(p.name for p in (tmp_path / "export").iterdir()) == [
-        "adapter_config.json", "adapter_model.safetensors", "run.json"]
+        "README.md", "adapter_config.json", "adapter_model.safetensors", "run.json"]
     assert dtypes(tmp_path / "run") == ["torch.float32"] * 8  # A and B of q_proj and v_proj in 2 layers
     assert dtypes(tmp_path / "export") == ["torch.bfloat16"] * 8 and result["tensors"] == 8
     assert result["training_flops"] == record["flops"]["training_total"] > 0
@@ -129,6 +130,39 @@ def test_an_exported_adapter_is_bf16_and_solves_with_its_training_flops(tmp_path
     assert not (tmp_path / "too_big").exists()
     with pytest.raises(TrainingError, match="is not a `finprog train` run folder"):
         training.export_adapter(tmp_path / "solve", tmp_path / "again")
+
+
+def test_an_exported_adapters_model_card_has_hub_front_matter_and_the_command_that_trains_it(
+        tmp_path, checkpoint, files, monkeypatch):
+    from huggingface_hub import metadata_load
+
+    from finprog import cli, model_card
+    from finprog.labels import format_flops
+
+    opts = options(checkpoint, files, max_steps=2, eval_every=None, eval_at_start=False, lr_schedule="cosine",
+                   warmup_steps=1, lora_r=4, lora_targets="all-linear", keep_best=True, dtype="fp32",
+                   max_prompt_tokens=300)
+    record = train(opts, tmp_path / "run", progress=False)
+    training.export_adapter(tmp_path / "run", tmp_path / "export")
+    tests = [dict(record, eval_set={**record["eval_set"], "name": "test_3"}, config={"constrained": True})]
+    card = model_card.write_model_card(tmp_path / "export", "finprog study x.toml", tests)
+    meta = metadata_load(card)
+    assert (meta["base_model"], meta["library_name"], meta["metrics"]) == (Path(checkpoint).name, "peft", ["exact_match"])
+    (results,) = [entry["results"] for entry in meta["model-index"]]
+    assert [(r["dataset"]["name"], r["metrics"][0]["value"]) for r in results] == [
+        ("eval", round(100 * record["metrics"]["exact"], 1)), ("test_3", round(100 * record["metrics"]["exact"], 1))]
+    assert "constrained decoding" in results[1]["metrics"][0]["name"]
+    text = card.read_text()
+    assert "finprog study x.toml" in text and format_flops(record["flops"]["training_total"]) in text
+    # the card's train command makes the same configuration
+    command = model_card.train_command(record["config"])
+    parsed = {}
+    monkeypatch.setattr(training, "train", lambda options, out, **_: parsed.update(options=options) or record)
+    monkeypatch.setattr(training, "summary_lines", lambda _: [])
+    assert cli.main(command.split()[1:] + ["--out", str(tmp_path / "again")]) == 0
+    assert vars(parsed["options"]) == vars(opts)
+    assert model_card.train_command({**record["config"], "max_prompt_tokens": None}).endswith(
+        "  # and, with no flag for it: max_prompt_tokens=None")
 
 
 def test_full_fine_tuning_saves_a_checkpoint_that_loads(tmp_path, checkpoint, files):
