@@ -131,6 +131,8 @@ def _add_train(commands) -> None:
     train.add_argument("--train", required=True, nargs="+", help="FinQA file(s) or split name(s) to train on")
     train.add_argument("--eval", required=True, help="FinQA file or split name to evaluate on (no shared ids)")
     train.add_argument("--eval-every", type=int, help="steps between evaluations (default: start and end only)")
+    train.add_argument("--checkpoint-every", type=int,
+                       help="steps between checkpoints besides those at evaluations, so that --resume loses little")
     train.add_argument("--eval-limit", type=int, help="evaluate on the eval file's first N examples")
     train.add_argument("--no-eval-at-start", dest="eval_at_start", action="store_false",
                        help="skip the curve's step-0 evaluation of the untrained model")
@@ -471,6 +473,7 @@ def _train(args) -> int:
         epochs=args.epochs, budget_flops=args.budget_flops,
         target=parse_target(args.target) if args.target else None, target_metric=args.target_metric,
         keep_best=args.keep_best, eval_every=args.eval_every, eval_at_start=args.eval_at_start, eval_limit=args.eval_limit,
+        checkpoint_every=args.checkpoint_every,
         eval_batch_size=args.eval_batch_size, max_new_tokens=args.max_new_tokens, lr=args.lr,
         warmup_steps=args.warmup_steps, lr_schedule=args.lr_schedule, weight_decay=args.weight_decay,
         batch_size=args.batch_size, micro_batch_size=args.micro_batch_size,

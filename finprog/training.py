@@ -94,6 +94,7 @@ class TrainOptions(prompts.PromptOptions):
     eval_every: int | None = None  # steps; None: only at the start and the end
     eval_at_start: bool = True  # a curve point at step 0: the untrained model with the same prompts
     eval_limit: int | None = None  # only the eval file's first N examples
+    checkpoint_every: int | None = None  # steps between checkpoints besides those at evaluations
     eval_batch_size: int | None = None  # None: as solve (8 on a GPU, 1 on a CPU)
     max_new_tokens: int | None = None  # default: solve's (96 program, 24 direct)
     # optimisation: AdamW, linear warmup, then a constant rate (a curve that does not depend on the step limit)
@@ -142,7 +143,8 @@ class TrainOptions(prompts.PromptOptions):
             fail("give --max-steps or --epochs, not both")
         if self.target is not None and not 0 < self.target <= 1:
             fail(f"--target is an accuracy fraction in (0, 1], got {self.target}")
-        for name in ("max_steps", "eval_every", "eval_limit", "eval_batch_size", "max_new_tokens", "micro_batch_size"):
+        for name in ("max_steps", "eval_every", "checkpoint_every", "eval_limit", "eval_batch_size", "max_new_tokens",
+                     "micro_batch_size"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 fail(f"--{name.replace('_', '-')} must be at least 1, got {value}")
@@ -453,6 +455,7 @@ class TrainState:
     tokens: int = 0  # real (unpadded) tokens trained on, summed over processes
     curve: list[dict] = field(default_factory=list)
     target: dict | None = None  # the first curve point at the target: step, tokens, train_flops, the metric
+    losses: list[float] = field(default_factory=list)  # the training losses since the last evaluation
     training_seconds: float = 0.0
     evaluation_seconds: float = 0.0
     final: dict | None = None  # the last evaluation: metrics, FLOP totals, generation seconds
@@ -517,7 +520,7 @@ def train(options: TrainOptions, out: Path, resume: bool = False, progress: bool
 
 def _config_changes(saved: RunRecord | None, config: dict) -> dict:
     """`config_changes` for run.json: the earlier resumes' and this one's changes of RUNTIME_OPTIONS, each
-    with the step it resumes from (the last checkpoint's, where the last curve point is)."""
+    with the step it resumes from (the last checkpoint's)."""
     if saved is None:
         return {}
     changes = list(saved.data.get("config_changes", []))
@@ -525,7 +528,7 @@ def _config_changes(saved: RunRecord | None, config: dict) -> dict:
                if saved.data["config"].get(k) != config[k]}
     if changed:
         curve = saved.data.get("curve") or [{"step": 0}]
-        changes.append({"from_step": curve[-1]["step"], **changed})
+        changes.append({"from_step": saved.data.get("checkpoint_step", curve[-1]["step"]), **changed})
     return {"config_changes": changes} if changes else {}
 
 
@@ -583,9 +586,8 @@ def _loop(setup: Setup, state: TrainState, progress: bool) -> str:
     _reseed(options.seed, state.step, rank)
     stop = "target" if state.target else None
     if not state.curve and options.eval_at_start:
-        stop = _evaluate(setup, state, loss=None)
+        stop = _evaluate(setup, state)
     setup.model.train()
-    losses: list[float] = []
     with tqdm(total=total_steps, initial=state.step, disable=not (progress and accelerator.is_main_process),
               unit="step", desc="training") as bar:
         while stop is None:
@@ -603,17 +605,18 @@ def _loop(setup: Setup, state: TrainState, progress: bool) -> str:
                                    for micro in micro_batches(batch, options)],
                                   options, learning_rate(options, state.step, total_steps), setup.compute_dtype)
             state.training_seconds += time.perf_counter() - clock
-            losses.append(loss)
+            state.losses.append(loss)
             state.step += 1
             state.train_flops += cost
             state.tokens += _sum_over_processes(accelerator, sum(e.length for e in batch))
             bar.update(1)
             bar.set_postfix(loss=f"{loss:.3f}")
             if options.eval_every and state.step % options.eval_every == 0:
-                stop = _evaluate(setup, state, loss=sum(losses) / len(losses))
-                losses = []
+                stop = _evaluate(setup, state)
+            elif options.checkpoint_every and state.step % options.checkpoint_every == 0:
+                _checkpoint(setup, state)
     if not state.curve or state.curve[-1]["step"] != state.step:
-        _evaluate(setup, state, loss=sum(losses) / len(losses) if losses else None)
+        _evaluate(setup, state)
     return stop
 
 
@@ -624,20 +627,31 @@ _STOP_REASONS = {
 }
 
 
-def _evaluate(setup: Setup, state: TrainState, loss: float | None) -> str | None:
+def _evaluate(setup: Setup, state: TrainState) -> str | None:
     """A curve row and a checkpoint on the main process; every process gets the curve and "target" or None."""
     from accelerate.utils import broadcast_object_list
 
-    reason = _add_curve_point(setup, state, loss) if setup.recorder else None
+    reason = _add_curve_point(setup, state) if setup.recorder else None
     reason, state.curve, state.target = broadcast_object_list([reason, state.curve, state.target])
+    state.losses = []
     setup.accelerator.wait_for_everyone()
     _reseed(setup.options.seed, state.step, setup.accelerator.process_index)
     return reason
 
 
-def _add_curve_point(setup: Setup, state: TrainState, loss: float | None) -> str | None:
+def _checkpoint(setup: Setup, state: TrainState) -> None:
+    """A checkpoint between evaluations (checkpoint_every), on the main process."""
+    if setup.recorder:
+        _save_checkpoint(setup.out, setup.accelerator.unwrap_model(setup.model), setup.optimizer, state)
+        setup.recorder.update(checkpoint_step=state.step)
+    setup.accelerator.wait_for_everyone()
+    _reseed(setup.options.seed, state.step, setup.accelerator.process_index)
+
+
+def _add_curve_point(setup: Setup, state: TrainState) -> str | None:
     """Evaluate the model in memory, add its curve row, save the checkpoint; "target" when the row reaches it."""
     options, out = setup.options, setup.out
+    loss = sum(state.losses) / len(state.losses) if state.losses else None
     clock = time.perf_counter()
     model = setup.accelerator.unwrap_model(setup.model)
     model.eval()
@@ -664,8 +678,9 @@ def _add_curve_point(setup: Setup, state: TrainState, loss: float | None) -> str
     if options.target is not None and state.target is None and point[metric] >= options.target:
         state.target = {key: point[key] for key in ("step", "tokens", "train_flops", metric)}
         reason = "target"
+    state.losses = []
     _save_checkpoint(out, model, setup.optimizer, state)
-    setup.recorder.update(curve=state.curve)
+    setup.recorder.update(curve=state.curve, checkpoint_step=state.step)
     return reason
 
 

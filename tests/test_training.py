@@ -253,6 +253,23 @@ def test_resume_continues_from_the_checkpoint_and_counts_flops_once(tmp_path, ch
     assert train(opts, tmp_path / "run", resume=True, progress=False) == resumed  # finished: nothing to do
 
 
+def test_checkpoints_between_evaluations_let_a_resume_repeat_only_the_steps_after_them(
+        tmp_path, checkpoint, files, monkeypatch):
+    opts = options(checkpoint, files, batch_size=4, eval_every=4, checkpoint_every=1)
+    straight = train(opts, tmp_path / "straight", progress=False)
+    interrupt_at_step_3(opts, tmp_path / "run", monkeypatch)
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["checkpoint_step"] == 3
+    steps, real_step = [], training.training_step
+    monkeypatch.setattr(training, "training_step", lambda *a, **k: steps.append(1) or real_step(*a, **k))
+    resumed = train(opts, tmp_path / "run", resume=True, progress=False)
+    assert len(steps) == 1  # step 4 only
+    keys = ("step", "tokens", "train_flops", "exact", "outcomes")
+    assert [[p[k] for k in keys] for p in resumed["curve"]] == [[p[k] for k in keys] for p in straight["curve"]]
+    assert resumed["curve"][-1]["train_loss"] == pytest.approx(straight["curve"][-1]["train_loss"], rel=1e-4)
+    with pytest.raises(TrainingError, match="--checkpoint-every must be at least 1"):
+        options(checkpoint, files, checkpoint_every=0)
+
+
 def test_keep_best_keeps_the_best_evaluations_weights_across_a_resume(tmp_path, checkpoint, files, monkeypatch):
     from safetensors.torch import load_file
 
