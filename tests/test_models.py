@@ -417,10 +417,9 @@ def test_solves_default_is_a_shipped_adapter_whose_card_quotes_its_study_runs():
     assert (program.model, program.prompt, direct.model) == (DEFAULT_MODEL, "bare", PROMPTED_MODEL)
 
     card = {row["name"]: row for row in finprog_models.list_adapters()}[DEFAULT_MODEL]
-    runs = REPO / "evals" / "studies" / "prefill" / "runs"
-    for result in card["results"]:
-        decoding = {"test_100": "program", "dev_200": "dev-program"}[result["dataset"]]
-        run = json.loads((runs / f"qwen2.5-coder-0.5b_lora_program_bare_cosine240_test_{decoding}" / "run.json").read_text())
-        assert result["value"] == pytest.approx(100 * run["metrics"]["exact"])
-    trained = json.loads((runs / "qwen2.5-coder-0.5b_lora_program_bare_cosine240" / "run.json").read_text())
+    runs = REPO / "evals" / "studies" / "techniques" / "runs"
+    trained, free, constrained = (json.loads((runs / f"qwen2.5-coder-0.5b_lora_2ep{suffix}" / "run.json").read_text())
+                                  for suffix in ("", "_test_program", "_test_program-constrained"))
+    assert [(r["dataset"], r["value"]) for r in card["results"]] == [
+        (run["eval_set"]["name"], round(100 * run["metrics"]["exact"], 1)) for run in (trained, free, constrained)]
     assert card["training_flops"] == trained["flops"]["training_total"]
