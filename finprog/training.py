@@ -634,13 +634,12 @@ def _evaluate(setup: Setup, state: TrainState) -> str | None:
     reason = _add_curve_point(setup, state) if setup.recorder else None
     reason, state.curve, state.target = broadcast_object_list([reason, state.curve, state.target])
     state.losses = []
-    setup.accelerator.wait_for_everyone()
-    _reseed(setup.options.seed, state.step, setup.accelerator.process_index)
+    _checkpoint(setup, state)
     return reason
 
 
 def _checkpoint(setup: Setup, state: TrainState) -> None:
-    """A checkpoint between evaluations (checkpoint_every), on the main process."""
+    """The checkpoint (on the main process), at an evaluation or every checkpoint_every steps between them."""
     if setup.recorder:
         _save_checkpoint(setup.out, setup.accelerator.unwrap_model(setup.model), setup.optimizer, state)
         setup.recorder.update(checkpoint_step=state.step)
@@ -649,7 +648,7 @@ def _checkpoint(setup: Setup, state: TrainState) -> None:
 
 
 def _add_curve_point(setup: Setup, state: TrainState) -> str | None:
-    """Evaluate the model in memory, add its curve row, save the checkpoint; "target" when the row reaches it."""
+    """Evaluate the model in memory and add its curve row; "target" when the row reaches it."""
     options, out = setup.options, setup.out
     loss = sum(state.losses) / len(state.losses) if state.losses else None
     clock = time.perf_counter()
@@ -678,9 +677,7 @@ def _add_curve_point(setup: Setup, state: TrainState) -> str | None:
     if options.target is not None and state.target is None and point[metric] >= options.target:
         state.target = {key: point[key] for key in ("step", "tokens", "train_flops", metric)}
         reason = "target"
-    state.losses = []
-    _save_checkpoint(out, model, setup.optimizer, state)
-    setup.recorder.update(curve=state.curve, checkpoint_step=state.step)
+    setup.recorder.update(curve=state.curve)
     return reason
 
 
