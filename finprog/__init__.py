@@ -31,7 +31,7 @@ _EXPORTS = {  # name -> (module, attribute)
     "format_sweep": ("finprog.sweep", "format_sweep"),
     "TrainOptions": ("finprog.training", "TrainOptions"),
     "train": ("finprog.training", "train"),
-    "export_adapter": ("finprog.training", "export_adapter"),
+    "export_adapter": ("finprog.export", "export_adapter"),
     "ModelShape": ("finprog.flops", "ModelShape"),
     "count_flops": ("finprog.flops", "summary"),
     "model_config": ("finprog.models", "model_config"),

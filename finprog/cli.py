@@ -488,7 +488,7 @@ def _train(args) -> int:
 
 
 def _export_adapter(args) -> int:
-    from finprog.training import export_adapter
+    from finprog.export import export_adapter
 
     result = export_adapter(args.run_dir, args.dest)
     if args.json:

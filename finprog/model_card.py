@@ -17,6 +17,7 @@ from finprog.data import resolve_data
 from finprog.labels import TECHNIQUE_NAMES, format_flops, format_interval
 from finprog.paths import shown
 from finprog.stats import wilson_interval
+from finprog.training import TrainOptions
 
 CARD = "README.md"
 # TrainOptions fields that are no `finprog train` option, and the flags of those a flag turns off
@@ -55,8 +56,6 @@ def write_model_card(folder: str | Path, made_by: str | None = None, tests: Sequ
 
 def train_command(config: dict) -> str:
     """The `finprog train` command of a run.json config: its data and model, and every option not at its default."""
-    from finprog.training import TrainOptions
-
     defaults = {f.name: f.default for f in fields(TrainOptions) if f.init and f.default is not MISSING}
     if config.get("lora_alpha") == 2 * config.get("lora_r", 0):
         defaults["lora_alpha"] = config["lora_alpha"]

@@ -97,7 +97,7 @@ class Run:
 
     def complete(self) -> None:
         """Run it, or resume it from its folder, unless it finished; export a trained adapter where declared."""
-        from finprog import cascade, solve, training
+        from finprog import cascade, export, solve, training
 
         resume = (self.out / RUN).exists()
         if self.finished():
@@ -109,7 +109,7 @@ class Run:
         else:
             solve.solve(self.options, self.out, resume=resume)
         if self.export and not self.export.exists():
-            training.export_adapter(self.out, self.export)
+            export.export_adapter(self.out, self.export)
 
 
 @dataclass
@@ -364,9 +364,13 @@ def comparable(name: str, value):
 
 def changed_options(cell: Cell, recorded: dict | None) -> list[str]:
     """The options whose declared value differs from what the cell ran with: its recorded declaration, or, for
-    runs made before the study recorded one, each run's own config (only the declared options are compared)."""
+    runs made before the study recorded one, each run's own config (only the declared options are compared).
+    A training run's RUNTIME_OPTIONS may change: its run.json records when."""
+    from finprog.training import RUNTIME_OPTIONS
+
     if recorded is not None:
-        return sorted(_differences(recorded, cell.declaration))
+        runtime = {f"train.{name}" for name in RUNTIME_OPTIONS}
+        return sorted(set(_differences(recorded, cell.declaration)) - runtime)
     changed = set()
     for run in cell.runs:
         saved = RunRecord.load(run.out / RUN).data.get("config", {}) if (run.out / RUN).is_file() else None

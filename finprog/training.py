@@ -19,9 +19,6 @@ The run folder (`out`):
 - `checkpoint.pt` while training: trainable weights, optimizer, step, FLOPs, curve (what `resume` continues from)
 - `best.pt` while training with `keep_best`: the trainable weights of the best evaluation so far
 
-`export_adapter` copies a finished LoRA or QLoRA run's adapter, in bf16, with its run.json into
-a small folder that `finprog solve --model` loads as it loads the run folder.
-
 Data parallel through Accelerate: started by `accelerate launch --multi_gpu --num_processes N`
 or `torchrun --nproc_per_node N` (on a machine without CUDA the processes train on CPU and
 talk over gloo), each process trains on its shard of every batch, and the main process
@@ -33,7 +30,6 @@ from __future__ import annotations
 import math
 import os
 import random
-import shutil
 import sys
 import time
 from collections import Counter
@@ -47,9 +43,8 @@ from finprog import flops, models, prompts, retrieval
 from finprog.data import Example, first_without_page, load_finqa, resolve_data
 from finprog.errors import FinprogError, check_types
 from finprog.evaluation import METRICS, gold_value, metrics
-from finprog.model_card import write_model_card
-from finprog.models import ADAPTER_CONFIG, DTYPES
-from finprog.runs import PREDICTIONS, RUN, RunError, RunRecord, RunRecorder, eval_set, open_run, read_rows, write_rows
+from finprog.models import DTYPES
+from finprog.runs import PREDICTIONS, RunError, RunRecord, RunRecorder, eval_set, open_run, read_rows, write_rows
 from finprog.solve import SolveOptions, flop_totals, scored_rows
 
 METHODS = flops.METHODS
@@ -61,9 +56,9 @@ BEST = "best.pt"
 EVALS = "evals"
 IGNORE_INDEX = -100  # label of a token that has no loss (prompt and padding)
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
-EXPORT_MAX_BYTES = 25_000_000  # an exported adapter small enough to commit
-RUNTIME_OPTIONS = ("micro_batch_size", "gradient_checkpointing")
-"""Options that change how a step runs (memory, time, FLOPs) but not the update: a resumed run may change them."""
+RUNTIME_OPTIONS = ("micro_batch_size", "gradient_checkpointing", "checkpoint_every")
+"""Options that change how a step runs (memory, time, FLOPs) or when it is saved, but not the update: a resumed run
+(and a study's cell) may change them."""
 
 
 class TrainingError(FinprogError, ValueError):
@@ -868,58 +863,6 @@ def _save_model(out: Path, model, tokenizer) -> None:
     else:
         model.save_pretrained(out)
     tokenizer.save_pretrained(out)
-
-
-def export_adapter(run: str | Path, dest: str | Path, made_by: str | None = None) -> dict:
-    """Write a finished LoRA or QLoRA run's adapter into `dest` as bf16 safetensors, with its adapter_config.json
-    and run.json (so `finprog solve --model dest` carries the training FLOPs and is prompted as it was trained),
-    and a model card (`model_card.write_model_card`; `made_by`: the command that made it, if not `finprog train`).
-
-    Refuses a run that is not a finished `finprog train` run, a full fine-tuning run, an adapter that
-    `finprog solve` would refuse (`models.check_adapter`), one above EXPORT_MAX_BYTES in bf16, and a
-    `dest` that already holds files. The files are written into a scratch folder beside `dest`,
-    which becomes `dest` only when they are all there. Returns what was written.
-    """
-    import torch
-    from safetensors.torch import load_file, save
-
-    run, dest = Path(run), Path(dest)
-    if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
-        raise TrainingError(f"{dest} already exists and is not an empty folder; choose a new folder to export into")
-    record = _exportable_run(run)
-    models.resolve_model(run)  # the config, the weights' header and the base model, as solve checks them
-    weights = {name: tensor.to(torch.bfloat16) for name, tensor in load_file(run / ADAPTER_WEIGHTS).items()}
-    size = sum(tensor.numel() * tensor.element_size() for tensor in weights.values())
-    if size > EXPORT_MAX_BYTES:
-        raise TrainingError(f"{run}: the adapter is {size / 1e6:.1f} MB in bf16, above the export limit of "
-                            f"{EXPORT_MAX_BYTES / 1e6:g} MB; train a smaller one (--lora-r, --lora-targets)")
-    partial = dest.with_name(f".{dest.name}.partial")
-    shutil.rmtree(partial, ignore_errors=True)  # left by an interrupted earlier export
-    partial.mkdir(parents=True)
-    (partial / ADAPTER_WEIGHTS).write_bytes(save(weights, metadata={"format": "pt"}))  # mode as the other files'
-    for name in (ADAPTER_CONFIG, RUN):
-        shutil.copyfile(run / name, partial / name)
-    partial.replace(dest)
-    files = [dest / name for name in (ADAPTER_WEIGHTS, ADAPTER_CONFIG, RUN)]
-    files.append(write_model_card(dest, made_by))
-    return {"run": str(run), "dest": str(dest), "files": list(map(str, files)), "bytes": files[0].stat().st_size,
-            "tensors": len(weights), "dtype": "bf16", "training_flops": record.data["flops"]["training_total"]}
-
-
-def _exportable_run(run: Path) -> RunRecord:
-    """The record of a finished LoRA or QLoRA `finprog train` run in `run` whose adapter weights are there."""
-    record = RunRecord.trained(run) if run.is_dir() else None
-    if record is None:
-        raise TrainingError(f"{run} is not a `finprog train` run folder (no run.json of a training run in it); "
-                            "give the folder that `finprog train --out` wrote")
-    method = record.data["config"]["method"]
-    if method == "full":
-        raise TrainingError(f"{run} is a full fine-tuning run: it holds a whole model, not an adapter; "
-                            "only lora and qlora runs export an adapter")
-    missing = [name for name in (ADAPTER_CONFIG, ADAPTER_WEIGHTS) if not (run / name).is_file()]
-    if missing:
-        raise TrainingError(f"{run}: the {method} run's adapter is incomplete, {' and '.join(missing)} missing")
-    return record
 
 
 def _final_record(record: dict, state: TrainState, options: TrainOptions, stop: str, kept: int) -> dict:

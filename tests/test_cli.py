@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from finprog import flopcheck, flops, models, training
+from finprog import export, flopcheck, flops, models, training
 from finprog.cli import _build_parser, main
 from finprog.solve import DEFAULT_MODEL, PROMPTED_MODEL
 from test_report import SET_B, write_run
@@ -116,7 +116,7 @@ def test_export_adapter_writes_a_bf16_adapter_and_refuses_what_it_cannot_export(
     assert code == 0 and "in bf16" in out and f"finprog solve --model {tmp_path / 'again'}" in out
 
     train_tiny("full", tmp_path / "full")
-    monkeypatch.setattr(training, "EXPORT_MAX_BYTES", 1000)
+    monkeypatch.setattr(export, "EXPORT_MAX_BYTES", 1000)
     refusals = [(tmp_path / "full", "is a full fine-tuning run"), (tmp_path / "lora", "above the export limit"),
                 (tmp_path / "nothing", "is not a `finprog train` run folder")]
     for run, message in refusals:

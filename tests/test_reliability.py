@@ -305,7 +305,7 @@ def test_export_refuses_what_solve_refuses_and_leaves_nothing(adapter, tmp_path,
 def test_export_writes_every_file_with_the_same_mode(lora_run, tmp_path, capsys):
     assert run_cli(capsys, "export-adapter", lora_run, tmp_path / "dest")[0] == 0
     modes = {path.name: stat.S_IMODE(path.stat().st_mode) for path in (tmp_path / "dest").iterdir()}
-    assert set(modes) == {"adapter_model.safetensors", "adapter_config.json", "run.json"}
+    assert set(modes) == {"adapter_model.safetensors", "adapter_config.json", "run.json", "README.md"}
     assert len(set(modes.values())) == 1, modes
     assert not list(tmp_path.glob(".*partial"))
 

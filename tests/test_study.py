@@ -99,6 +99,21 @@ def test_a_changed_declaration_is_refused_until_rerun(tmp_path, tiny_checkpoint_
     assert len(again.splitlines()) == 2 and len(first.splitlines()) == 5
 
 
+def test_a_training_option_that_leaves_the_updates_alone_may_change(tmp_path, tiny_checkpoint_dir, demo_split):
+    """Checkpoints and micro-batches (training.RUNTIME_OPTIONS) change how a run is saved and stepped, not its result."""
+    trained_only = STUDY.replace('[cells.prompted]\nmodel = "{model}"\nmode = "direct"\n', "").replace(
+        "test.free = {{ limit = 3 }}\n", "")
+    path = write_study(tmp_path / "study", tiny_checkpoint_dir, demo_split, trained_only)
+    assert studies.run_study(path)["ran"] == ["trained"]
+    path.write_text(path.read_text().replace("eval_every = 1 }", "eval_every = 1, checkpoint_every = 1 }"))
+    assert studies.run_study(path)["ran"] == []
+    record = json.loads((tmp_path / "study" / "study.json").read_text())["cells"]["trained"]
+    assert record["declaration"]["train"]["checkpoint_every"] == 1
+    path.write_text(path.read_text().replace("checkpoint_every = 1 }", "checkpoint_every = 1, lr = 1e-2 }"))
+    with pytest.raises(studies.StudyError, match=r"other options \(train.lr\)"):
+        studies.run_study(path)
+
+
 def test_runs_made_before_the_study_are_adopted_when_their_config_matches(
         tmp_path, tiny_checkpoint_dir, demo_split, capsys):
     """A run folder moved into a study, with no study.json yet: done if its config has the declared values."""

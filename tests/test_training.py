@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from conftest import build_tiny_model, build_tiny_tokenizer
-from finprog import flops, models, prompts, training
+from finprog import export, flops, models, prompts, training
 from finprog.data import Example, load_finqa
 from finprog.report import load_run
 from finprog.runs import PREDICTIONS, RunError
@@ -111,7 +111,7 @@ def test_an_exported_adapter_is_bf16_and_solves_with_its_training_flops(tmp_path
     opts = options(checkpoint, files, max_steps=2, eval_every=None, eval_at_start=False, max_prompt_tokens=300,
                    dtype="fp32")
     record = train(opts, tmp_path / "run", progress=False)
-    result = training.export_adapter(tmp_path / "run", tmp_path / "export")
+    result = export.export_adapter(tmp_path / "run", tmp_path / "export")
     assert sorted(p.name for p in (tmp_path / "export").iterdir()) == [
         "README.md", "adapter_config.json", "adapter_model.safetensors", "run.json"]
     assert dtypes(tmp_path / "run") == ["torch.float32"] * 8  # A and B of q_proj and v_proj in 2 layers
@@ -123,13 +123,13 @@ def test_an_exported_adapter_is_bf16_and_solves_with_its_training_flops(tmp_path
     assert solved["flops"]["training_total"] == record["flops"]["training_total"]
     assert (solved["config"]["technique"], solved["config"]["max_prompt_tokens"]) == ("lora", 300)  # as trained
     with pytest.raises(TrainingError, match="already exists and is not an empty folder"):
-        training.export_adapter(tmp_path / "run", tmp_path / "export")
-    monkeypatch.setattr(training, "EXPORT_MAX_BYTES", result["bytes"] // 2)
+        export.export_adapter(tmp_path / "run", tmp_path / "export")
+    monkeypatch.setattr(export, "EXPORT_MAX_BYTES", result["bytes"] // 2)
     with pytest.raises(TrainingError, match=r"MB in bf16, above the export limit"):
-        training.export_adapter(tmp_path / "run", tmp_path / "too_big")
+        export.export_adapter(tmp_path / "run", tmp_path / "too_big")
     assert not (tmp_path / "too_big").exists()
     with pytest.raises(TrainingError, match="is not a `finprog train` run folder"):
-        training.export_adapter(tmp_path / "solve", tmp_path / "again")
+        export.export_adapter(tmp_path / "solve", tmp_path / "again")
 
 
 def test_an_exported_adapters_model_card_has_hub_front_matter_and_the_command_that_trains_it(
@@ -143,7 +143,7 @@ def test_an_exported_adapters_model_card_has_hub_front_matter_and_the_command_th
                    warmup_steps=1, lora_r=4, lora_targets="all-linear", keep_best=True, dtype="fp32",
                    max_prompt_tokens=300)
     record = train(opts, tmp_path / "run", progress=False)
-    training.export_adapter(tmp_path / "run", tmp_path / "export")
+    export.export_adapter(tmp_path / "run", tmp_path / "export")
     tests = [dict(record, eval_set={**record["eval_set"], "name": "test_3"}, config={"constrained": True})]
     card = model_card.write_model_card(tmp_path / "export", "finprog study x.toml", tests)
     meta = metadata_load(card)
@@ -177,7 +177,7 @@ def test_full_fine_tuning_saves_a_checkpoint_that_loads(tmp_path, checkpoint, fi
     assert record["model"]["trainable"] == record["model"]["params"]
     assert models.resolve_model(tmp_path / "run").kind == "checkpoint"
     with pytest.raises(TrainingError, match="is a full fine-tuning run: it holds a whole model, not an adapter"):
-        training.export_adapter(tmp_path / "run", tmp_path / "export")
+        export.export_adapter(tmp_path / "run", tmp_path / "export")
     loaded = models.load_model(tmp_path / "run", dtype="fp32")
     original = models.load_model(checkpoint, dtype="fp32")
     changed = [name for name, p in loaded.model.named_parameters()
