@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import math
 import os
+import pickle
 import random
 import sys
 import time
@@ -495,7 +496,8 @@ def train(options: TrainOptions, out: Path, resume: bool = False, progress: bool
     accelerator.wait_for_everyone()  # every process has read the folder before the main one writes to it
     if finished:
         return finished
-    record = {"kind": "train", "config": config, **_config_changes(saved, config),
+    progress_so_far = {k: saved.data[k] for k in ("curve", "checkpoint_step") if saved and k in saved.data}
+    record = {"kind": "train", "config": config, **_config_changes(saved, config), **progress_so_far,
               "eval_set": eval_set(data.eval_path.stem, [e.id for e in data.eval])}
     recorder = RunRecorder(out, record, resume, RUNTIME_OPTIONS) if accelerator.is_main_process else None
     with recorder or nullcontext():
@@ -533,10 +535,10 @@ def _set_up(options: TrainOptions, data: TrainData, out: Path, accelerator, reco
     import torch
 
     started = time.perf_counter()
+    saved = _read_saved(out / CHECKPOINT, ("trainable", "optimizer", "state")) if resume else None
     loaded, model = trainable_model(options, data, str(accelerator.device))
     mixed = mixed_precision(options, accelerator.device)
     compute = mixed or loaded.dtype
-    saved = torch.load(out / CHECKPOINT, weights_only=True) if resume and (out / CHECKPOINT).is_file() else None
     if saved:
         _load_trainable(model, saved["trainable"])
     trainable = [p for p in model.parameters() if p.requires_grad]
@@ -565,8 +567,8 @@ def _set_up(options: TrainOptions, data: TrainData, out: Path, accelerator, reco
               f"examples, {planned_steps(len(setup.encoded), options, world)} steps of {options.batch_size} x "
               f"{world} sequences, {counts['trainable'] / 1e6:.3g}M of {counts['total'] / 1e6:.3g}M parameters trained")
     state = TrainState(**saved["state"]) if saved else TrainState()
-    if recorder and saved:
-        recorder.update(curve=state.curve)  # the resumed run's record shows its curve before its next point
+    if recorder and resume:  # the curve it goes on from: none where no checkpoint survived
+        recorder.update(curve=state.curve, checkpoint_step=state.step if saved else None)
     return setup, state
 
 
@@ -827,11 +829,9 @@ def _save_checkpoint(out: Path, model, optimizer, state: TrainState) -> None:
 
 def _keep_best(setup: Setup, state: TrainState) -> int:
     """Put the best evaluation's weights back into the model (its metrics become the run's); returns its step."""
-    import torch
-
     if state.best["step"] != state.step:
         model = setup.accelerator.unwrap_model(setup.model)
-        _load_trainable(model, torch.load(setup.out / BEST, weights_only=True))
+        _load_trainable(model, _read_saved(setup.out / BEST))
         state.final = state.best["final"]
     return state.best["step"]
 
@@ -848,11 +848,30 @@ def _save_atomically(content: dict, path: Path) -> None:
     os.replace(partial, path)
 
 
+def _read_saved(path: Path, keys: tuple[str, ...] = ()) -> dict | None:
+    """The checkpoint (holding `keys`) or best weights saved in `path`, None where there is none; a file that
+    cannot be read is one line (RunError)."""
+    import torch
+
+    if not path.is_file():
+        return None
+    remedy = "move it aside to train this run again from step 0, or restore it"
+    try:
+        saved = torch.load(path, weights_only=True)
+    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as error:  # as torch raises them
+        reason = f"{type(error).__name__}: {error}".strip().splitlines()[0].rstrip(": ")
+        raise RunError(f"{path} cannot be read ({reason[:200]}); {remedy}") from None
+    if not isinstance(saved, dict) or not set(keys) <= set(saved):
+        raise RunError(f"{path} is not a finprog checkpoint; {remedy}")
+    return saved
+
+
 def _load_trainable(model, trainable: dict) -> None:
-    expected = {name for name, p in model.named_parameters() if p.requires_grad}
-    if set(trainable) != expected:
+    expected = {name: tuple(p.shape) for name, p in model.named_parameters() if p.requires_grad}
+    if {name: tuple(tensor.shape) for name, tensor in trainable.items()} != expected:
         raise RunError(f"the checkpoint's trainable weights do not match this model ({len(trainable)} saved, "
-                       f"{len(expected)} expected); it was written by another finprog version or model")
+                       f"{len(expected)} expected, or of other shapes); it was written by another finprog version, "
+                       "model or configuration")
     model.load_state_dict(trainable, strict=False)
 
 

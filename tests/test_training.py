@@ -270,6 +270,31 @@ def test_checkpoints_between_evaluations_let_a_resume_repeat_only_the_steps_afte
         options(checkpoint, files, checkpoint_every=0)
 
 
+@pytest.mark.parametrize("damage, message", [
+    (lambda data: data[:len(data) // 2], "cannot be read \\((OSError|RuntimeError)"),
+    (lambda data: b"", "cannot be read \\(EOFError\\)"),
+    (lambda data: b"{}", "cannot be read \\(UnpicklingError"),
+])
+def test_a_damaged_checkpoint_is_refused_in_one_line_before_the_model_loads_and_the_folder_is_kept(
+        tmp_path, checkpoint, files, monkeypatch, damage, message):
+    opts = options(checkpoint, files, batch_size=4)
+    interrupt_at_step_3(opts, tmp_path / "run", monkeypatch)
+    saved = tmp_path / "run" / training.CHECKPOINT
+    saved.write_bytes(damage(saved.read_bytes()))
+    def files():
+        return {path.name: path.read_bytes() for path in (tmp_path / "run").rglob("*")
+                if path.is_file() and path.name != "run.json"}
+
+    before, record = files(), json.loads((tmp_path / "run" / "run.json").read_text())
+    monkeypatch.setattr(models, "load_model", lambda *a, **k: pytest.fail("a model was loaded"))
+    with pytest.raises(RunError, match=message) as error:
+        train(opts, tmp_path / "run", resume=True, progress=False)
+    assert "\n" not in str(error.value) and "move it aside to train this run again from step 0" in str(error.value)
+    after = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert files() == before and after["reason"].endswith(str(error.value))  # the run says why it stopped
+    assert (after["curve"], after["checkpoint_step"]) == (record["curve"], record["checkpoint_step"])
+
+
 def test_keep_best_keeps_the_best_evaluations_weights_across_a_resume(tmp_path, checkpoint, files, monkeypatch):
     from safetensors.torch import load_file
 
