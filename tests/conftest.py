@@ -140,3 +140,11 @@ def demo_split(tmp_path_factory) -> Path:
     (folder / "train.json").write_text(json.dumps(records[:8]))
     (folder / "eval.json").write_text(json.dumps(records[8:]))
     return folder
+
+
+@pytest.fixture
+def no_model_loads(monkeypatch):
+    """Fails the test where a model loads: bad input is refused before."""
+    from finprog import models
+
+    monkeypatch.setattr(models, "load_model", lambda *a, **k: pytest.fail("a model was loaded"))

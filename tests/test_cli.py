@@ -125,14 +125,6 @@ def test_export_adapter_writes_a_bf16_adapter_and_refuses_what_it_cannot_export(
     assert not (tmp_path / "refused").exists()
 
 
-@pytest.fixture
-def no_model_loads(monkeypatch):
-    def refuse(*args, **kwargs):
-        raise AssertionError("a model was loaded")
-
-    monkeypatch.setattr(models, "load_model", refuse)
-
-
 @pytest.mark.parametrize("base", ["/no/such/base-model", "nobody-here/no-such-model"])
 def test_solve_with_an_adapter_whose_base_is_missing_says_so_in_one_line(
         base, fresh_tiny_llama, tmp_path, capsys, no_model_loads):

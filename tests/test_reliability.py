@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 
 import finprog
-from finprog import models
 from finprog.cli import main
 from finprog.report import load_run
 from finprog.runs import DAMAGED, LOCK, PREDICTIONS, RUN, SCHEMA_VERSION, RunRecord
@@ -39,11 +38,6 @@ def one_line_error(code: int, err: str, *parts: str) -> None:
 def solve_args(checkpoint, out, *more):
     return ["solve", "--model", checkpoint, "--data", DEMO, "--limit", "3", "--mode", "direct",
             "--max-new-tokens", "3", "--dtype", "fp32", "--out", out, "--json", *more]
-
-
-@pytest.fixture
-def no_model_loads(monkeypatch):
-    monkeypatch.setattr(models, "load_model", lambda *a, **k: pytest.fail("a model was loaded"))
 
 
 @pytest.fixture

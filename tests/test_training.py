@@ -557,14 +557,6 @@ def test_several_training_files_are_trained_on_in_order(tmp_path, checkpoint, fi
     assert data.train_paths == [tmp_path / "a.json", tmp_path / "b.json"]
 
 
-@pytest.fixture
-def no_model_loads(monkeypatch):
-    def refuse(*args, **kwargs):
-        raise AssertionError("a model was loaded")
-
-    monkeypatch.setattr(models, "load_model", refuse)
-
-
 @pytest.mark.parametrize("case, message", [
     ("method", "unknown training method 'dora'"),
     ("schedule", "unknown learning-rate schedule 'step'"),
