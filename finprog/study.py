@@ -365,7 +365,7 @@ def comparable(name: str, value):
 def changed_options(cell: Cell, recorded: dict | None) -> list[str]:
     """The options whose declared value differs from what the cell ran with: its recorded declaration, or, for
     runs made before the study recorded one, each run's own config (only the declared options are compared).
-    A training run's RUNTIME_OPTIONS may change: its run.json records when."""
+    A training run's RUNTIME_OPTIONS may change in both cases: its run.json records when."""
     from finprog.training import RUNTIME_OPTIONS
 
     if recorded is not None:
@@ -379,8 +379,9 @@ def changed_options(cell: Cell, recorded: dict | None) -> list[str]:
         if run.cascades:  # the stages' options are recorded with each stage
             saved = {**saved["stages"][0], **saved}
         declared = _run_declaration(cell, run)
+        free = ("model", *RUNTIME_OPTIONS) if run.trains else ("model",)
         changed |= {name for name, value in declared.items()
-                    if name not in ("model",) and comparable(name, value) != comparable(name, saved.get(name))}
+                    if name not in free and comparable(name, value) != comparable(name, saved.get(name))}
     return sorted(changed)
 
 

@@ -112,6 +112,9 @@ def test_a_training_option_that_leaves_the_updates_alone_may_change(tmp_path, ti
     path.write_text(path.read_text().replace("checkpoint_every = 1 }", "checkpoint_every = 1, lr = 1e-2 }"))
     with pytest.raises(studies.StudyError, match=r"other options \(train.lr\)"):
         studies.run_study(path)
+    path.write_text(path.read_text().replace("checkpoint_every = 1, lr = 1e-2 }", "checkpoint_every = 2 }"))
+    (tmp_path / "study" / "study.json").unlink()  # adopted from its runs' own configs: the same rule
+    assert [p.status for p in studies.plan(studies.load_study(path), predict_flops=False)] == ["done"]
 
 
 def test_runs_made_before_the_study_are_adopted_when_their_config_matches(
