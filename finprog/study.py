@@ -39,7 +39,8 @@ import statistics
 import sys
 import tomllib
 from collections.abc import Callable, Iterator
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field, fields, replace
 from multiprocessing import get_context
 from pathlib import Path
@@ -673,9 +674,7 @@ def _execute(study: Study, todo: list[Cell], executor: str, jobs: int, slurm: di
     if not todo:
         return []
     if executor == "local":
-        with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn"), max_tasks_per_child=1) as pool:
-            futures = {cell.name: pool.submit(run_cell, str(study.path), cell.name) for cell in todo}
-            return [name for name, future in futures.items() if _failed(name, future, say)]
+        return _run_locally(study, todo, jobs, say)
     import submitit
 
     folder = study.folder / "jobs"
@@ -692,9 +691,35 @@ def _execute(study: Study, todo: list[Cell], executor: str, jobs: int, slurm: di
     return [name for name, job in submitted.items() if _failed(name, job, say)]
 
 
+def _run_locally(study: Study, todo: list[Cell], jobs: int, say: Callable[[str], None]) -> list[str]:
+    """At most `jobs` cells at a time, each in a new process. A cell starts only when another has ended, so after
+    a Ctrl-C or a cell whose process was killed, no further cell starts."""
+    waiting, running, failed = list(todo), {}, []
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn"), max_tasks_per_child=1) as pool:
+        while waiting or running:
+            while waiting and len(running) < jobs:
+                cell = waiting.pop(0)
+                running[pool.submit(run_cell, str(study.path), cell.name)] = cell.name
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in done:
+                name = running.pop(future)
+                if _failed(name, future, say):
+                    failed.append(name)
+                if isinstance(future.exception(), BrokenProcessPool):
+                    for cell in waiting:
+                        say(f"{cell.name}: not started")
+                    failed += [cell.name for cell in waiting]
+                    waiting = []
+    return failed
+
+
 def _failed(name: str, job, say: Callable[[str], None]) -> bool:
     try:
         job.result()
+    except BrokenProcessPool:
+        say(f"{name}: not finished: its process was killed (a signal, or out of memory); no further cell starts, "
+            "and running the study again resumes it")
+        return True
     except Exception as error:  # the cell's own error, reported; the other cells go on
         say(f"{name}: failed: {str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__}")
         return True

@@ -162,6 +162,31 @@ def test_a_study_killed_during_its_second_cell_finishes_on_a_rerun_with_no_row_l
     assert after[:len(before)] == before  # the rows written before the kill are kept, not redone
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("stop", ["ctrl-c", "cell killed"])
+def test_a_study_stopped_during_a_cell_starts_no_further_cell(tmp_path, tiny_checkpoint_dir, demo_split, stop):
+    text = STUDY.split("[cells.trained]")[0].replace("max_new_tokens = 4", "max_new_tokens = 48")
+    text = text.replace('mode = "direct"', 'mode = "program"\nconstrained = false')
+    text += f'[cells.later]\nmodel = "{tiny_checkpoint_dir}"\nmode = "direct"\n'
+    path = write_study(tmp_path / "study", tiny_checkpoint_dir, demo_split, text)
+    first = tmp_path / "study" / "runs" / "prompted"
+    process = subprocess.Popen([sys.executable, "-m", "finprog", "study", str(path)], start_new_session=True,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while not ((first / PREDICTIONS).is_file() and read_rows(first / PREDICTIONS)) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    if stop == "ctrl-c":  # a terminal's Ctrl-C reaches the study and its cell's process
+        os.killpg(process.pid, signal.SIGINT)
+    else:
+        os.kill(int((first / ".lock").read_text().split()[0]), signal.SIGKILL)
+    _, err = process.communicate(timeout=300)
+    assert len(read_rows(first / PREDICTIONS)) < 5, "the stop came after the first cell had finished: nothing was tested"
+    assert not (tmp_path / "study" / "runs" / "later").exists(), err
+    assert process.returncode == (130 if stop == "ctrl-c" else 1)
+    if stop == "cell killed":
+        assert "prompted: not finished: its process was killed" in err and "later: not started" in err
+
+
 @pytest.mark.parametrize(("change", "message"), [
     ("mystery = 1\n", "mystery: is not a study key"),
     ('questions = "many"\n', "questions: must be int, got str"),
