@@ -7,9 +7,15 @@ submodules' (`solve_run`, not `solve`), because Python binds a submodule's name 
 the package when it is imported, which would hide a function of the same name.
 """
 
+import logging
 from importlib import import_module
 
 __version__ = "0.1.0"
+
+# On CPUs with AVX512-BF16, bitsandbytes tries at import to fetch a 4-bit kernel from the model hub and, offline,
+# logs two warnings that read like errors; it then uses its own CPU kernels, as every measurement here does.
+for _logger in ("kernels", "bitsandbytes.backends.cpu.ops"):
+    logging.getLogger(_logger).setLevel(logging.ERROR)
 
 _EXPORTS = {  # name -> (module, attribute)
     "FinprogError": ("finprog.errors", "FinprogError"),
