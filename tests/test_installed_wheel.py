@@ -1,5 +1,6 @@
 """finprog as a user installs it: a wheel built from this checkout, in a fresh environment, run from elsewhere."""
 
+import importlib.util
 import json
 import os
 import shutil
@@ -20,7 +21,8 @@ def test_solve_with_no_model_answers_with_the_shipped_adapter_from_an_installed_
         shutil.copytree(ROOT / folder, source / folder, ignore=shutil.ignore_patterns("__pycache__"))
     for file in ("pyproject.toml", "README.md", "LICENSE"):
         shutil.copy(ROOT / file, source / file)
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
+    isolation = [] if importlib.util.find_spec("setuptools") is None else ["--no-build-isolation"]  # offline if it can
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", *isolation,
                     "--wheel-dir", tmp_path / "wheel", source], check=True, cwd=tmp_path)
     # the environment borrows torch and the other dependencies; finprog itself comes only from the wheel
     subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", tmp_path / "venv"], check=True)
