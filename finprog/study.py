@@ -601,7 +601,8 @@ def format_plan(study: Study, planned: list[Planned]) -> str:
         known = sum(s for s in left if s is not None)
         unknown = sum(s is None for s in left)
         timed = f", about {_duration(known)} at this machine's measured rate" if unknown < len(left) else ""
-        lines.append(f"left: {len(left)} cell(s){timed}" + (f"; {unknown} with no measured rate here yet" if unknown else ""))
+        untimed = f"; {unknown} with no measured rate here yet" if unknown else ""
+        lines.append(f"left: {len(left)} cell(s){timed}{untimed}")
     return "\n".join(lines)
 
 
