@@ -10,9 +10,10 @@ and hypothesis, and none of finprog's other dependencies; one call to it carries
   every CUDA and ROCm release (43 MB packed): only the CPU one and those for `--cuda` stay;
 - `finqa/`: the FinQA files the check reads (dev questions, training examples).
 
-The trained adapters under `evals/adapters/` alone are larger than the limit and the check
-needs none of them, so they stay behind: the script prints the git commands that untrack
-them for the call and track them again after it (the files never leave the disk).
+The trained adapters under `evals/adapters/` and `finprog/adapters/` together are larger than the
+limit and the check needs none of them (it names its own checkpoints), so they stay behind: the script
+prints the git commands that untrack them for the call and track them again after it (the files never
+leave the disk).
 
     python evals/gpu_wheels.py [--cuda 13] > evals/gpu_wheels.txt   # pip's own output goes to stderr
 """
@@ -40,7 +41,7 @@ EXTRA = ("huggingface-hub>=1.31,<2",)
 PLATFORMS = ("manylinux2014_x86_64", "manylinux_2_17_x86_64", "manylinux_2_24_x86_64", "manylinux_2_28_x86_64",
              "manylinux_2_31_x86_64")
 DATA = ("dev_200", "train_100")
-LEFT_BEHIND = "evals/adapters"
+LEFT_BEHIND = ("evals/adapters", "finprog/adapters")
 
 
 def download(folder: Path) -> None:
@@ -86,7 +87,7 @@ def travelling_files() -> list[str]:
 
 
 def left_behind(name: str) -> bool:
-    return name.startswith(LEFT_BEHIND + "/")
+    return name.startswith(tuple(folder + "/" for folder in LEFT_BEHIND))
 
 
 def checkout_bytes() -> int:
@@ -116,12 +117,15 @@ def main() -> int:
     carried_bytes = sum(path.stat().st_size for path in carried)
     total = carried_bytes + checkout_bytes()
     behind = sum((REPO / name).stat().st_size for name in travelling_files() if left_behind(name))
-    print(f"{CARRY}/: {carried_bytes / 2**20:.1f} MiB; with the checkout, {LEFT_BEHIND}/ "
+    folders = " ".join(LEFT_BEHIND)
+    excluded = "".join(f"/{folder}/\\n" for folder in LEFT_BEHIND)
+    unexcluded = "; ".join(f"\\#^/{folder}/$#d" for folder in LEFT_BEHIND)
+    print(f"{CARRY}/: {carried_bytes / 2**20:.1f} MiB; with the checkout, {folders} "
           f"({behind / 2**20:.1f} MiB) left behind: {total / 2**20:.1f} MiB of {LIMIT / 2**20:.0f} MiB")
-    print(f"\nbefore the call, untrack {LEFT_BEHIND}/ (git status shows its files as staged deletions meanwhile):\n"
-          f"git rm -r -q --cached {LEFT_BEHIND} && echo /{LEFT_BEHIND}/ >> .git/info/exclude\n"
-          f"after the call, track it again:\n"
-          f"git reset -q -- {LEFT_BEHIND} && sed -i '\\#^/{LEFT_BEHIND}/$#d' .git/info/exclude\n")
+    print(f"\nbefore the call, untrack {folders} (git status shows their files as staged deletions meanwhile):\n"
+          f"git rm -r -q --cached {folders} && printf '{excluded}' >> .git/info/exclude\n"
+          f"after the call, track them again:\n"
+          f"git reset -q -- {folders} && sed -i '{unexcluded}' .git/info/exclude\n")
     print(f"carry: [\"{CARRY}\"]\ncommand (the report and a log land in $OUT):\n"
           f"set -o pipefail; python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir "
           f"--target /tmp/site {CARRY}/wheels/*.whl && export PYTHONPATH=/tmp/site:$PWD "
