@@ -689,7 +689,7 @@ def _execute(study: Study, todo: list[Cell], executor: str, jobs: int, slurm: di
     for cell in todo:
         submitted[cell.name] = engine.submit(run_cell, str(study.path), cell.name)
         say(f"{cell.name}: job {submitted[cell.name].job_id}")
-    return [name for name, job in submitted.items() if _failed(name, job, say)]
+    return [name for name, job in submitted.items() if _ended(name, job, say) != "done"]
 
 
 def _run_locally(study: Study, todo: list[Cell], jobs: int, say: Callable[[str], None]) -> list[str]:
@@ -704,9 +704,10 @@ def _run_locally(study: Study, todo: list[Cell], jobs: int, say: Callable[[str],
             done, _ = wait(running, return_when=FIRST_COMPLETED)
             for future in done:
                 name = running.pop(future)
-                if _failed(name, future, say):
+                ended = _ended(name, future, say)
+                if ended != "done":
                     failed.append(name)
-                if isinstance(future.exception(), BrokenProcessPool):
+                if ended == "killed":
                     for cell in waiting:
                         say(f"{cell.name}: not started")
                     failed += [cell.name for cell in waiting]
@@ -714,18 +715,19 @@ def _run_locally(study: Study, todo: list[Cell], jobs: int, say: Callable[[str],
     return failed
 
 
-def _failed(name: str, job, say: Callable[[str], None]) -> bool:
+def _ended(name: str, job, say: Callable[[str], None]) -> str:
+    """How a cell's job ended, said in one line: "done", "failed" (its own error) or "killed" (its process)."""
     try:
         job.result()
     except BrokenProcessPool:
         say(f"{name}: not finished: its process was killed (a signal, or out of memory); no further cell starts, "
             "and running the study again resumes it")
-        return True
+        return "killed"
     except Exception as error:  # the cell's own error, reported; the other cells go on
         say(f"{name}: failed: {str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__}")
-        return True
+        return "failed"
     say(f"{name}: done")
-    return False
+    return "done"
 
 
 def write_study_report(study: Study) -> list[Path]:
