@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import os
 import platform
+import re
 import sys
 from importlib import metadata
 
@@ -27,6 +28,16 @@ def machine() -> str:
     if torch is not None and torch.cuda.is_available():
         described += f", {torch.cuda.get_device_name(0)}"
     return described
+
+
+def same_machine(recorded: str, here: str) -> bool:
+    """Whether a run record's machine line names this machine, with or without torch's CPU capability (which
+    follows from the CPU, and is named only where torch was loaded when the line was written)."""
+    return _without_torch(recorded) == _without_torch(here)
+
+
+def _without_torch(described: str) -> str:
+    return re.sub(r", torch CPU capability [^,]*", "", described)
 
 
 def _cpuinfo() -> tuple[str, set[str]]:

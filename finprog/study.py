@@ -30,6 +30,7 @@ declaration changed since it ran is refused until `--rerun` names it.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -50,7 +51,7 @@ from finprog.data import DataValidationError, resolve_data
 from finprog.errors import FinprogError
 from finprog.model_card import write_model_card
 from finprog.paths import shown
-from finprog.provenance import machine
+from finprog.provenance import machine, same_machine
 from finprog.report import DEFAULT_METRIC, DEFAULT_QUESTIONS, parse_targets
 from finprog.runs import RUN, RunRecord, finished_run, replace_file
 from finprog.solve import SolveOptions
@@ -428,6 +429,7 @@ def predict(cell: Cell) -> dict:
     return predicted
 
 
+@functools.cache
 def _shape_and_tokenizer(model: str):
     from finprog import models
 
@@ -472,8 +474,7 @@ def _predict_training(options, changes: list[dict], prefix_cache: bool) -> tuple
 
     data = training.validate(options)
     tokenizer = _shape_and_tokenizer(options.model)[1]
-    retriever = prompts.ExemplarRetriever(data.train if options.shots else [])
-    encoded = [training.encode(e, tokenizer, options, retriever) for e in data.train]
+    encoded = _encoded(options, data.train, tokenizer)
     steps = training.planned_steps(len(encoded), options)
     train_flops = sum(training.step_flops(data.shape, [encoded[i] for i in training.batch_indices(
         len(encoded), options, step, rank=0, world=1)], _as_run_at(options, changes, step)) for step in range(steps))
@@ -482,6 +483,23 @@ def _predict_training(options, changes: list[dict], prefix_cache: bool) -> tuple
     evaluation = _predict_solve(replace(training.solve_options(options), prefix_cache=prefix_cache), data.shape,
                                 tokenizer, data.eval)
     return float(train_flops), points * evaluation
+
+
+_ENCODED: dict[str, list] = {}
+
+
+def _encoded(options, examples: list, tokenizer) -> list:
+    """The training examples as the run encodes them. The cells of a sweep differ only in how they train, so they
+    share one encoding, kept by training files and prompt settings (the solve options of the run's curve)."""
+    from finprog import training
+
+    prompting = {name: value for name, value in vars(training.solve_options(options)).items()
+                 if name not in ("technique", "batch_size", "dtype")}
+    key = repr((tuple(str(path) for path in options.train), sorted(prompting.items())))
+    if key not in _ENCODED:
+        retriever = prompts.ExemplarRetriever(examples if options.shots else [])
+        _ENCODED[key] = [training.encode(example, tokenizer, options, retriever) for example in examples]
+    return _ENCODED[key]
 
 
 def _as_run_at(options, changes: list[dict], step: int):
@@ -550,7 +568,7 @@ def measured_rates(study: Study) -> dict[tuple[str, str], float]:
     for cell in study.cells.values():
         for run in cell.runs:
             record = run.finished()
-            if not record or record.data.get("machine") != here:
+            if not record or not same_machine(str(record.data.get("machine")), here):
                 continue
             cost, timing = record.data["flops"], record.data["timing"]
             pairs = [("inference", timing.get("seconds_total"), cost.get("inference_total"))]

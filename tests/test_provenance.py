@@ -41,3 +41,11 @@ def test_torch_capability_is_named_only_when_torch_is_loaded():
     import torch
 
     assert f"torch CPU capability {torch.backends.cpu.get_cpu_capability()}" in shown
+
+
+def test_a_record_written_with_torch_loaded_names_the_same_machine_as_a_line_written_without():
+    without = "AMD EPYC 9R14 96-Core Processor, 2 cores, Linux, AVX512-BF16 yes, AMX-BF16 no"
+    loaded = "AMD EPYC 9R14 96-Core Processor, 2 cores, Linux, torch CPU capability AVX512, AVX512-BF16 yes, AMX-BF16 no"
+    assert provenance.same_machine(loaded, without) and provenance.same_machine(without, loaded)
+    assert not provenance.same_machine(loaded, without.replace("AVX512-BF16 yes", "AVX512-BF16 no"))
+    assert not provenance.same_machine(loaded, without.replace("2 cores", "4 cores"))
