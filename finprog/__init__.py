@@ -8,6 +8,7 @@ the package when it is imported, which would hide a function of the same name.
 """
 
 import logging
+import warnings
 from importlib import import_module
 
 __version__ = "0.1.0"
@@ -16,6 +17,9 @@ __version__ = "0.1.0"
 # logs two warnings that read like errors; it then uses its own CPU kernels, as every measurement here does.
 for _logger in ("kernels", "bitsandbytes.backends.cpu.ops"):
     logging.getLogger(_logger).setLevel(logging.ERROR)
+# PEFT reads `model.is_gradient_checkpointing`, which transformers 5.25 deprecates: a warning on every adapter load
+# that the user can do nothing about.
+warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
 
 _EXPORTS = {  # name -> (module, attribute)
     "FinprogError": ("finprog.errors", "FinprogError"),
