@@ -259,7 +259,7 @@ def _cell(path: Path, key: str, name: str, model: str, spec: dict, declared: dic
         tests[decoding] = {**declared.get("solve", {}), **settings}
         runs.append(Run(runs_dir / f"{name}_test_{decoding}",
                         _test_options(options, _relative_paths(path, tests[decoding]), str(trained.export or trained.out),
-                                      f"{key}.test.{decoding}", where),
+                                      trained.done(), f"{key}.test.{decoding}", where),
                         base=options.model))
     return _checked(Cell(name, model, {"train": train, "test": tests, "export": export}, runs), key, where)
 
@@ -284,18 +284,21 @@ def _cascade_cell(path: Path, key: str, name: str, spec: dict, declared: dict, r
                          runs=[Run(runs_dir / name, options)]), key, where)
 
 
-def _test_options(trained, settings: dict, model: str, key: str, where: _Where) -> SolveOptions:
+def _test_options(trained, settings: dict, model: str, ready: bool, key: str, where: _Where) -> SolveOptions:
     """How a trained model solves the test set: as its training evaluated it, with the decoding's settings.
 
-    Before the model exists its prompts come from the training options; once it exists,
-    solve reads them from its run.json, as `finprog solve --model` does."""
+    Until its training has finished (and its adapter is exported) its prompts come from the training options;
+    then solve reads them from its run.json, as `finprog solve --model` does."""
     from finprog.training import solve_options
 
-    if RunRecord.trained(model):
+    if ready:
         return _options(SolveOptions, {**settings, "model": model}, key, where)
     inherited = {name: getattr(solve_options(trained), name) for name in
                  ("mode", "prompt", "shots", "max_prompt_tokens", "context", "top_k", "ranker", "technique")}
-    return _options(SolveOptions, {"constrained": False, **inherited, **settings, "model": model}, key, where)
+    # checked on the base model: the folder the training writes holds an unfinished run (or none) until then
+    options = _options(SolveOptions, {"constrained": False, **inherited, **settings, "model": trained.model}, key, where)
+    options.model = model
+    return options
 
 
 def _options(kind: type, values: dict, key: str, where: _Where):
@@ -425,7 +428,7 @@ def predict(cell: Cell) -> dict:
         else:  # a cascade's stages as if each answered every question: an upper bound
             for options in getattr(run.options, "stages", [run.options]):
                 shape, tokenizer = _shape_and_tokenizer(run.base or options.model)
-                predicted["inference"] += _predict_solve(replace(options, prefix_cache=cache), shape, tokenizer)
+                predicted["inference"] += _predict_solve(options, cache, shape, tokenizer)
     return predicted
 
 
@@ -437,9 +440,10 @@ def _shape_and_tokenizer(model: str):
     return flops.ModelShape.from_config(models.model_config(source)), models.load_tokenizer(source)
 
 
-def _predict_solve(options: SolveOptions, shape: flops.ModelShape, tokenizer, examples=None) -> float:
+def _predict_solve(options: SolveOptions, prefix_cache: bool, shape: flops.ModelShape, tokenizer,
+                   examples=None) -> float:
     """Inference FLOPs of solving `options.data` (or `examples`): each prompt as solve builds it (after the shared
-    prefix, counted once, when the prefix cache is on), the gold reply's tokens, and the ranker's FLOPs."""
+    prefix, counted once, with the prefix cache), the gold reply's tokens, and the ranker's FLOPs."""
     from finprog.generation import shared_prefix_length
     from finprog.solve import exemplar_retriever, load_examples
 
@@ -448,7 +452,7 @@ def _predict_solve(options: SolveOptions, shape: flops.ModelShape, tokenizer, ex
     special = prompts.adds_special_tokens(tokenizer, options)
     prompt_ids = [tokenizer(prompts.build_prompt(example, tokenizer, options, retriever),
                             add_special_tokens=special)["input_ids"] for example in examples]
-    cached = shared_prefix_length(prompt_ids) if options.prefix_cache else 0
+    cached = shared_prefix_length(prompt_ids) if prefix_cache else 0
     total = float(flops.prefix_flops(shape, cached)) if cached else 0.0
     for example, ids in zip(examples, prompt_ids):
         reply = _reply_tokens(example, options.mode, tokenizer, options.new_token_limit)
@@ -480,8 +484,7 @@ def _predict_training(options, changes: list[dict], prefix_cache: bool) -> tuple
         len(encoded), options, step, rank=0, world=1)], _as_run_at(options, changes, step)) for step in range(steps))
     points = (1 if options.eval_at_start else 0) + (steps // options.eval_every if options.eval_every else 0)
     points += 0 if options.eval_every and steps % options.eval_every == 0 else 1
-    evaluation = _predict_solve(replace(training.solve_options(options), prefix_cache=prefix_cache), data.shape,
-                                tokenizer, data.eval)
+    evaluation = _predict_solve(training.solve_options(options), prefix_cache, data.shape, tokenizer, data.eval)
     return float(train_flops), points * evaluation
 
 

@@ -216,3 +216,14 @@ def test_bad_study_files_get_one_line_naming_the_file_and_key(tmp_path, tiny_che
     code, out, err = run_cli(capsys, "study", path, "--dry-run")
     assert code == 2 and out == "" and err.count("\n") == 1 and "Traceback" not in err
     assert err.startswith(f"finprog: error: {path}: ") and message.format(model=checkpoint) in err
+
+
+def test_a_study_loads_and_plans_while_a_full_fine_tuning_run_is_unfinished(tmp_path, tiny_checkpoint_dir, demo_split):
+    """A full fine-tuning cell's test solves name its run folder, which holds an unfinished record until it ends."""
+    path = write_study(tmp_path / "study", tiny_checkpoint_dir, demo_split, STUDY.replace('"lora"', '"full"'))
+    studies.run_study(path)
+    record = tmp_path / "study" / "runs" / "trained" / RUN
+    record.write_text(record.read_text().replace('"status": "finished"', '"status": "interrupted"'))
+    planned = {item.cell.name: item for item in studies.plan(studies.load_study(path))}
+    assert planned["trained"].status == "partial" and planned["trained"].predicted["training"] > 0
+    assert Path(planned["trained"].cell.runs[1].options.model).resolve() == record.parent.resolve()
