@@ -258,8 +258,7 @@ def _cell(path: Path, key: str, name: str, model: str, spec: dict, declared: dic
             where.fail(f"{key}.test.{decoding}", "must be a table of solve options")
         tests[decoding] = {**declared.get("solve", {}), **settings}
         runs.append(Run(runs_dir / f"{name}_test_{decoding}",
-                        _test_options(options, _relative_paths(path, tests[decoding]), str(trained.export or trained.out),
-                                      trained.done(), f"{key}.test.{decoding}", where),
+                        _test_options(trained, _relative_paths(path, tests[decoding]), f"{key}.test.{decoding}", where),
                         base=options.model))
     return _checked(Cell(name, model, {"train": train, "test": tests, "export": export}, runs), key, where)
 
@@ -284,19 +283,21 @@ def _cascade_cell(path: Path, key: str, name: str, spec: dict, declared: dict, r
                          runs=[Run(runs_dir / name, options)]), key, where)
 
 
-def _test_options(trained, settings: dict, model: str, ready: bool, key: str, where: _Where) -> SolveOptions:
+def _test_options(trained: Run, settings: dict, key: str, where: _Where) -> SolveOptions:
     """How a trained model solves the test set: as its training evaluated it, with the decoding's settings.
 
     Until its training has finished (and its adapter is exported) its prompts come from the training options;
     then solve reads them from its run.json, as `finprog solve --model` does."""
     from finprog.training import solve_options
 
-    if ready:
+    model = str(trained.export or trained.out)
+    if trained.done():
         return _options(SolveOptions, {**settings, "model": model}, key, where)
-    inherited = {name: getattr(solve_options(trained), name) for name in
+    inherited = {name: getattr(solve_options(trained.options), name) for name in
                  ("mode", "prompt", "shots", "max_prompt_tokens", "context", "top_k", "ranker", "technique")}
     # checked on the base model: the folder the training writes holds an unfinished run (or none) until then
-    options = _options(SolveOptions, {"constrained": False, **inherited, **settings, "model": trained.model}, key, where)
+    options = _options(SolveOptions, {"constrained": False, **inherited, **settings, "model": trained.options.model},
+                       key, where)
     options.model = model
     return options
 
