@@ -16,6 +16,7 @@ from finprog import models
 from finprog.data import resolve_data
 from finprog.labels import TECHNIQUE_NAMES, format_flops, format_interval
 from finprog.paths import shown
+from finprog.solve import SOLVE_DEFAULTS, solve_defaults
 from finprog.stats import wilson_interval
 from finprog.training import TrainOptions
 
@@ -88,11 +89,29 @@ def _shown(folder: Path) -> str:
     return folder.name if folder.resolve().parent == models.ADAPTERS_DIR else shown(folder)
 
 
+def _asked_with(folder: Path) -> list[str]:
+    """How `finprog solve` asks it: as it was trained, except for the measured settings of its SOLVE_DEFAULTS."""
+    defaults = solve_defaults(folder)
+    if not defaults:
+        return ["Use it with finprog, which asks it as it was trained (run.json holds the training options):", ""]
+    said = ", ".join(f"{name} {value}" for name, value in defaults.items())
+    why = json.loads((folder / SOLVE_DEFAULTS).read_text())["why"]
+    return [f"Use it with finprog, which asks it as it was trained (run.json holds the training options), except "
+            f"for the measured settings of {SOLVE_DEFAULTS} ({said}): {why}.", ""]
+
+
 def _result(record: dict, decoding: str) -> dict:
     exact, n, name = record["metrics"]["exact"], record["metrics"]["n"], record["eval_set"]["name"]
     return {"data": name, "split": "validation" if name.startswith("dev") else "test" if name.startswith("test")
             else None, "n": n, "exact": exact, "interval": wilson_interval(round(exact * n), n),
-            "decoding": decoding, "inference_flops": record["flops"].get("inference_per_example")}
+            "decoding": decoding, "inference_flops": record["flops"].get("inference_per_example"),
+            "facts": _facts(record["config"])}
+
+
+def _facts(config: dict) -> str:
+    """The context a record's model was shown: the ranker's top k facts, the gold facts, or the whole page."""
+    context = config.get("context", "page")
+    return f"top {config['top_k']}" if context == "retrieved" else context
 
 
 def _text(folder: Path, record: dict, adapter: dict, results: list[dict], made_by: str | None,
@@ -119,14 +138,14 @@ def _text(folder: Path, record: dict, adapter: dict, results: list[dict], made_b
            if config.get("keep_best") and kept is not None else "")
         + f". **{format_flops(record['flops']['training_total'])} training FLOPs** (finprog's count of every step "
         f"as it ran). Machine: {record.get('machine', 'not recorded')}.", "",
-        "| questions | decoding | n | exact EmAcc | 95% interval | GFLOPs per question |",
-        "|---|---|---|---|---|---|",
-        *(f"| {r['data']} | {r['decoding']} | {r['n']} | {100 * r['exact']:.1f}% | {format_interval(r['interval'])} "
+        "| questions | facts | decoding | n | exact EmAcc | 95% interval | GFLOPs per question |",
+        "|---|---|---|---|---|---|---|",
+        *(f"| {r['data']} | {r['facts']} | {r['decoding']} | {r['n']} | {100 * r['exact']:.1f}% | {format_interval(r['interval'])} "
           f"| {'-' if r['inference_flops'] is None else format(r['inference_flops'] / 1e9, ',.0f')} |"
           for r in results),
         "",
         f"The first row is the training run's own evaluation{' of the kept step' if kept is not None else ''}.", "",
-        "Use it with finprog, which asks it as it was trained (run.json holds the training options):", "",
+        *_asked_with(folder),
         "```bash", f"finprog solve --model {_shown(folder)}", "```", "",
         "Made by:", "", "```bash", made_by or f"{train_command(config)}\nfinprog export-adapter RUN {folder.name}", "```",
     ]

@@ -376,7 +376,8 @@ def changed_options(cell: Cell, recorded: dict | None) -> list[str]:
 
     if recorded is not None:
         runtime = {f"train.{name}" for name in RUNTIME_OPTIONS}
-        return sorted(set(_differences(recorded, cell.declaration)) - runtime)
+        return sorted(name for name in set(_differences(recorded, cell.declaration)) - runtime
+                      if not _ran_with(cell, name))
     changed = set()
     for run in cell.runs:
         saved = RunRecord.load(run.out / RUN).data.get("config", {}) if (run.out / RUN).is_file() else None
@@ -389,6 +390,22 @@ def changed_options(cell: Cell, recorded: dict | None) -> list[str]:
         changed |= {name for name, value in declared.items()
                     if name not in free and comparable(name, value) != comparable(name, saved.get(name))}
     return sorted(changed)
+
+
+def _ran_with(cell: Cell, name: str) -> bool:
+    """Whether a solve option whose declaration changed (`solve.top_k`, `test.program.top_k`) is declared as its
+    finished run ran anyway: declaring a value the run had inherited asks for no new run."""
+    section, _, option = name.rpartition(".")
+    if section == "solve":
+        run = cell.runs[0]
+    elif section.startswith("test."):
+        run = next((run for run in cell.runs if run.out.name == f"{cell.name}_test_{section[5:]}"), None)
+    else:
+        return False
+    record = run.finished() if run and not run.cascades else None
+    declared = _run_declaration(cell, run) if record else {}
+    return option in declared and comparable(option, declared[option]) == comparable(option,
+                                                                                      record.data["config"].get(option))
 
 
 def _run_declaration(cell: Cell, run: Run) -> dict:

@@ -146,3 +146,35 @@ def test_solve_asks_a_trained_model_in_its_style_and_refuses_the_other(tmp_path)
     assert SolveOptions(trained("before")).prompt == "instructed"  # run.json of version 1: instructed
     with pytest.raises(SolveError, match="was trained with instructed prompts"):
         SolveOptions(trained("old"), prompt="bare")
+
+
+def test_solve_asks_with_a_trained_models_measured_defaults_unless_told_otherwise(tmp_path):
+    import json
+
+    import pytest
+
+    from finprog.solve import SOLVE_DEFAULTS, SolveError, SolveOptions
+
+    committed = json.loads((REPO / "evals" / "adapters" / "smollm2-135m_lora" / "run.json").read_text())
+    folder = tmp_path / "adapter"
+    folder.mkdir()
+    (folder / "run.json").write_text(json.dumps({**committed, "config": {**committed["config"], "top_k": 5,
+                                                                           "context": "retrieved"}}))
+    assert SolveOptions(str(folder)).top_k == 5  # as trained
+    defaults = folder / SOLVE_DEFAULTS
+    defaults.write_text(json.dumps({"why": "dev: as accurate, fewer FLOPs", "top_k": 4, "max_prompt_tokens": 300}))
+    asked = SolveOptions(str(folder))
+    assert (asked.top_k, asked.max_prompt_tokens, asked.context) == (4, 300, "retrieved")
+    assert SolveOptions(str(folder), top_k=5).top_k == 5  # the user's setting wins
+    for saved, problem in (({"top_k": 4}, '"why"'), ({"why": "x", "shots": 2}, "unknown setting 'shots'"),
+                           ({"why": "x", "top_k": "4"}, "top_k must be an integer"), ("[", "cannot be read")):
+        defaults.write_text(saved if isinstance(saved, str) else json.dumps(saved))
+        with pytest.raises(SolveError, match=problem) as error:
+            SolveOptions(str(folder))
+        assert str(defaults) in str(error.value) and "\n" not in str(error.value)
+
+
+def test_solves_default_adapter_is_asked_with_its_measured_four_facts():
+    from finprog.solve import SolveOptions
+
+    assert SolveOptions().top_k == 4 and SolveOptions(model="qwen2.5-coder-1.5b_lora_1ep").top_k == 5

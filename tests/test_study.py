@@ -99,6 +99,17 @@ def test_a_changed_declaration_is_refused_until_rerun(tmp_path, tiny_checkpoint_
     assert len(again.splitlines()) == 2 and len(first.splitlines()) == 5
 
 
+def test_declaring_the_value_a_run_inherited_asks_for_no_new_run(tmp_path, tiny_checkpoint_dir, demo_split):
+    path = write_study(tmp_path / "study", tiny_checkpoint_dir, demo_split, STUDY.split("[cells.trained]")[0])
+    studies.run_study(path)
+    ran = json.loads((tmp_path / "study" / "runs" / "prompted" / RUN).read_text())["config"]["top_k"]
+    path.write_text(path.read_text().replace('mode = "direct"', f'mode = "direct"\ntop_k = {ran}'))
+    assert studies.run_study(path)["ran"] == []
+    path.write_text(path.read_text().replace(f"top_k = {ran}", f"top_k = {ran + 1}"))
+    with pytest.raises(studies.StudyError, match=r"other options \(solve.top_k\)"):
+        studies.run_study(path)
+
+
 def test_a_training_option_that_leaves_the_updates_alone_may_change(tmp_path, tiny_checkpoint_dir, demo_split):
     """Checkpoints and micro-batches (training.RUNTIME_OPTIONS) change how a run is saved and stepped, not its result."""
     trained_only = STUDY.replace('[cells.prompted]\nmodel = "{model}"\nmode = "direct"\n', "").replace(
