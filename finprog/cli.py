@@ -556,7 +556,9 @@ def _models_list(args) -> int:
     print(f"\ntrained adapters (solve's default: {DEFAULT_MODEL})")
     for row in adapters:
         results = "; ".join(f"{r['value']:g}% on {r['dataset']} ({r['label']})" for r in row["results"])
-        print(f"{row['name']}: {row['technique']} on {row['base']}, {row['training_flops']:.3g} training FLOPs; {results}")
+        asked = "".join(f", asked with {name} {value}" for name, value in row["solve_defaults"].items())
+        print(f"{row['name']}: {row['technique']} on {row['base']}, {row['training_flops']:.3g} training FLOPs"
+              f"{asked}; {results}")
     return 0
 
 

@@ -16,7 +16,6 @@ from finprog import models
 from finprog.data import resolve_data
 from finprog.labels import TECHNIQUE_NAMES, format_flops, format_interval
 from finprog.paths import shown
-from finprog.solve import SOLVE_DEFAULTS, solve_defaults
 from finprog.stats import wilson_interval
 from finprog.training import TrainOptions
 
@@ -46,7 +45,7 @@ def write_model_card(folder: str | Path, made_by: str | None = None, tests: Sequ
         eval_results=[EvalResult(task_type="text-generation", task_name=f"FinQA {config['mode']} generation",
                                  dataset_type="finqa", dataset_name=r["data"], dataset_split=r["split"],
                                  metric_type="exact_match", metric_value=round(100 * r["exact"], 1),
-                                 metric_name=f"exact EmAcc, {r['decoding']} decoding, 95% interval "
+                                 metric_name=f"exact EmAcc, {r['facts']}, {r['decoding']} decoding, 95% interval "
                                              f"{format_interval(r['interval'])}")
                       for r in results],
     )
@@ -91,13 +90,13 @@ def _shown(folder: Path) -> str:
 
 def _asked_with(folder: Path) -> list[str]:
     """How `finprog solve` asks it: as it was trained, except for the measured settings of its SOLVE_DEFAULTS."""
-    defaults = solve_defaults(folder)
+    defaults = models.solve_defaults(folder)
     if not defaults:
         return ["Use it with finprog, which asks it as it was trained (run.json holds the training options):", ""]
     said = ", ".join(f"{name} {value}" for name, value in defaults.items())
-    why = json.loads((folder / SOLVE_DEFAULTS).read_text())["why"]
+    why = json.loads((folder / models.SOLVE_DEFAULTS).read_text())["why"]
     return [f"Use it with finprog, which asks it as it was trained (run.json holds the training options), except "
-            f"for the measured settings of {SOLVE_DEFAULTS} ({said}): {why}.", ""]
+            f"for the measured settings of {models.SOLVE_DEFAULTS} ({said}): {why}.", ""]
 
 
 def _result(record: dict, decoding: str) -> dict:
@@ -111,7 +110,7 @@ def _result(record: dict, decoding: str) -> dict:
 def _facts(config: dict) -> str:
     """The context a record's model was shown: the ranker's top k facts, the gold facts, or the whole page."""
     context = config.get("context", "page")
-    return f"top {config['top_k']}" if context == "retrieved" else context
+    return {"retrieved": f"top {config.get('top_k')} facts", "gold": "gold facts"}.get(context, "whole page")
 
 
 def _text(folder: Path, record: dict, adapter: dict, results: list[dict], made_by: str | None,
@@ -138,7 +137,7 @@ def _text(folder: Path, record: dict, adapter: dict, results: list[dict], made_b
            if config.get("keep_best") and kept is not None else "")
         + f". **{format_flops(record['flops']['training_total'])} training FLOPs** (finprog's count of every step "
         f"as it ran). Machine: {record.get('machine', 'not recorded')}.", "",
-        "| questions | facts | decoding | n | exact EmAcc | 95% interval | GFLOPs per question |",
+        "| questions | context | decoding | n | exact EmAcc | 95% interval | GFLOPs per question |",
         "|---|---|---|---|---|---|---|",
         *(f"| {r['data']} | {r['facts']} | {r['decoding']} | {r['n']} | {100 * r['exact']:.1f}% | {format_interval(r['interval'])} "
           f"| {'-' if r['inference_flops'] is None else format(r['inference_flops'] / 1e9, ',.0f')} |"

@@ -58,7 +58,8 @@ class ZooFetchError(ModelError, RuntimeError):
 
 
 class ModelOptionError(ModelError, ValueError):
-    """An unknown or unusable dtype, quantization or device was asked for."""
+    """An unknown or unusable dtype, quantization or device was asked for, or a model's measured solve settings
+    (SOLVE_DEFAULTS) are malformed."""
 
 
 class QuantizationUnavailableError(ModelError, RuntimeError):
@@ -336,11 +337,42 @@ def list_models() -> list[dict[str, Any]]:
     return rows
 
 
+SOLVE_DEFAULTS = "solve_defaults.json"
+"""A trained model's measured inference settings, beside its run.json: {"why": "the measurement", SETTING: value}.
+Solve uses them where the user sets nothing, before the settings it was trained with."""
+SOLVE_DEFAULT_SETTINGS = {"top_k": int, "context": str, "ranker": str, "max_prompt_tokens": int}
+
+
+def solve_defaults(folder: Path) -> dict:
+    """The settings of `folder`/SOLVE_DEFAULTS (none if there is no such file); ModelOptionError names a bad one."""
+    path = folder / SOLVE_DEFAULTS
+    if not path.is_file():
+        return {}
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ModelOptionError(f"{path}: cannot be read as JSON ({error})") from None
+    if not isinstance(saved, dict) or not isinstance(saved.get("why"), str) or not saved["why"].strip():
+        raise ModelOptionError(f'{path}: must be a JSON object with "why" (the measurement that chose the settings)')
+    unknown = sorted(set(saved) - {"why", *SOLVE_DEFAULT_SETTINGS})
+    if unknown:
+        raise ModelOptionError(f"{path}: unknown setting {unknown[0]!r}; it may set "
+                               f"{', '.join(SOLVE_DEFAULT_SETTINGS)}")
+    settings = {name: value for name, value in saved.items() if name != "why"}
+    for name, value in settings.items():
+        kind = SOLVE_DEFAULT_SETTINGS[name]
+        if isinstance(value, bool) or not isinstance(value, kind):
+            expected = "an integer" if kind is int else "a string"
+            raise ModelOptionError(f"{path}: {name} must be {expected}, got {value!r}")
+    return settings
+
+
 def list_adapters() -> list[dict[str, Any]]:
     """finprog's trained adapters for `finprog models list`, one dict per adapter.
 
-    Keys: name, base, technique, training_flops (from its run.json), path, and results: the
-    `model-index` metrics of its model card (README.md), each with dataset and value (a percent).
+    Keys: name, base, technique, training_flops (from its run.json), path, results: the `model-index`
+    metrics of its model card (README.md), each with dataset and value (a percent), and solve_defaults:
+    the measured settings solve asks it with (`solve_defaults`).
     """
     from huggingface_hub import metadata_load
 
@@ -354,7 +386,8 @@ def list_adapters() -> list[dict[str, Any]]:
                    for entry in card.get("model-index", []) for result in entry.get("results", [])
                    for metric in result.get("metrics", [])]
         rows.append({"name": name, "base": run["config"]["model"], "technique": run["config"]["technique"],
-                     "training_flops": run["flops"]["training_total"], "path": str(folder), "results": results})
+                     "training_flops": run["flops"]["training_total"], "path": str(folder), "results": results,
+                     "solve_defaults": solve_defaults(folder)})
     return rows
 
 

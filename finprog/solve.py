@@ -7,7 +7,6 @@ the same thing wherever it appears.
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from collections import Counter
@@ -29,7 +28,7 @@ class SolveError(FinprogError, ValueError):
 
 DEFAULT_MODEL = "qwen2.5-coder-0.5b_lora_2ep"
 """Program mode's default: finprog's frugal trained adapter (56% on test_100 at 0.29 TFLOPs per correct answer, asked
-with the 4 facts of its SOLVE_DEFAULTS)."""
+with the 4 facts of its models.SOLVE_DEFAULTS)."""
 PROMPTED_MODEL = "qwen2.5-coder-0.5b"
 """Direct mode's default, and what `train` and `compare` start from: the zoo model under DEFAULT_MODEL."""
 
@@ -81,7 +80,7 @@ class SolveOptions(prompts.PromptOptions):
     def _inherit_training(self) -> None:
         """A model that `finprog train` wrote is prompted and decoded as its training evaluated it (shots, prompt
         cut, facts shown, free decoding, technique) wherever a field is left unset, except where its folder's
-        SOLVE_DEFAULTS holds a measured setting."""
+        models.SOLVE_DEFAULTS holds a measured setting."""
         trained = RunRecord.trained(self.model)
         if not trained:
             return
@@ -91,6 +90,8 @@ class SolveOptions(prompts.PromptOptions):
             raise SolveError(f"{self.model} was trained with {style} prompts; ask it with --prompt {style} "
                              f"(or leave --prompt out), not {self.prompt}")
         self.prompt = style
+        from finprog.models import solve_defaults
+
         for name, value in solve_defaults(trained.folder).items():
             if getattr(self, name) is None:
                 setattr(self, name, value)
@@ -109,34 +110,6 @@ class SolveOptions(prompts.PromptOptions):
         if self.max_new_tokens is not None:
             return self.max_new_tokens
         return PROGRAM_MAX_NEW_TOKENS if self.mode == "program" else DIRECT_MAX_NEW_TOKENS
-
-
-SOLVE_DEFAULTS = "solve_defaults.json"
-"""A trained model's measured inference settings, beside its run.json: {"why": "the measurement", SETTING: value}.
-Solve uses them where the user sets nothing, before the settings it was trained with."""
-SOLVE_DEFAULT_SETTINGS = {"top_k": int, "context": str, "ranker": str, "max_prompt_tokens": int}
-
-
-def solve_defaults(folder: Path) -> dict:
-    """The settings of `folder`/SOLVE_DEFAULTS (none if there is no such file); SolveError names a bad one."""
-    path = folder / SOLVE_DEFAULTS
-    if not path.is_file():
-        return {}
-    try:
-        saved = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise SolveError(f"{path}: cannot be read as JSON ({error})") from None
-    if not isinstance(saved, dict) or not isinstance(saved.get("why"), str) or not saved["why"].strip():
-        raise SolveError(f'{path}: must be a JSON object with "why" (the measurement that chose the settings)')
-    unknown = sorted(set(saved) - {"why", *SOLVE_DEFAULT_SETTINGS})
-    if unknown:
-        raise SolveError(f"{path}: unknown setting {unknown[0]!r}; it may set {', '.join(SOLVE_DEFAULT_SETTINGS)}")
-    settings = {name: value for name, value in saved.items() if name != "why"}
-    for name, value in settings.items():
-        kind = SOLVE_DEFAULT_SETTINGS[name]
-        if isinstance(value, bool) or not isinstance(value, kind):
-            raise SolveError(f"{path}: {name} must be {'an integer' if kind is int else 'a string'}, got {value!r}")
-    return settings
 
 
 PROGRAM_MAX_NEW_TOKENS = 96

@@ -657,12 +657,8 @@ def _duration(seconds: float | None) -> str:
 def run_cell(study_path: str, name: str) -> None:
     """Run one cell's unfinished runs in order (in the process this is called in); the entry point of a job."""
     study = load_study(study_path)
-    trained, *tests = runs = study.cells[name].runs
-    for run in runs:
+    for run in study.cells[name].runs:
         run.complete()
-    if trained.export:  # its card, with the test runs' results
-        write_model_card(trained.export, f"finprog study {shown(study.path)}  # cell {name}",
-                         [test.finished().data for test in tests])
 
 
 def run_study(path: str | Path, executor: str = "local", jobs: int = 1, rerun: tuple[str, ...] = (),
@@ -705,6 +701,7 @@ def run_study(path: str | Path, executor: str = "local", jobs: int = 1, rerun: t
     result = {"ran": [cell.name for cell in todo], "failed": failed}
     if any(cell.status() == "done" for cell in study.cells.values()):
         result["report"] = [str(file) for file in write_study_report(study)]
+        result["cards"] = [str(file) for file in write_model_cards(study)]
     return result
 
 
@@ -767,6 +764,31 @@ def _ended(name: str, job, say: Callable[[str], None]) -> str:
         return "failed"
     say(f"{name}: done")
     return "done"
+
+
+def write_model_cards(study: Study) -> list[Path]:
+    """The model card of each adapter the study exported, with its cell's test runs and every other finished solve
+    of it in the study."""
+    solves = [record for cell in study.cells.values() for run in cell.runs
+              if not run.trains and not run.cascades and (record := run.finished())]
+    cards = []
+    for cell in study.cells.values():
+        trained = cell.runs[0]
+        if not (trained.export and trained.done()):
+            continue
+        own = {run.out.name for run in cell.runs}
+        tests = [run.finished() for run in cell.runs[1:]] + [
+            record for record in solves
+            if record.folder.name not in own and _solved_with(record).resolve() == trained.export.resolve()]
+        cards.append(write_model_card(trained.export, f"finprog study {shown(study.path)}  # cell {cell.name}",
+                                      [record.data for record in tests if record]))
+    return cards
+
+
+def _solved_with(record: RunRecord) -> Path:
+    """The folder of the model a solve ran (a shipped adapter's by its name)."""
+    trained = RunRecord.trained(record.data["config"]["model"])
+    return trained.folder if trained else Path(record.data["config"]["model"])
 
 
 def write_study_report(study: Study) -> list[Path]:

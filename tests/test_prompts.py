@@ -153,7 +153,8 @@ def test_solve_asks_with_a_trained_models_measured_defaults_unless_told_otherwis
 
     import pytest
 
-    from finprog.solve import SOLVE_DEFAULTS, SolveError, SolveOptions
+    from finprog.models import SOLVE_DEFAULTS, ModelOptionError
+    from finprog.solve import SolveOptions
 
     committed = json.loads((REPO / "evals" / "adapters" / "smollm2-135m_lora" / "run.json").read_text())
     folder = tmp_path / "adapter"
@@ -169,7 +170,7 @@ def test_solve_asks_with_a_trained_models_measured_defaults_unless_told_otherwis
     for saved, problem in (({"top_k": 4}, '"why"'), ({"why": "x", "shots": 2}, "unknown setting 'shots'"),
                            ({"why": "x", "top_k": "4"}, "top_k must be an integer"), ("[", "cannot be read")):
         defaults.write_text(saved if isinstance(saved, str) else json.dumps(saved))
-        with pytest.raises(SolveError, match=problem) as error:
+        with pytest.raises(ModelOptionError, match=problem) as error:
             SolveOptions(str(folder))
         assert str(defaults) in str(error.value) and "\n" not in str(error.value)
 

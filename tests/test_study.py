@@ -82,6 +82,24 @@ def test_a_two_cell_study_runs_records_predicted_and_measured_flops_and_reports(
     assert studies.run_study(path)["ran"] == []  # a finished cell is never rerun
 
 
+def test_an_exported_adapters_card_quotes_every_solve_of_it_in_the_study(tmp_path, tiny_checkpoint_dir, demo_split):
+    exported = STUDY.split("[cells.prompted]")[0] + """[cells.trained]
+model = "{model}"
+train = {{ method = "lora", max_steps = 2, eval_every = 1 }}
+export = "adapter"
+test.free = {{ limit = 3 }}
+"""
+    path = write_study(tmp_path / "study", tiny_checkpoint_dir, demo_split, exported)
+    assert studies.run_study(path)["ran"] == ["trained"]
+    path.write_text(path.read_text() + '[cells.asked-again]\nmodel = "adapter"\nlimit = 2\n')  # once it exists
+    result = studies.run_study(path)
+    assert result["ran"] == ["asked-again"]
+    assert [Path(card).resolve() for card in result["cards"]] == [tmp_path / "study" / "adapter" / "README.md"]
+    card = (tmp_path / "study" / "adapter" / "README.md").read_text()
+    assert card.count("| eval | top 5 facts | free |") == 3  # the training's evaluation, its test run, the other solve
+    assert "| 3 |" in card and "| 2 |" in card
+
+
 def test_a_changed_declaration_is_refused_until_rerun(tmp_path, tiny_checkpoint_dir, demo_split, capsys):
     path = write_study(tmp_path / "study", tiny_checkpoint_dir, demo_split,
                        STUDY.split("[cells.trained]")[0])
