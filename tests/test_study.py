@@ -82,7 +82,7 @@ def test_a_two_cell_study_runs_records_predicted_and_measured_flops_and_reports(
     assert studies.run_study(path)["ran"] == []  # a finished cell is never rerun
 
 
-def test_an_exported_adapters_card_quotes_every_solve_of_it_in_the_study(tmp_path, tiny_checkpoint_dir, demo_split):
+def test_an_exported_adapter_may_be_asked_again_and_its_card_quotes_every_solve_of_it(tmp_path, tiny_checkpoint_dir, demo_split):
     exported = STUDY.split("[cells.prompted]")[0] + """[cells.trained]
 model = "{model}"
 train = {{ method = "lora", max_steps = 2, eval_every = 1 }}
@@ -98,6 +98,13 @@ test.free = {{ limit = 3 }}
     card = (tmp_path / "study" / "adapter" / "README.md").read_text()
     assert card.count("| eval | top 5 facts | free |") == 3  # the training's evaluation, its test run, the other solve
     assert "| 3 |" in card and "| 2 |" in card
+
+    trained = (tmp_path / "study" / "runs" / "trained" / RUN).read_text()
+    path.write_text(path.read_text().replace("test.free = { limit = 3 }", "test.free = { limit = 3 }\n"
+                                             "test.top4 = { limit = 2, top_k = 4 }"))  # a new solve: no retraining
+    assert studies.run_study(path)["ran"] == ["trained"]
+    assert (tmp_path / "study" / "runs" / "trained" / RUN).read_text() == trained
+    assert "| eval | top 4 facts | free | 2 |" in (tmp_path / "study" / "adapter" / "README.md").read_text()
 
 
 def test_a_changed_declaration_is_refused_until_rerun(tmp_path, tiny_checkpoint_dir, demo_split, capsys):
