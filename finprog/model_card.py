@@ -139,7 +139,8 @@ def _text(folder: Path, record: dict, adapter: dict, results: list[dict], made_b
         f"as it ran). Machine: {record.get('machine', 'not recorded')}.", "",
         "| questions | context | decoding | n | exact EmAcc | 95% interval | GFLOPs per question |",
         "|---|---|---|---|---|---|---|",
-        *(f"| {r['data']} | {r['facts']} | {r['decoding']} | {r['n']} | {100 * r['exact']:.1f}% | {format_interval(r['interval'])} "
+        *(f"| {r['data']} | {r['facts']} | {r['decoding']} | {r['n']} | {100 * r['exact']:.1f}% "
+          f"| {format_interval(r['interval'])} "
           f"| {'-' if r['inference_flops'] is None else format(r['inference_flops'] / 1e9, ',.0f')} |"
           for r in results),
         "",

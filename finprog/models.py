@@ -204,6 +204,11 @@ def shipped_adapters() -> list[str]:
     return sorted(config.parent.name for config in ADAPTERS_DIR.glob(f"*/{ADAPTER_CONFIG}"))
 
 
+def model_folder(model: str) -> Path:
+    """The folder a `--model` value names, if it names one: a shipped adapter's by its name, else the path."""
+    return ADAPTERS_DIR / model if model in shipped_adapters() else Path(model)
+
+
 def _unknown_model_message(text: str) -> str:
     names = [*ZOO, *shipped_adapters()]
     close = difflib.get_close_matches(text.lower(), names, n=1)

@@ -143,9 +143,9 @@ class RunRecord:
     def trained(cls, model: str) -> RunRecord | None:
         """The finished record of the `finprog train` run that wrote the checkpoint folder `model` (or finprog's
         trained adapter of that name), if it is one."""
-        from finprog.models import ADAPTERS_DIR, shipped_adapters
+        from finprog.models import model_folder
 
-        path = (ADAPTERS_DIR / model if model in shipped_adapters() else Path(model)) / RUN
+        path = model_folder(model) / RUN
         if not path.is_file():
             return None
         record = cls.load(path)

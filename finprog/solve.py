@@ -81,6 +81,8 @@ class SolveOptions(prompts.PromptOptions):
         """A model that `finprog train` wrote is prompted and decoded as its training evaluated it (shots, prompt
         cut, facts shown, free decoding, technique) wherever a field is left unset, except where its folder's
         models.SOLVE_DEFAULTS holds a measured setting."""
+        from finprog.models import solve_defaults
+
         trained = RunRecord.trained(self.model)
         if not trained:
             return
@@ -90,8 +92,6 @@ class SolveOptions(prompts.PromptOptions):
             raise SolveError(f"{self.model} was trained with {style} prompts; ask it with --prompt {style} "
                              f"(or leave --prompt out), not {self.prompt}")
         self.prompt = style
-        from finprog.models import solve_defaults
-
         for name, value in solve_defaults(trained.folder).items():
             if getattr(self, name) is None:
                 setattr(self, name, value)

@@ -50,6 +50,7 @@ from finprog import flops, prompts
 from finprog.data import DataValidationError, resolve_data
 from finprog.errors import FinprogError
 from finprog.model_card import write_model_card
+from finprog.models import model_folder
 from finprog.paths import shown
 from finprog.provenance import machine, same_machine
 from finprog.report import DEFAULT_METRIC, DEFAULT_QUESTIONS, parse_targets
@@ -782,16 +783,11 @@ def write_model_cards(study: Study) -> list[Path]:
         own = {run.out.name for run in cell.runs}
         tests = [run.finished() for run in cell.runs[1:]] + [
             record for record in solves
-            if record.folder.name not in own and _solved_with(record).resolve() == trained.export.resolve()]
+            if record.folder.name not in own and model_folder(record.data["config"]["model"]).resolve()
+            == trained.export.resolve()]
         cards.append(write_model_card(trained.export, f"finprog study {shown(study.path)}  # cell {cell.name}",
                                       [record.data for record in tests if record]))
     return cards
-
-
-def _solved_with(record: RunRecord) -> Path:
-    """The folder of the model a solve ran (a shipped adapter's by its name)."""
-    trained = RunRecord.trained(record.data["config"]["model"])
-    return trained.folder if trained else Path(record.data["config"]["model"])
 
 
 def write_study_report(study: Study) -> list[Path]:
