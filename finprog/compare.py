@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from finprog.runs import PREDICTIONS, RunError, RunRecord, path_list, read_rows
+from finprog.labels import format_flops
+from finprog.runs import PREDICTIONS, RunError, RunRecord, evaluation_file, path_list, read_rows
 from finprog.stats import paired, wilson_interval
 
 COMPARISON = "comparison.json"
@@ -28,7 +29,10 @@ def compare_runs(run_dirs: list[str | Path]) -> dict:
     runs = [load_run_folder(d) for d in path_list(run_dirs, "run_dirs")]
     check_same_examples(runs)
     columns = [_column(run) for run in runs]
-    return {"eval_set": runs[0]["record"]["eval_set"], "runs": columns, "paired": _paired_tests(runs)}
+    result = {"eval_set": runs[0]["record"]["eval_set"], "runs": columns, "paired": _paired_tests(runs)}
+    if all(run["record"]["kind"] == "train" for run in runs):
+        result["steps"] = _step_tests(runs)
+    return result
 
 
 def check_same_examples(runs: list[dict]) -> None:
@@ -80,16 +84,34 @@ def _column(run: dict) -> dict:
     }
 
 
-def _paired_tests(runs: list[dict]) -> list[dict]:
+def _paired_tests(runs: list[dict], metrics: tuple[str, ...] = ("exact", "tolerant")) -> list[dict]:
     """For each pair of runs and each metric: the questions only one got right, and the exact McNemar p-value."""
     tests = []
     for index, a in enumerate(runs):
         for b in runs[index + 1:]:
-            for metric in ("exact", "tolerant"):
+            for metric in metrics:
                 test = paired(*({i: row[metric] for i, row in run["rows"].items()} for run in (a, b)))
                 tests.append({"a": a["dir"], "b": b["dir"], "metric": metric, "only_a": test.only_a,
                               "only_b": test.only_b, "both": test.both, "neither": test.neither, "p": test.p})
     return tests
+
+
+def _step_tests(runs: list[dict]) -> list[dict]:
+    """Training runs' curves side by side: at every step that each of them evaluated on the same questions, each
+    run's exact EmAcc and training FLOPs, and the paired exact test of each pair."""
+    points = [{point["step"]: point for point in run["record"].get("curve", [])} for run in runs]
+    result = []
+    for step in sorted(set.intersection(*(set(curve) for curve in points))):
+        files = [evaluation_file(Path(run["dir"]), step) for run in runs]
+        if not all(file.is_file() for file in files):
+            continue
+        at_step = [{**run, "rows": {row["id"]: row for row in read_rows(file)}} for run, file in zip(runs, files)]
+        if len({frozenset(run["rows"]) for run in at_step}) > 1:
+            continue  # evaluated on other questions (an eval limit)
+        result.append({"step": step, "exact": [curve[step]["exact"] for curve in points],
+                       "train_flops": [curve[step]["train_flops"] for curve in points],
+                       "paired": _paired_tests(at_step, ("exact",))})
+    return result
 
 
 def format_comparison(result: dict) -> str:
@@ -117,9 +139,19 @@ def format_comparison(result: dict) -> str:
         line("GFLOPs / example (useful)", [f"{r['flops_per_example'] / 1e9:,.0f}" for r in runs]),
         line("GFLOPs / example (executed)", [f"{r['flops_per_example_executed'] / 1e9:,.0f}" for r in runs]),
     ]
-    for test in result["paired"]:
-        a, b = Path(test["a"]).name, Path(test["b"]).name
-        lines.append(f"{test['metric']}: right only in {a} {test['only_a']}, only in {b} {test['only_b']} "
-                     f"(both {test['both']}, neither {test['neither']}); exact McNemar p = {test['p']:.2g}"
-                     + (", a significant difference" if test["p"] < 0.05 else ", within chance"))
+    lines += [_paired_line(test, test["metric"]) for test in result["paired"]]
+    if result.get("steps"):
+        lines.append("the curves step by step (exact EmAcc at the training FLOPs of the step):")
+    for point in result.get("steps", []):
+        shown = ", ".join(f"{Path(run['run']).name} {exact:.1%} ({format_flops(flops)})"
+                          for run, exact, flops in zip(runs, point["exact"], point["train_flops"]))
+        lines.append(f"  step {point['step']}: {shown}")
+        lines += [_paired_line(test, "    exact") for test in point["paired"]]
     return "\n".join(lines)
+
+
+def _paired_line(test: dict, label: str) -> str:
+    a, b = Path(test["a"]).name, Path(test["b"]).name
+    return (f"{label}: right only in {a} {test['only_a']}, only in {b} {test['only_b']} "
+            f"(both {test['both']}, neither {test['neither']}); exact McNemar p = {test['p']:.2g}"
+            + (", a significant difference" if test["p"] < 0.05 else ", within chance"))

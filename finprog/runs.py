@@ -24,6 +24,7 @@ from finprog.provenance import machine, now, versions
 
 PREDICTIONS = "predictions.jsonl"
 RUN = "run.json"
+EVALS = "evals"  # a training run's evaluations: evals/step-NNNNNN.jsonl, the predictions of each
 LOCK = ".lock"
 DAMAGED = "predictions.damaged.jsonl"
 KINDS = ("solve", "train", "cascade")
@@ -276,6 +277,11 @@ def _with_legacy_config(data: dict) -> dict:
         stages = [{**LEGACY_CONFIG, **stage} if isinstance(stage, dict) else stage for stage in config["stages"]]
         return {**data, "config": {**config, "stages": stages}}
     return {**data, "config": {**LEGACY_CONFIG, **config}}
+
+
+def evaluation_file(folder: Path, step: int) -> Path:
+    """The predictions of a training run's evaluation at `step`."""
+    return folder / EVALS / f"step-{step:06d}.jsonl"
 
 
 def finished_run(folder: str | Path) -> RunRecord | None:

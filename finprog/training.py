@@ -45,7 +45,8 @@ from finprog.data import Example, first_without_page, load_finqa, resolve_data
 from finprog.errors import FinprogError, check_types
 from finprog.evaluation import METRICS, gold_value, metrics
 from finprog.models import DTYPES
-from finprog.runs import PREDICTIONS, RunError, RunRecord, RunRecorder, eval_set, open_run, read_rows, write_rows
+from finprog.runs import (PREDICTIONS, RunError, RunRecord, RunRecorder, eval_set, evaluation_file, open_run,
+                          read_rows, write_rows)
 from finprog.solve import SolveOptions, flop_totals, scored_rows
 
 METHODS = flops.METHODS
@@ -54,7 +55,6 @@ LR_SCHEDULES = ("constant", "linear", "cosine")
 DEFAULT_MAX_PROMPT_TOKENS = 1024
 CHECKPOINT = "checkpoint.pt"
 BEST = "best.pt"
-EVALS = "evals"
 IGNORE_INDEX = -100  # label of a token that has no loss (prompt and padding)
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 RUNTIME_OPTIONS = ("micro_batch_size", "gradient_checkpointing", "checkpoint_every")
@@ -507,7 +507,7 @@ def train(options: TrainOptions, out: Path, resume: bool = False, progress: bool
         if recorder:
             kept = _keep_best(setup, state) if options.keep_best else state.step
             _save_model(out, _as_trained(setup, accelerator.unwrap_model(setup.model)), setup.tokenizer)
-            write_rows(out / PREDICTIONS, read_rows(out / EVALS / f"step-{kept:06d}.jsonl"))
+            write_rows(out / PREDICTIONS, read_rows(evaluation_file(out, kept)))
             recorder.finish(**_final_record(record, state, options, stop, kept))
             for name in (CHECKPOINT, BEST):
                 (out / name).unlink(missing_ok=True)
@@ -664,7 +664,7 @@ def _add_curve_point(setup: Setup, state: TrainState) -> str | None:
              "training_seconds": state.training_seconds}
     state.curve.append(point)
     state.final = {"metrics": result, "flops": cost, "seconds": sum(r["seconds"] for r in rows)}
-    write_rows(out / EVALS / f"step-{state.step:06d}.jsonl", rows)
+    write_rows(evaluation_file(out, state.step), rows)
     setup.say(format_point(point))
     reason = None
     metric = options.target_metric

@@ -106,6 +106,26 @@ def test_compare_refuses_runs_on_different_examples(tmp_path, checkpoint):
         compare_runs([tmp_path / "a", tmp_path / "b"])
 
 
+def test_compare_puts_training_curves_side_by_side_step_by_step():
+    from finprog.compare import format_comparison
+    from finprog.runs import evaluation_file, read_rows
+    from finprog.stats import paired
+
+    runs = [REPO / "evals" / "studies" / "techniques" / "runs" / f"qwen2.5-coder-0.5b_{name}_sweep60_lr5e-4"
+            for name in ("lora", "qlora")]
+    result = compare_runs(runs)
+    (point,) = result["steps"]  # each sweep evaluated once, at step 60, on dev_200's first 100
+    records = [json.loads((run / "run.json").read_text()) for run in runs]
+    assert point["step"] == 60 and point["exact"] == [r["curve"][-1]["exact"] for r in records]
+    assert point["train_flops"] == [r["curve"][-1]["train_flops"] for r in records]
+    rows = [{row["id"]: row["exact"] for row in read_rows(evaluation_file(run, 60))} for run in runs]
+    (test,) = point["paired"]
+    assert (test["only_a"], test["only_b"], test["p"]) == (paired(*rows).only_a, paired(*rows).only_b, paired(*rows).p)
+    assert "step 60: qwen2.5-coder-0.5b_lora_sweep60_lr5e-4 26.0%" in format_comparison(result)
+    assert "steps" not in compare_runs([REPO / "evals" / "studies" / "techniques" / "runs" /
+                                        "qwen2.5-coder-0.5b_lora_2ep_dev_top4"] * 2)  # solves have no curve
+
+
 def test_bad_options_are_refused():
     with pytest.raises(SolveError, match="--samples"):
         SolveOptions(samples=0)
