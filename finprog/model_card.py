@@ -90,11 +90,11 @@ def _shown(folder: Path) -> str:
 
 def _asked_with(folder: Path) -> list[str]:
     """How `finprog solve` asks it: as it was trained, except for the measured settings of its SOLVE_DEFAULTS."""
-    defaults = models.solve_defaults(folder)
+    defaults = models.read_solve_defaults(folder)
     if not defaults:
         return ["Use it with finprog, which asks it as it was trained (run.json holds the training options):", ""]
-    said = ", ".join(f"{name} {value}" for name, value in defaults.items())
-    why = json.loads((folder / models.SOLVE_DEFAULTS).read_text())["why"]
+    said = ", ".join(f"{name} {value}" for name, value in defaults.items() if name != "why")
+    why = defaults["why"]
     return [f"Use it with finprog, which asks it as it was trained (run.json holds the training options), except "
             f"for the measured settings of {models.SOLVE_DEFAULTS} ({said}): {why}.", ""]
 

@@ -350,6 +350,11 @@ SOLVE_DEFAULT_SETTINGS = {"top_k": int, "context": str, "ranker": str, "max_prom
 
 def solve_defaults(folder: Path) -> dict:
     """The settings of `folder`/SOLVE_DEFAULTS (none if there is no such file); ModelOptionError names a bad one."""
+    return {name: value for name, value in read_solve_defaults(folder).items() if name != "why"}
+
+
+def read_solve_defaults(folder: Path) -> dict:
+    """`folder`/SOLVE_DEFAULTS, checked, with its "why" (empty if there is no such file)."""
     path = folder / SOLVE_DEFAULTS
     if not path.is_file():
         return {}
@@ -363,13 +368,12 @@ def solve_defaults(folder: Path) -> dict:
     if unknown:
         raise ModelOptionError(f"{path}: unknown setting {unknown[0]!r}; it may set "
                                f"{', '.join(SOLVE_DEFAULT_SETTINGS)}")
-    settings = {name: value for name, value in saved.items() if name != "why"}
-    for name, value in settings.items():
-        kind = SOLVE_DEFAULT_SETTINGS[name]
+    for name, value in saved.items():
+        kind = SOLVE_DEFAULT_SETTINGS.get(name, str)
         if isinstance(value, bool) or not isinstance(value, kind):
             expected = "an integer" if kind is int else "a string"
             raise ModelOptionError(f"{path}: {name} must be {expected}, got {value!r}")
-    return settings
+    return saved
 
 
 def list_adapters() -> list[dict[str, Any]]:
