@@ -156,6 +156,11 @@ class ModelSource:
     location: str  # zoo name, absolute folder or hub id
     base: ModelSource | None = None  # for an adapter: the model it was trained on
 
+    @property
+    def name(self) -> str:
+        """The zoo name or hub id, or a local folder by its name (no machine's path in a run record)."""
+        return Path(self.location).name if self.kind in ("checkpoint", "adapter") else self.location
+
 
 @dataclass
 class LoadedModel:

@@ -89,6 +89,12 @@ class RunSummary:
     curve: tuple[CurvePoint, ...] = ()
     details: dict = field(default_factory=dict)  # program accuracy, outcomes, tokens per question (the details table)
     qualified: bool = False  # named with its parent folder too, because another run has the same folder name
+    base: str | None = None  # the model a trained adapter or checkpoint was trained from, where known
+
+    @property
+    def base_model(self) -> str:
+        """The model the run's technique was applied to: an adapter's base, else the model itself."""
+        return self.base or self.model
 
     @property
     def name(self) -> str:
@@ -188,8 +194,17 @@ class Group:
 
     def cheapest_to(self, index: int) -> Row | None:
         """The run with the least FLOPs to the report's target number `index`; ties go to the more accurate run."""
-        reached = [row for row in self.rows if row.crossings[index].flops_to_target is not None]
-        return min(reached, key=lambda row: (row.crossings[index].flops_to_target, -row.accuracy), default=None)
+        return _cheapest_to(self.rows, index)
+
+    @property
+    def by_model(self) -> tuple[tuple[str, str, tuple[Row, ...]], ...]:
+        """(base model, technique family, its rows) for each model and technique, smallest model first."""
+        def key(row: Row) -> tuple:
+            return row.run.params, row.run.base_model, row.run.family
+
+        ordered = sorted(self.rows, key=key)
+        return tuple((model, family, tuple(rows))
+                     for (_, model, family), rows in groupby(ordered, key=key))
 
     @property
     def cheapest(self) -> Row | None:
@@ -234,11 +249,22 @@ class Report:
                     "cheapest": _path_or_none(group.cheapest),
                     "to_targets": [_cheapest_dict(group, i, target) for i, target in enumerate(self.targets)],
                     "frontier": [str(row.run.path) for row in group.frontier],
+                    "by_model": [
+                        {"model": model, "technique": family, "runs": [str(row.run.path) for row in rows],
+                         "to_targets": [_path_or_none(_cheapest_to(rows, i)) for i in range(len(self.targets))]}
+                        for model, family, rows in group.by_model
+                    ],
                     "rows": [_row_dict(row) for row in group.rows],
                 }
                 for group in self.groups
             ],
         }
+
+
+def _cheapest_to(rows: Sequence[Row], index: int) -> Row | None:
+    """Of `rows`, the one with the least FLOPs to target number `index`; ties go to the more accurate run."""
+    reached = [row for row in rows if row.crossings[index].flops_to_target is not None]
+    return min(reached, key=lambda row: (row.crossings[index].flops_to_target, -row.accuracy), default=None)
 
 
 def _path_or_none(row: Row | None) -> str | None:
@@ -351,7 +377,26 @@ def load_run(path: str | Path) -> RunSummary:
         if get("kind") == "train" else (),
         details={name: get(f"metrics.{name}") for name in
                  ("program_accuracy", "outcomes", "prompt_tokens_per_example", "new_tokens_per_example")},
+        base=_base_model(record),
     )
+
+
+def _base_model(record: RunRecord) -> str | None:
+    """The model a solve's adapter or checkpoint was trained from: run.json's `model.base`, or for a run recorded
+    before it was, the model of the training run.json beside the adapter where it still is, or beside finprog's
+    shipped adapter of the same name (where an adapter goes once it ships)."""
+    if record.get("kind") == "train" or record.get("model.source") not in ("adapter", "checkpoint"):
+        return None
+    if record.get("model.base"):
+        return record.get("model.base")
+    for folder in (str(record.get("config.model")), Path(str(record.get("model.name"))).name):
+        try:
+            trained = RunRecord.trained(folder)
+        except RunError:
+            trained = None
+        if trained:
+            return _model_name(trained.get("model.name"), trained.get("model.source"))
+    return None
 
 
 def _model_name(name: str, source: object) -> str:
@@ -551,6 +596,29 @@ def _table(report: Report, group: Group) -> tuple[list[str], list[list[str]]]:
     return headers, cells
 
 
+def _by_model_table(report: Report, group: Group) -> tuple[list[str], list[list[str]]]:
+    """For each model and technique, the most accurate of its runs and its cheapest run to each target."""
+    headers = ["model", "params", "technique", "runs", f"best {report.metric}", "95% CI",
+               *[f"FLOPs to {format_percent(target)}" for target in report.targets]]
+    cells = []
+    for model, family, rows in group.by_model:
+        best = max(rows, key=lambda row: row.accuracy)
+        cells.append([model, format_params(best.run.params), TECHNIQUE_NAMES.get(family, family), str(len(rows)),
+                      format_percent(best.accuracy), format_interval(best.interval),
+                      *[_cheapest_cell(rows, index) for index in range(len(report.targets))]])
+    return headers, cells
+
+
+def _cheapest_cell(rows: Sequence[Row], index: int) -> str:
+    """The cheapest run's FLOPs to target number `index` and its name; where none reaches it, the bracket of the
+    run whose interval reaches it first."""
+    cheapest = _cheapest_to(rows, index)
+    if cheapest:
+        return f"{_to_target_cell(cheapest.crossings[index])} {cheapest.run.name}"
+    nearest = min(rows, key=lambda row: row.crossings[index].earliest or math.inf)
+    return _to_target_cell(nearest.crossings[index])
+
+
 def _to_target_cell(crossing: Crossing) -> str:
     if crossing.unknown:
         return "unknown"
@@ -640,6 +708,9 @@ def _notes(report: Report) -> list[str]:
         "'~' marks a crossing interpolated between two evaluations; in brackets, the same where the curve's 95% "
         "interval first reaches the target and where it first lies wholly above it ('-': not on this curve). "
         "Two runs whose brackets overlap are not told apart at this target by their curves.",
+        "By model and technique: each model and technique's most accurate run, and its cheapest run to each target "
+        "(a trained adapter's or checkpoint's runs count under the model it was trained from); where none reaches "
+        "a target, the bracket of the run whose interval reaches it first.",
         f"The frontier (*) holds the runs that no other run beats on both {report.metric} EmAcc and total FLOPs.",
         f"95% CI: the Wilson interval of the {report.metric} EmAcc on the run's n questions.",
         "vs frontier neighbour: the exact McNemar test, over the questions both runs answered, against the frontier "
@@ -684,7 +755,8 @@ def format_table(report: Report) -> str:
     parts += [""] if parts else []
     for group in report.groups:
         parts += [f"Eval set {group.eval_set.describe()}", aligned_table(*_table(report, group))]
-        parts += [*_summary(report, group), ""]
+        parts += [*_summary(report, group), "", "By model and technique:"]
+        parts += [aligned_table(*_by_model_table(report, group)), ""]
     return "\n".join(parts + _notes(report))
 
 
@@ -712,7 +784,8 @@ def format_markdown(report: Report, plot_name: str | None = REPORT_PNG) -> str:
     for group in report.groups:
         parts += ["", f"## Eval set {group.eval_set.describe()}", ""]
         parts += [f"- {line}" for line in _summary(report, group)]
-        parts += ["", _markdown_table(*_table(report, group))]
+        parts += ["", "By model and technique:", "", _markdown_table(*_by_model_table(report, group))]
+        parts += ["", "Every run:", "", _markdown_table(*_table(report, group))]
         parts += ["", "Runs in detail:", "", _markdown_table(*_details(group))]
     parts += ["", "## How to read this", "", *[f"- {note}" for note in _notes(report)]]
     return "\n".join(parts) + "\n"

@@ -190,6 +190,8 @@ def load(options: SolveOptions, source, shape: flops.ModelShape) -> tuple:
     loaded = models.load_model(source, dtype=options.dtype, quant=options.quant)
     entry = {"name": options.model, "source": source.kind, "dtype": str(loaded.dtype),
              "device": str(loaded.device), "params": flops.parameter_counts(shape)["total"]}
+    if source.base:  # an adapter's base, under which the report compares it
+        entry["base"] = source.base.name
     return loaded, entry, time.perf_counter() - started
 
 

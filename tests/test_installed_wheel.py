@@ -39,4 +39,5 @@ def test_solve_with_no_model_answers_with_the_shipped_adapter_from_an_installed_
     assert solved.returncode == 0, solved.stderr
     record = json.loads((elsewhere / "run" / "run.json").read_text())
     assert record["status"] == "finished" and record["eval_set"]["n"] == 2
-    assert record["model"] == {**record["model"], "name": "qwen2.5-coder-0.5b_lora_2ep", "source": "adapter"}
+    assert record["model"] == {**record["model"], "name": "qwen2.5-coder-0.5b_lora_2ep", "source": "adapter",
+                                               "base": "qwen2.5-coder-0.5b"}

@@ -118,7 +118,7 @@ def test_nothing_reaching_the_target_says_not_reached(tmp_path):
     assert rows["lora"].flops_to_target is None and rows["few"].flops_to_target is None
     assert group.cheapest is None
     text = format_table(result)
-    assert text.count("not reached") == 2
+    assert text.count("not reached") == 4  # in each run's row and in each model and technique's
     assert "No run reaches 30.0% exact EmAcc; the most accurate is lora" in text
 
 
@@ -208,6 +208,45 @@ def test_several_targets_in_the_table_markdown_and_json(tmp_path):
     assert group["cheapest"] == group["to_targets"][0]["cheapest"]
     few = next(row for row in group["rows"] if row["name"] == "few")
     assert [entry["flops_to_target"] for entry in few["to_targets"]] == [pytest.approx(2e14), None, None]
+
+
+def as_adapter_run(folder, adapter, base=None):
+    """Make the solve run in `folder` one of the adapter `adapter` (base recorded as `base`; None: not recorded)."""
+    record = json.loads((folder / "run.json").read_text())
+    record["config"]["model"] = str(adapter)
+    record["model"] = {"name": str(adapter), "source": "adapter", "params": 500_000_000}
+    if base:
+        record["model"]["base"] = base
+    (folder / "run.json").write_text(json.dumps(record))
+    return folder
+
+
+@pytest.mark.parametrize("recorded", [True, False])
+def test_each_model_and_technique_gets_its_cheapest_run_to_each_target(tmp_path, recorded):
+    runs = write_three_runs(tmp_path / "runs")
+    # the LoRA run's adapter asked again, more cheaply: it counts under the model it was trained from, recorded in
+    # its run.json or (an older record) read from the training run beside the adapter
+    as_adapter_run(write_run(runs / "lora_again", exact=0.45, inference=5e11, training=3e16, technique="lora"),
+                   runs / "lora", base="tiny" if recorded else None)
+    result = build_report(load_runs([runs]), target=[0.1, 0.45], questions=100)
+    (group,) = result.groups
+    assert [(model, family, [row.run.name for row in rows]) for model, family, rows in group.by_model] == [
+        ("tiny", "few-shot", ["few", "big"]), ("tiny", "lora", ["lora_again", "lora"])]  # cheapest first
+    table = format_markdown(result)
+    assert "| tiny | 500M | few-shot | 2 | 35.0% | 26.4-44.7% | 2.00e14 [2.00e14, -] few | not reached |" in table
+    assert ("| tiny | 500M | LoRA | 2 | 45.0% | 35.6-54.8% | ~2.60e15 [1.00e14, 5.20e15] lora | "
+            "3.00e16 [3.00e16, -] lora_again |") in table
+    assert "By model and technique:" in format_table(result)
+    (data,) = json.loads(json.dumps(result.to_dict()))["groups"]
+    lora = data["by_model"][1]
+    assert lora["model"] == "tiny" and [path.split("/")[-2] for path in lora["to_targets"]] == ["lora", "lora_again"]
+
+
+def test_an_adapter_whose_training_is_unknown_counts_under_its_own_name(tmp_path):
+    write_run(tmp_path / "runs" / "few", exact=0.15)
+    as_adapter_run(write_run(tmp_path / "runs" / "other", exact=0.2, technique="lora"), tmp_path / "gone")
+    (group,) = build_report(load_runs([tmp_path / "runs"]), target=0.1).groups
+    assert [(model, family) for model, family, _ in group.by_model] == [("gone", "lora"), ("tiny", "few-shot")]
 
 
 def test_one_target_reads_as_before(tmp_path):

@@ -119,7 +119,7 @@ def test_an_exported_adapter_is_bf16_and_solves_with_its_training_flops(tmp_path
     assert result["training_flops"] == record["flops"]["training_total"] > 0
     solved = solve(SolveOptions(str(tmp_path / "export"), mode="direct", data=opts.eval, limit=2, batch_size=2,
                                 max_new_tokens=4, dtype="fp32"), tmp_path / "solve", progress=False)
-    assert solved["model"]["source"] == "adapter"
+    assert (solved["model"]["source"], solved["model"]["base"]) == ("adapter", Path(checkpoint).name)
     assert solved["flops"]["training_total"] == record["flops"]["training_total"]
     assert (solved["config"]["technique"], solved["config"]["max_prompt_tokens"]) == ("lora", 300)  # as trained
     with pytest.raises(TrainingError, match="already exists and is not an empty folder"):
