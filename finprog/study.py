@@ -22,8 +22,13 @@ test set per declared decoding with the model it trained. Options keep the names
     [cells.my-adapter]                                 # one cell of its own
     model = "../../adapters/my-adapter"                # paths are relative to the study file
 
+and, before the tables, `compare = [["smollm2-135m_direct", "smollm2-135m_lora_test_program"]]`: runs
+(by name, or run folders relative to the file) put side by side, with paired tests, in paired.txt once
+they have finished.
+
 The study's folder holds `runs/` (a folder per run), `study.json` (what each cell was declared
-as when it ran, its predicted and its measured FLOPs) and the report (report.md, .png, .json).
+as when it ran, its predicted and its measured FLOPs), the report (report.md, .png, .json) and
+paired.txt.
 A finished run is never run again; an interrupted one resumes from its folder; a cell whose
 declaration changed since it ran is refused until `--rerun` names it.
 """
@@ -52,16 +57,17 @@ from finprog.errors import FinprogError
 from finprog.model_card import write_model_card
 from finprog.models import model_folder
 from finprog.paths import shown
-from finprog.provenance import machine, same_machine
+from finprog.provenance import header, machine, same_machine
 from finprog.report import DEFAULT_METRIC, DEFAULT_QUESTIONS, parse_targets
 from finprog.runs import RUN, RunRecord, finished_run, replace_file
 from finprog.solve import SolveOptions
 
 RUNS = "runs"
 RECORD = "study.json"
+PAIRED = "paired.txt"  # the declared comparisons, as `finprog compare` prints them
 EXECUTORS = ("local", "slurm", "submitit-local")
 TOP_KEYS = {"name": str, "description": str, "targets": list, "questions": int, "metric": str, "models": list,
-            "plugins": list, "solve": dict, "train": dict, "techniques": dict, "cells": dict}
+            "plugins": list, "compare": list, "solve": dict, "train": dict, "techniques": dict, "cells": dict}
 TRAINED_KEYS = {"train", "test", "export"}
 CASCADE_KEYS = {"cascade", "accept"}
 DATA_OPTIONS = {"data": "dev", "exemplars": "train", "eval": "dev", "train": "train"}  # option -> default split
@@ -141,6 +147,7 @@ class Study:
     questions: int
     metric: str
     cells: dict[str, Cell]
+    comparisons: tuple[tuple[Path, ...], ...] = ()  # run folders compared side by side, each group in paired.txt
 
     @property
     def folder(self) -> Path:
@@ -190,7 +197,24 @@ def load_study(path: str | Path) -> Study:
     if not cells:
         where.fail("cells", "no cell declared: add [cells.NAME] with a model, or models = [...] and [techniques.NAME]")
     return Study(path, declared["name"], declared.get("description", ""), targets,
-                 declared.get("questions", DEFAULT_QUESTIONS), declared.get("metric", DEFAULT_METRIC), cells)
+                 declared.get("questions", DEFAULT_QUESTIONS), declared.get("metric", DEFAULT_METRIC), cells,
+                 _comparisons(path, declared.get("compare", []), cells, where))
+
+
+def _comparisons(path: Path, declared: list, cells: dict[str, Cell], where: _Where) -> tuple[tuple[Path, ...], ...]:
+    """`compare`: lists of two or more runs, each a run of this study by name or a run folder relative to the file."""
+    runs = {run.out.name: run.out for cell in cells.values() for run in cell.runs}
+    comparisons = []
+    for index, names in enumerate(declared):
+        key = f"compare[{index}]"
+        if not (isinstance(names, list) and len(names) >= 2 and all(isinstance(n, str) and n for n in names)):
+            where.fail(key, f"must list two or more runs, got {names!r}")
+        folders = tuple(runs.get(name) or path.parent / name for name in names)
+        for name, folder in zip(names, folders):
+            if not (folder.is_dir() or folder in runs.values()):
+                where.fail(key, f"{name!r} is neither a run of this study nor a run folder")
+        comparisons.append(folders)
+    return tuple(comparisons)
 
 
 @dataclass
@@ -791,10 +815,29 @@ def write_model_cards(study: Study) -> list[Path]:
 
 
 def write_study_report(study: Study) -> list[Path]:
-    """report.md, report.png and report.json of the study's finished runs, in its folder."""
+    """report.md, report.png and report.json of the study's finished runs, and paired.txt of its declared
+    comparisons, in its folder."""
     from finprog.report import report
 
     result, files = report([study.folder / RUNS], study.targets, study.questions, study.metric, out=study.folder)
     path = study.folder / "report.json"
     replace_file(path, json.dumps(result.to_dict(), indent=2) + "\n")
-    return [*files, path]
+    return [*files, path, *write_comparisons(study)]
+
+
+def write_comparisons(study: Study) -> list[Path]:
+    """paired.txt: each declared comparison whose runs have all finished, as `finprog compare` prints it (training
+    runs step by step too); the others wait, named."""
+    from finprog.compare import compare_runs, format_comparison
+
+    if not study.comparisons:
+        return []
+    parts = [header()]
+    for folders in study.comparisons:
+        command = "finprog compare " + " ".join(str(shown(folder)) for folder in folders)
+        waiting = [folder.name for folder in folders if not finished_run(folder)]
+        parts += ["", command, f"  waiting for {', '.join(waiting)} to finish" if waiting
+                  else format_comparison(compare_runs(list(folders)))]
+    path = study.folder / PAIRED
+    replace_file(path, "\n".join(parts) + "\n")
+    return [path]

@@ -13,6 +13,7 @@ import pytest
 
 from finprog import study as studies
 from finprog.cli import main
+from finprog.paths import shown
 from finprog.runs import PREDICTIONS, RUN, read_rows
 
 STUDY = """
@@ -105,6 +106,22 @@ test.free = {{ limit = 3 }}
     assert studies.run_study(path)["ran"] == ["trained"]
     assert (tmp_path / "study" / "runs" / "trained" / RUN).read_text() == trained
     assert "| eval | top 4 facts | free | 2 |" in (tmp_path / "study" / "adapter" / "README.md").read_text()
+
+
+def test_declared_comparisons_wait_for_their_runs_then_are_written_with_paired_tests(
+        tmp_path, tiny_checkpoint_dir, demo_split):
+    text = ('compare = [["prompted", "shorter"]]\n' + STUDY.split("[cells.trained]")[0]
+            + '[cells.shorter]\nmodel = "{model}"\nmode = "direct"\nmax_new_tokens = 2\n')
+    path = write_study(tmp_path / "study", tiny_checkpoint_dir, demo_split, text)
+    paired = tmp_path / "study" / "paired.txt"
+    studies.run_cell(str(path), "prompted")
+    assert str(paired) in studies.run_study(path, report_only=True)["report"]
+    runs = tmp_path / "study" / "runs"
+    assert paired.read_text().splitlines()[2:] == [
+        f"finprog compare {shown(runs / 'prompted')} {shown(runs / 'shorter')}", "  waiting for shorter to finish"]
+    studies.run_study(path)
+    text = paired.read_text()
+    assert "waiting" not in text and "exact: right only in prompted " in text and "exact McNemar p = " in text
 
 
 def test_a_changed_declaration_is_refused_until_rerun(tmp_path, tiny_checkpoint_dir, demo_split, capsys):
@@ -234,6 +251,8 @@ def test_a_study_stopped_during_a_cell_starts_no_further_cell(tmp_path, tiny_che
     ('\n[techniques.x]\nmode = "direct"', "models: is missing"),
     ('\n[cells.x]\nmodel = "{model}"\ntrain = {{ method = "lora", lr = "fast" }}', "TrainOptions.lr must be"),
     ('\n[cells.x]\nmodel = "{model}"\ndata = "no_such_split"', "data 'no_such_split' is neither a file"),
+    ('compare = [["prompted"]]\n', "compare[0]: must list two or more runs, got ['prompted']"),
+    ('compare = [["prompted", "nowhere"]]\n', "compare[0]: 'nowhere' is neither a run of this study nor a run folder"),
     ('models = ["{model}"]\n|\n[techniques.prompted]\nmode = "direct"\n[cells.checkpoint_prompted]\n'
      'model = "{model}"', "declares cell 'checkpoint_prompted' a second time"),
 ])
