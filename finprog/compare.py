@@ -35,6 +35,18 @@ def compare_runs(run_dirs: list[str | Path]) -> dict:
     return result
 
 
+def compare_curves(run_dirs: list[str | Path]) -> dict:
+    """Training runs' curves side by side as far as each has come, finished or not (`_step_tests`)."""
+    runs = []
+    for folder in path_list(run_dirs, "run_dirs"):
+        record = RunRecord.load(folder).validate(finished=False)
+        if record.data["kind"] != "train":
+            raise RunError(f"{record.path}: not a training run; only training runs have curves to compare")
+        runs.append({"dir": str(folder), "record": record.data})
+    check_same_examples(runs)
+    return {"runs": [{"run": run["dir"]} for run in runs], "steps": _step_tests(runs)}
+
+
 def check_same_examples(runs: list[dict]) -> None:
     """Refuse runs (as `load_run_folder` gives them) that were scored on different examples."""
     sets = {run["record"]["eval_set"]["ids_sha256"] for run in runs}
@@ -140,14 +152,18 @@ def format_comparison(result: dict) -> str:
         line("GFLOPs / example (executed)", [f"{r['flops_per_example_executed'] / 1e9:,.0f}" for r in runs]),
     ]
     lines += [_paired_line(test, test["metric"]) for test in result["paired"]]
-    if result.get("steps"):
-        lines.append("the curves step by step (exact EmAcc at the training FLOPs of the step):")
-    for point in result.get("steps", []):
+    return "\n".join(lines + format_steps(result) if result.get("steps") else lines)
+
+
+def format_steps(result: dict) -> list[str]:
+    """The lines of a comparison's curves, step by step (`compare_runs` or `compare_curves`)."""
+    lines = ["the curves step by step (exact EmAcc at the training FLOPs of the step):"]
+    for point in result["steps"]:
         shown = ", ".join(f"{Path(run['run']).name} {exact:.1%} ({format_flops(flops)})"
-                          for run, exact, flops in zip(runs, point["exact"], point["train_flops"]))
+                          for run, exact, flops in zip(result["runs"], point["exact"], point["train_flops"]))
         lines.append(f"  step {point['step']}: {shown}")
         lines += [_paired_line(test, "    exact") for test in point["paired"]]
-    return "\n".join(lines)
+    return lines
 
 
 def _paired_line(test: dict, label: str) -> str:

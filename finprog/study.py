@@ -827,17 +827,23 @@ def write_study_report(study: Study) -> list[Path]:
 
 def write_comparisons(study: Study) -> list[Path]:
     """paired.txt: each declared comparison whose runs have all finished, as `finprog compare` prints it (training
-    runs step by step too); the others wait, named."""
-    from finprog.compare import compare_runs, format_comparison
+    runs step by step too); the others wait, named, with training runs' curves as far as they have come."""
+    from finprog.compare import compare_curves, compare_runs, format_comparison, format_steps
 
     if not study.comparisons:
         return []
     parts = [header()]
     for folders in study.comparisons:
-        command = "finprog compare " + " ".join(str(shown(folder)) for folder in folders)
+        parts += ["", "finprog compare " + " ".join(str(shown(folder)) for folder in folders)]
         waiting = [folder.name for folder in folders if not finished_run(folder)]
-        parts += ["", command, f"  waiting for {', '.join(waiting)} to finish" if waiting
-                  else format_comparison(compare_runs(list(folders)))]
+        if not waiting:
+            parts.append(format_comparison(compare_runs(list(folders))))
+            continue
+        parts.append(f"  waiting for {', '.join(waiting)} to finish")
+        started = [RunRecord.load(folder) for folder in folders if (folder / RUN).is_file()]
+        if len(started) == len(folders) and all(record.get("kind") == "train" for record in started):
+            curves = compare_curves(list(folders))
+            parts += format_steps(curves) if curves["steps"] else []
     path = study.folder / PAIRED
     replace_file(path, "\n".join(parts) + "\n")
     return [path]

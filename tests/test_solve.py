@@ -1,6 +1,7 @@
 """solve and compare on a tiny random checkpoint: records, resume, FLOPs fields, scoring, exemplars."""
 
 import json
+import shutil
 
 import pytest
 
@@ -124,6 +125,25 @@ def test_compare_puts_training_curves_side_by_side_step_by_step():
     assert "step 60: qwen2.5-coder-0.5b_lora_sweep60_lr5e-4 26.0%" in format_comparison(result)
     assert "steps" not in compare_runs([REPO / "evals" / "studies" / "techniques" / "runs" /
                                         "qwen2.5-coder-0.5b_lora_2ep_dev_top4"] * 2)  # solves have no curve
+
+
+def test_curves_compare_as_far_as_each_has_come_and_only_training_runs_have_curves(tmp_path):
+    from finprog.compare import compare_curves, format_steps
+
+    runs = REPO / "evals" / "studies" / "techniques" / "runs"
+    lora = runs / "qwen2.5-coder-0.5b_lora_2ep"
+    running = tmp_path / "running"  # the LoRA curve stopped after its second evaluation
+    (running / "evals").mkdir(parents=True)
+    record = json.loads((lora / "run.json").read_text())
+    (running / "run.json").write_text(json.dumps({**record, "status": "interrupted", "curve": record["curve"][:2]}))
+    for step in (130, 260):
+        shutil.copy(lora / "evals" / f"step-{step:06d}.jsonl", running / "evals")
+    result = compare_curves([lora, running])
+    assert [point["step"] for point in result["steps"]] == [130, 260]
+    assert all(point["paired"][0]["only_a"] == point["paired"][0]["only_b"] == 0 for point in result["steps"])
+    assert format_steps(result)[1] == "  step 130: qwen2.5-coder-0.5b_lora_2ep 21.0% (2.23e14), running 21.0% (2.23e14)"
+    with pytest.raises(RunError, match="not a training run; only training runs have curves"):
+        compare_curves([lora, runs / "qwen2.5-coder-0.5b_lora_2ep_dev_top4"])
 
 
 def test_bad_options_are_refused():

@@ -275,10 +275,17 @@ def test_bad_study_files_get_one_line_naming_the_file_and_key(tmp_path, tiny_che
 
 def test_a_study_loads_and_plans_while_a_full_fine_tuning_run_is_unfinished(tmp_path, tiny_checkpoint_dir, demo_split):
     """A full fine-tuning cell's test solves name its run folder, which holds an unfinished record until it ends."""
-    path = write_study(tmp_path / "study", tiny_checkpoint_dir, demo_split, STUDY.replace('"lora"', '"full"'))
+    text = 'compare = [["trained", "trained"]]\n' + STUDY.replace('"lora"', '"full"')
+    path = write_study(tmp_path / "study", tiny_checkpoint_dir, demo_split, text)
     studies.run_study(path)
     record = tmp_path / "study" / "runs" / "trained" / RUN
     record.write_text(record.read_text().replace('"status": "finished"', '"status": "interrupted"'))
-    planned = {item.cell.name: item for item in studies.plan(studies.load_study(path))}
+    study = studies.load_study(path)
+    planned = {item.cell.name: item for item in studies.plan(study)}
     assert planned["trained"].status == "partial" and planned["trained"].predicted["training"] > 0
     assert Path(planned["trained"].cell.runs[1].options.model).resolve() == record.parent.resolve()
+    (paired,) = studies.write_comparisons(study)  # an unfinished curve is compared as far as it has come
+    lines = paired.read_text().splitlines()
+    assert lines[3:5] == ["  waiting for trained, trained to finish",
+                          "the curves step by step (exact EmAcc at the training FLOPs of the step):"]
+    assert [line.split(":")[0] for line in lines[5::2]] == ["  step 0", "  step 1", "  step 2"]
