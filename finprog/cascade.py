@@ -32,6 +32,7 @@ from pathlib import Path
 
 from finprog import flops, retrieval
 from finprog.errors import FinprogError, check_types
+from finprog.models import ModelSource
 from finprog.runs import RunRecorder, eval_set, finished_record
 from finprog.solve import (
     SolveOptions, check_model, context_cut_line, exemplar_retriever, fit_to_context, load, load_examples, results,
@@ -274,7 +275,7 @@ def _check_tokenizer(model: str) -> None:
 
 def _display_name(entry: dict) -> str:
     """A local checkpoint or adapter by its folder's name, anything else as given."""
-    return Path(entry["name"]).name if entry["source"] in ("checkpoint", "adapter") else entry["name"]
+    return ModelSource(entry["source"], entry["name"]).name
 
 
 def _free_memory() -> None:

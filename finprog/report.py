@@ -26,6 +26,7 @@ from finprog import __version__
 from finprog.errors import FinprogError
 from finprog.evaluation import METRICS
 from finprog.labels import TECHNIQUE_NAMES, format_flops, format_interval, format_params, format_percent
+from finprog.models import ModelSource
 from finprog.provenance import now
 from finprog.runs import PREDICTIONS, RunError, RunRecord, path_list, read_rows
 from finprog.stats import Paired, paired, wilson_interval
@@ -401,7 +402,7 @@ def _base_model(record: RunRecord) -> str | None:
 
 def _model_name(name: str, source: object) -> str:
     """A local checkpoint or adapter by its folder's name (a trained run's), anything else as given."""
-    return Path(name).name if source in ("checkpoint", "adapter") else name
+    return ModelSource(str(source), name).name
 
 
 # ---------------------------------------------------------------- the maths
