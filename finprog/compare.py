@@ -130,15 +130,18 @@ def format_comparison(result: dict) -> str:
     """A table with one column per run."""
     runs = result["runs"]
     names = [f"{r['mode']} ({Path(r['run']).name})" for r in runs]
-    width = max(14, *(len(n) + 2 for n in names))
+    models = [r["model"] for r in runs]
+    width = max(14, *(len(n) + 2 for n in names + models))
 
     def line(label: str, values) -> str:
         return f"{label:<30}" + "".join(f"{v:>{width}}" for v in values)
 
     outcomes = sorted({k for r in runs for k in r["outcomes"]})
+    one_model = len(set(models)) == 1
     lines = [
-        f"{result['eval_set']['name']}: {result['eval_set']['n']} examples, model {runs[0]['model']}",
+        f"{result['eval_set']['name']}: {result['eval_set']['n']} examples" + (f", model {models[0]}" if one_model else ""),
         line("", names),
+        *([] if one_model else [line("model", models)]),
         line("exact EmAcc", [f"{r['exact']:.1%}" for r in runs]),
         line("  95% interval", [f"{100 * r['exact_interval'][0]:.1f}-{100 * r['exact_interval'][1]:.1f}%"
                                 for r in runs]),

@@ -127,6 +127,20 @@ def test_compare_puts_training_curves_side_by_side_step_by_step():
                                         "qwen2.5-coder-0.5b_lora_2ep_dev_top4"] * 2)  # solves have no curve
 
 
+def test_a_comparison_of_two_models_names_each_column_s_model():
+    from finprog.compare import format_comparison
+
+    runs = REPO / "evals" / "studies" / "techniques" / "runs"
+    table = format_comparison(compare_runs([runs / f"qwen2.5-coder-0.5b_{name}_2ep_test_program"
+                                            for name in ("lora", "qlora")]))
+    header, _, model_line = table.splitlines()[:3]
+    assert header == "test_100: 100 examples"
+    assert model_line.split() == ["model", "evals/adapters/qwen2.5-coder-0.5b_lora_2ep",
+                                  "evals/adapters/qwen2.5-coder-0.5b_qlora_2ep"]
+    same = format_comparison(compare_runs([runs / "qwen2.5-coder-0.5b_lora_2ep_dev_top4"] * 2))
+    assert same.splitlines()[0] == "dev_200: 200 examples, model qwen2.5-coder-0.5b_lora_2ep"
+
+
 def test_curves_compare_as_far_as_each_has_come_and_only_training_runs_have_curves(tmp_path):
     from finprog.compare import compare_curves, format_steps
 
