@@ -256,7 +256,7 @@ def cascade(options: CascadeOptions, out: Path, resume: bool = False, progress: 
                 loaded = None
                 _free_memory()
             entries.append(entry)
-        record["model"] = {"name": " > ".join(_display_name(e) for e in entries),
+        record["model"] = {"name": " > ".join(ModelSource(e["source"], e["name"]).name for e in entries),
                            "params": sum(e["params"] for e in entries), "stages": entries}
         rows = recorder.rows
         return recorder.finish(**results(rows, options.mode, training, load_seconds),
@@ -271,11 +271,6 @@ def _check_tokenizer(model: str) -> None:
     except (OSError, ValueError) as error:
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise CascadeError(f"{model}: its tokenizer cannot be found ({reason})") from None
-
-
-def _display_name(entry: dict) -> str:
-    """A local checkpoint or adapter by its folder's name, anything else as given."""
-    return ModelSource(entry["source"], entry["name"]).name
 
 
 def _free_memory() -> None:

@@ -359,7 +359,7 @@ def load_run(path: str | Path) -> RunSummary:
     return RunSummary(
         path=record.path,
         kind=get("kind"),
-        model=_model_name(get("model.name"), get("model.source")),
+        model=ModelSource(str(get("model.source")), get("model.name")).name,
         params=int(get("model.params")),
         technique=get("config.technique"),
         mode=get("config.mode"),
@@ -396,13 +396,8 @@ def _base_model(record: RunRecord) -> str | None:
         except RunError:
             trained = None
         if trained:
-            return _model_name(trained.get("model.name"), trained.get("model.source"))
+            return ModelSource(str(trained.get("model.source")), trained.get("model.name")).name
     return None
-
-
-def _model_name(name: str, source: object) -> str:
-    """A local checkpoint or adapter by its folder's name (a trained run's), anything else as given."""
-    return ModelSource(str(source), name).name
 
 
 # ---------------------------------------------------------------- the maths
