@@ -148,6 +148,7 @@ class Study:
     metric: str
     cells: dict[str, Cell]
     comparisons: tuple[tuple[Path, ...], ...] = ()  # run folders compared side by side, each group in paired.txt
+    text: str = ""  # the file as read: a study's cells run from it, so editing the file meanwhile changes none of them
 
     @property
     def folder(self) -> Path:
@@ -165,12 +166,13 @@ class Study:
 # ---------------------------------------------------------------- reading a study file
 
 
-def load_study(path: str | Path) -> Study:
-    """Read and check a study file: every key known and of the right type, every option valid, every model and
-    data file found; loads no model. StudyError names the file and the key."""
+def load_study(path: str | Path, text: str | None = None) -> Study:
+    """Read and check a study file (or `text`, the file as read before): every key known and of the right type,
+    every option valid, every model and data file found; loads no model. StudyError names the file and the key."""
     path = Path(path)
     try:
-        declared = tomllib.loads(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8") if text is None else text
+        declared = tomllib.loads(text)
     except OSError as error:
         raise StudyError(f"{path}: cannot read: {error.strerror}") from None
     except tomllib.TOMLDecodeError as error:
@@ -198,7 +200,7 @@ def load_study(path: str | Path) -> Study:
         where.fail("cells", "no cell declared: add [cells.NAME] with a model, or models = [...] and [techniques.NAME]")
     return Study(path, declared["name"], declared.get("description", ""), targets,
                  declared.get("questions", DEFAULT_QUESTIONS), declared.get("metric", DEFAULT_METRIC), cells,
-                 _comparisons(path, declared.get("compare", []), cells, where))
+                 _comparisons(path, declared.get("compare", []), cells, where), text)
 
 
 def _comparisons(path: Path, declared: list, cells: dict[str, Cell], where: _Where) -> tuple[tuple[Path, ...], ...]:
@@ -682,9 +684,10 @@ def _duration(seconds: float | None) -> str:
 # ---------------------------------------------------------------- running
 
 
-def run_cell(study_path: str, name: str) -> None:
-    """Run one cell's unfinished runs in order (in the process this is called in); the entry point of a job."""
-    study = load_study(study_path)
+def run_cell(study_path: str, name: str, text: str | None = None) -> None:
+    """Run one cell's unfinished runs in order (in the process this is called in), as declared in `text` (the study
+    file as its study read it; by default, as the file is now); the entry point of a job."""
+    study = load_study(study_path, text)
     for run in study.cells[name].runs:
         run.complete()
 
@@ -751,7 +754,7 @@ def _execute(study: Study, todo: list[Cell], executor: str, jobs: int, slurm: di
         engine.update_parameters(timeout_min=slurm.get("timeout_min", 24 * 60))
     submitted = {}
     for cell in todo:
-        submitted[cell.name] = engine.submit(run_cell, str(study.path), cell.name)
+        submitted[cell.name] = engine.submit(run_cell, str(study.path), cell.name, study.text)
         say(f"{cell.name}: job {submitted[cell.name].job_id}")
     return [name for name, job in submitted.items() if _ended(name, job, say) != "done"]
 
@@ -764,7 +767,7 @@ def _run_locally(study: Study, todo: list[Cell], jobs: int, say: Callable[[str],
         while waiting or running:
             while waiting and len(running) < jobs:
                 cell = waiting.pop(0)
-                running[pool.submit(run_cell, str(study.path), cell.name)] = cell.name
+                running[pool.submit(run_cell, str(study.path), cell.name, study.text)] = cell.name
             done, _ = wait(running, return_when=FIRST_COMPLETED)
             for future in done:
                 name = running.pop(future)

@@ -124,6 +124,19 @@ def test_declared_comparisons_wait_for_their_runs_then_are_written_with_paired_t
     assert "waiting" not in text and "exact: right only in prompted " in text and "exact McNemar p = " in text
 
 
+def test_a_cell_runs_as_its_study_read_the_file_though_the_file_has_changed_since(
+        tmp_path, tiny_checkpoint_dir, demo_split):
+    path = write_study(tmp_path / "study", tiny_checkpoint_dir, demo_split)
+    study = studies.load_study(path)
+    path.write_text('compare = [["prompted", "undeclared"]]\n'
+                    + study.text.replace('mode = "direct"', 'mode = "direct"\nmax_new_tokens = 1'))
+    with pytest.raises(studies.StudyError, match="'undeclared' is neither a run of this study"):
+        studies.load_study(path)
+    studies.run_cell(str(path), "prompted", study.text)
+    record = json.loads((tmp_path / "study" / "runs" / "prompted" / RUN).read_text())
+    assert record["status"] == "finished" and record["config"]["max_new_tokens"] == 4
+
+
 def test_a_changed_declaration_is_refused_until_rerun(tmp_path, tiny_checkpoint_dir, demo_split, capsys):
     path = write_study(tmp_path / "study", tiny_checkpoint_dir, demo_split,
                        STUDY.split("[cells.trained]")[0])
