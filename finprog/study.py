@@ -399,11 +399,12 @@ def changed_options(cell: Cell, recorded: dict | None) -> list[str]:
     """The options whose declared value differs from what the cell ran with: its recorded declaration, or, for
     runs made before the study recorded one, each run's own config (only the declared options are compared).
     A training run's RUNTIME_OPTIONS may change in both cases: its run.json records when. A test decoding added
-    to a trained cell is a new run of it, no change."""
+    to a trained cell is a new run of it, and an export added or moved writes the trained adapter there: no
+    change."""
     from finprog.training import RUNTIME_OPTIONS
 
     if recorded is not None:
-        runtime = {f"train.{name}" for name in RUNTIME_OPTIONS}
+        runtime = {f"train.{name}" for name in RUNTIME_OPTIONS} | {"export"}
         added = {f"test.{decoding}" for decoding in cell.declaration.get("test", {})} - {
             f"test.{decoding}" for decoding in recorded.get("test", {})}  # a new solve of the model: no change
         return sorted(name for name in set(_differences(recorded, cell.declaration)) - runtime - added

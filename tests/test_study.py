@@ -183,6 +183,19 @@ def test_a_training_option_that_leaves_the_updates_alone_may_change(tmp_path, ti
     assert [p.status for p in studies.plan(studies.load_study(path), predict_flops=False)] == ["done"]
 
 
+def test_an_export_added_to_a_trained_cell_exports_its_adapter_without_training_again(
+        tmp_path, tiny_checkpoint_dir, demo_split):
+    trained_only = STUDY.replace('[cells.prompted]\nmodel = "{model}"\nmode = "direct"\n', "")
+    path = write_study(tmp_path / "study", tiny_checkpoint_dir, demo_split, trained_only)
+    assert studies.run_study(path)["ran"] == ["trained"]
+    runs = tmp_path / "study" / "runs"
+    before = {run.name: (run / RUN).read_text() for run in runs.iterdir()}
+    path.write_text(path.read_text().replace("test.free", 'export = "adapter"\ntest.free'))
+    assert studies.run_study(path)["ran"] == ["trained"]
+    assert {run.name: (run / RUN).read_text() for run in runs.iterdir()} == before
+    assert (tmp_path / "study" / "adapter" / "adapter_model.safetensors").is_file()
+
+
 def test_runs_made_before_the_study_are_adopted_when_their_config_matches(
         tmp_path, tiny_checkpoint_dir, demo_split, capsys):
     """A run folder moved into a study, with no study.json yet: done if its config has the declared values."""
