@@ -404,10 +404,10 @@ def changed_options(cell: Cell, recorded: dict | None) -> list[str]:
     from finprog.training import RUNTIME_OPTIONS
 
     if recorded is not None:
-        runtime = {f"train.{name}" for name in RUNTIME_OPTIONS} | {"export"}
+        free = {f"train.{name}" for name in RUNTIME_OPTIONS} | {"export"}
         added = {f"test.{decoding}" for decoding in cell.declaration.get("test", {})} - {
             f"test.{decoding}" for decoding in recorded.get("test", {})}  # a new solve of the model: no change
-        return sorted(name for name in set(_differences(recorded, cell.declaration)) - runtime - added
+        return sorted(name for name in set(_differences(recorded, cell.declaration)) - free - added
                       if not _ran_with(cell, name))
     changed = set()
     for run in cell.runs:
