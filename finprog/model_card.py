@@ -16,6 +16,7 @@ from finprog import models
 from finprog.data import resolve_data
 from finprog.labels import TECHNIQUE_NAMES, format_flops, format_interval
 from finprog.paths import shown
+from finprog.runs import RUN, RunRecord
 from finprog.stats import wilson_interval
 from finprog.training import TrainOptions
 
@@ -32,7 +33,7 @@ def write_model_card(folder: str | Path, made_by: str | None = None, tests: Sequ
     from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
     folder = Path(folder)
-    record = json.loads((folder / "run.json").read_text())
+    record = RunRecord.load(folder / RUN).data  # an older record upgraded: every option it ran with named
     adapter = json.loads((folder / models.ADAPTER_CONFIG).read_text())
     config = record["config"]
     zoo = models.ZOO.get(config["model"])

@@ -240,8 +240,8 @@ def _upgraded(path: Path, data: dict) -> dict:
     """`data` in the format of SCHEMA_VERSION: a newer version is refused, and version 1 is upgraded.
 
     Version 1 recorded 0 training FLOPs for a run of an adapter without the run.json of its
-    training (its cost unknown); such a record now says so instead. Training runs before version 3
-    kept their last step's weights (`keep_best` false).
+    training (its cost unknown); such a record now says so instead. A training record names every
+    option of LEGACY_TRAIN_CONFIG, with what it ran with where it was written before the option.
     """
     version = data.get("schema_version", 1)
     if isinstance(version, bool) or not isinstance(version, int) or version < 1:
@@ -258,25 +258,35 @@ def _upgraded(path: Path, data: dict) -> dict:
         if data.get("kind") != "train" and "adapter" in sources and isinstance(cost, dict) \
                 and cost.get("training_total") == 0:
             data = {**data, "flops": {**cost, "training_total": None, "training_unknown": V1_UNKNOWN_TRAINING}}
-    if version < 3 and data.get("kind") == "train" and isinstance(data.get("config"), dict):
-        data = {**data, "config": {"keep_best": False, **data["config"]}}
+    if data.get("kind") == "train" and isinstance(data.get("config"), dict):
+        config = data["config"]
+        data = {**data, "config": {**config, **{k: v for k, v in LEGACY_TRAIN_CONFIG.items() if k not in config}}}
     return {**data, "schema_version": SCHEMA_VERSION}
 
 
-LEGACY_CONFIG = {"context": "page", "prompt": "instructed", "prefix_cache": False}
-"""Options that runs of version 1 may lack, and what they ran with: the whole page (before retrieval), the
-instructed prompt (before bare prompts), no shared-prefix cache."""
+LEGACY_CONFIG = {"context": "page", "prompt": "instructed"}
+"""Options that runs of version 1 may lack, and what they ran with: the whole page (before retrieval) and the
+instructed prompt (before bare prompts); a solve also ran without the shared-prefix cache."""
+LEGACY_SOLVE_CONFIG = {**LEGACY_CONFIG, "prefix_cache": False}
+
+
+LEGACY_TRAIN_CONFIG = {"keep_best": False, "lr_schedule": "constant", "micro_batch_size": None,
+                       "checkpoint_every": None}
+"""Training options that older training records may lack, and what they ran with: the last step's weights (before
+version 3), a constant rate after the warmup, whole batches, checkpoints only at evaluations."""
 
 
 def _with_legacy_config(data: dict) -> dict:
-    """A version-1 record whose config (a cascade: each stage's) names every option of LEGACY_CONFIG."""
+    """A version-1 record whose config (a cascade: each stage's) names every option of LEGACY_CONFIG, and a
+    solve's those of LEGACY_SOLVE_CONFIG."""
     config = data.get("config")
     if not isinstance(config, dict):
         return data
+    legacy = LEGACY_CONFIG if data.get("kind") == "train" else LEGACY_SOLVE_CONFIG
     if isinstance(config.get("stages"), list):
-        stages = [{**LEGACY_CONFIG, **stage} if isinstance(stage, dict) else stage for stage in config["stages"]]
+        stages = [{**legacy, **stage} if isinstance(stage, dict) else stage for stage in config["stages"]]
         return {**data, "config": {**config, "stages": stages}}
-    return {**data, "config": {**LEGACY_CONFIG, **config}}
+    return {**data, "config": {**legacy, **config}}
 
 
 def evaluation_file(folder: Path, step: int) -> Path:

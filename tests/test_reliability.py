@@ -375,6 +375,22 @@ def test_every_committed_run_loads_and_reports_the_numbers_its_run_json_holds():
         assert RunRecord.load(path).data["schema_version"] == SCHEMA_VERSION
 
 
+def test_every_committed_adapters_model_card_is_written_from_its_run_json(tmp_path):
+    from finprog.model_card import write_model_card
+
+    adapters = [folder for folder in sorted((REPO / "evals" / "adapters").iterdir()) + sorted(
+        (REPO / "finprog" / "adapters").iterdir()) if (folder / RUN).is_file()]
+    assert len(adapters) >= 10
+    for adapter in adapters:  # old records included: each names the options it ran with once upgraded
+        copy = tmp_path / adapter.name
+        copy.mkdir()
+        for file in adapter.iterdir():
+            (copy / file.name).symlink_to(file)
+        (copy / "README.md").unlink(missing_ok=True)
+        text = write_model_card(copy).read_text()
+        assert f"# {adapter.name}" in text and "finprog train --model" in text, adapter
+
+
 # ---------------------------------------------------------------- run.json: versions, finite numbers, kinds
 
 

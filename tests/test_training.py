@@ -163,6 +163,11 @@ def test_an_exported_adapters_model_card_has_hub_front_matter_and_the_command_th
     assert vars(parsed["options"]) == vars(opts)
     assert model_card.train_command({**record["config"], "max_prompt_tokens": None}).endswith(
         "  # and, with no flag for it: max_prompt_tokens=None")
+    # an adapter exported before run.json had a schema version or named its prompt: the card says what it ran with
+    legacy = json.loads((tmp_path / "export" / "run.json").read_text())
+    del legacy["schema_version"], legacy["config"]["prompt"]
+    (tmp_path / "export" / "run.json").write_text(json.dumps(legacy))
+    assert "(instructed prompts)" in model_card.write_model_card(tmp_path / "export").read_text()
 
 
 def test_full_fine_tuning_saves_a_checkpoint_that_loads(tmp_path, checkpoint, files):
