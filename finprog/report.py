@@ -384,13 +384,15 @@ def load_run(path: str | Path) -> RunSummary:
 
 def _base_model(record: RunRecord) -> str | None:
     """The model a solve's adapter or checkpoint was trained from: run.json's `model.base`, or for a run recorded
-    before it was, the model of the training run.json beside the adapter where it still is, or beside finprog's
-    shipped adapter of the same name (where an adapter goes once it ships)."""
+    before it was, the model of the training run.json beside the adapter where it still is, in the folder of the
+    same name beside this run (a study's runs, moved together), or beside finprog's shipped adapter of that name
+    (where an adapter goes once it ships)."""
     if record.get("kind") == "train" or record.get("model.source") not in ("adapter", "checkpoint"):
         return None
     if record.get("model.base"):
         return record.get("model.base")
-    for folder in (str(record.get("config.model")), Path(str(record.get("model.name"))).name):
+    name = Path(str(record.get("model.name"))).name
+    for folder in (str(record.get("config.model")), str(record.folder.parent / name), name):
         try:
             trained = RunRecord.trained(folder)
         except RunError:

@@ -242,6 +242,14 @@ def test_each_model_and_technique_gets_its_cheapest_run_to_each_target(tmp_path,
     assert lora["model"] == "tiny" and [path.split("/")[-2] for path in lora["to_targets"]] == ["lora", "lora_again"]
 
 
+def test_a_checkpoint_recorded_at_a_folder_since_moved_is_found_beside_its_solve_run(tmp_path):
+    runs = write_three_runs(tmp_path / "runs")  # "lora" is a training run of the model "tiny"
+    as_adapter_run(write_run(runs / "lora_test", exact=0.45, technique="lora"), tmp_path / "old" / "place" / "lora")
+    (group,) = build_report(load_runs([runs]), target=0.1).groups
+    assert [(model, family, [row.run.name for row in rows]) for model, family, rows in group.by_model] == [
+        ("tiny", "few-shot", ["few", "big"]), ("tiny", "lora", ["lora", "lora_test"])]
+
+
 def test_an_adapter_whose_training_is_unknown_counts_under_its_own_name(tmp_path):
     write_run(tmp_path / "runs" / "few", exact=0.15)
     as_adapter_run(write_run(tmp_path / "runs" / "other", exact=0.2, technique="lora"), tmp_path / "gone")
