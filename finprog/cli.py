@@ -283,6 +283,7 @@ def _study(args) -> int:
     for path in args.studies:
         if args.dry_run:
             loaded = study.load_study(path)
+            study.check_rerun(loaded, args.rerun)
             planned = study.plan(loaded)
             results.append(study.plan_summary(planned))
             if not args.json:

@@ -44,7 +44,7 @@ import shutil
 import statistics
 import sys
 import tomllib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field, fields, replace
@@ -184,7 +184,7 @@ def load_study(path: str | Path, text: str | None = None) -> Study:
         if not isinstance(value, TOP_KEYS[key]):
             where.fail(key, f"must be {TOP_KEYS[key].__name__}, got {type(value).__name__}")
     if "name" not in declared:
-        where.fail("name", "is missing")
+        where.fail("name", 'is missing: a study names itself (name = "...")')
     for plugin in declared.get("plugins", []):
         _run_plugin(path, plugin, where)
     try:
@@ -693,6 +693,14 @@ def run_cell(study_path: str, name: str, text: str | None = None) -> None:
         run.complete()
 
 
+def check_rerun(study: Study, rerun: Sequence[str]) -> None:
+    """Every name `--rerun` gives is a cell of `study` (StudyError, before anything runs or is removed)."""
+    unknown = sorted(set(rerun) - set(study.cells))
+    if unknown:
+        raise StudyError(f"{study.path}: --rerun {unknown[0]!r} is not a cell of this study; cells: "
+                         f"{', '.join(study.cells)}")
+
+
 def run_study(path: str | Path, executor: str = "local", jobs: int = 1, rerun: tuple[str, ...] = (),
               report_only: bool = False, slurm: dict | None = None,
               say: Callable[[str], None] = lambda line: print(line, file=sys.stderr)) -> dict:
@@ -702,10 +710,7 @@ def run_study(path: str | Path, executor: str = "local", jobs: int = 1, rerun: t
         raise StudyError(f"--executor {executor!r}: choose {', '.join(EXECUTORS)}")
     if jobs < 1:
         raise StudyError(f"--jobs must be at least 1, got {jobs}")
-    unknown = sorted(set(rerun) - set(study.cells))
-    if unknown:
-        raise StudyError(f"{study.path}: --rerun {unknown[0]!r} is not a cell of this study; cells: "
-                         f"{', '.join(study.cells)}")
+    check_rerun(study, rerun)
     record = study.record()
     for name in rerun:
         for run in study.cells[name].runs:

@@ -149,6 +149,10 @@ def test_a_changed_declaration_is_refused_until_rerun(tmp_path, tiny_checkpoint_
     assert "cell 'prompted' was run with other options (solve.limit)" in err and "--rerun prompted" in err
     code, out, _ = run_cli(capsys, "study", path, "--dry-run")
     assert code == 0 and "changed (solve.limit)" in out
+    for dry_run in ((), ("--dry-run",)):  # a name that is no cell is refused before anything is removed
+        code, _, err = run_cli(capsys, "study", path, "--rerun", "promted", *dry_run)
+        assert code == 2 and "--rerun 'promted' is not a cell of this study; cells: prompted" in err
+    assert (tmp_path / "study" / "runs" / "prompted" / PREDICTIONS).read_text() == first
     assert studies.run_study(path, rerun=("prompted",))["ran"] == ["prompted"]
     again = (tmp_path / "study" / "runs" / "prompted" / PREDICTIONS).read_text()
     assert len(again.splitlines()) == 2 and len(first.splitlines()) == 5
