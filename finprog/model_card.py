@@ -37,8 +37,7 @@ def write_model_card(folder: str | Path, made_by: str | None = None, tests: Sequ
     adapter = json.loads((folder / models.ADAPTER_CONFIG).read_text())
     config = record["config"]
     zoo = models.ZOO.get(config["model"])
-    results = [_result(record, "free")] + [_result(test, "constrained" if test["config"].get("constrained")
-                                                    else "free") for test in tests]
+    results = [_result(run) for run in (record, *tests)]
     data = ModelCardData(
         base_model=zoo.origin if zoo else shown(adapter["base_model_name_or_path"]), library_name="peft",
         pipeline_tag="text-generation", datasets=["FinQA"], metrics=["exact_match"],
@@ -100,12 +99,20 @@ def _asked_with(folder: Path) -> list[str]:
             f"for the measured settings of {models.SOLVE_DEFAULTS} ({said}): {why}.", ""]
 
 
-def _result(record: dict, decoding: str) -> dict:
+def _result(record: dict) -> dict:
     exact, n, name = record["metrics"]["exact"], record["metrics"]["n"], record["eval_set"]["name"]
     return {"data": name, "split": "validation" if name.startswith("dev") else "test" if name.startswith("test")
             else None, "n": n, "exact": exact, "interval": wilson_interval(round(exact * n), n),
-            "decoding": decoding, "inference_flops": record["flops"].get("inference_per_example"),
+            "decoding": _decoding(record["config"]), "inference_flops": record["flops"].get("inference_per_example"),
             "facts": _facts(record["config"])}
+
+
+def _decoding(config: dict) -> str:
+    """How a record's programs were decoded: greedy (free or grammar-constrained), or sampled and voted on."""
+    samples = config.get("samples", 1)
+    if samples > 1:
+        return f"sampled ({samples} at temperature {config['temperature']:g}, majority vote)"
+    return "constrained" if config.get("constrained") else "free"
 
 
 def _facts(config: dict) -> str:

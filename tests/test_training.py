@@ -144,15 +144,19 @@ def test_an_exported_adapters_model_card_has_hub_front_matter_and_the_command_th
                    max_prompt_tokens=300)
     record = train(opts, tmp_path / "run", progress=False)
     export.export_adapter(tmp_path / "run", tmp_path / "export")
-    tests = [dict(record, eval_set={**record["eval_set"], "name": "test_3"}, config={"constrained": True})]
+    tests = [dict(record, eval_set={**record["eval_set"], "name": "test_3"}, config={"constrained": True}),
+             dict(record, eval_set={**record["eval_set"], "name": "test_5"}, config={"samples": 5, "temperature": 0.7})]
     card = model_card.write_model_card(tmp_path / "export", "finprog study x.toml", tests)
     meta = metadata_load(card)
     assert (meta["base_model"], meta["library_name"], meta["metrics"]) == (Path(checkpoint).name, "peft", ["exact_match"])
     (results,) = [entry["results"] for entry in meta["model-index"]]
-    assert [(r["dataset"]["name"], r["metrics"][0]["value"]) for r in results] == [
-        ("eval", round(100 * record["metrics"]["exact"], 1)), ("test_3", round(100 * record["metrics"]["exact"], 1))]
+    value = round(100 * record["metrics"]["exact"], 1)  # the hub groups results by task, dataset type and split
+    assert [(r["dataset"]["name"], [m["value"] for m in r["metrics"]]) for r in results] == [
+        ("eval", [value]), ("test_3", [value, value])]
     assert "constrained decoding" in results[1]["metrics"][0]["name"]
+    assert "sampled (5 at temperature 0.7, majority vote) decoding" in results[1]["metrics"][1]["name"]
     text = card.read_text()
+    assert "| test_5 | whole page | sampled (5 at temperature 0.7, majority vote) |" in text
     assert "finprog study x.toml" in text and format_flops(record["flops"]["training_total"]) in text
     # the card's train command makes the same configuration
     command = model_card.train_command(record["config"])
