@@ -277,8 +277,8 @@ version 3), a constant rate after the warmup, whole batches, checkpoints only at
 
 
 def _with_legacy_config(data: dict) -> dict:
-    """A version-1 record whose config (a cascade: each stage's) names every option of LEGACY_CONFIG, and a
-    solve's those of LEGACY_SOLVE_CONFIG."""
+    """A version-1 record whose config (a cascade: each stage's) names every option of LEGACY_SOLVE_CONFIG, or of
+    LEGACY_CONFIG for a training run."""
     config = data.get("config")
     if not isinstance(config, dict):
         return data
